@@ -1,0 +1,35 @@
+# Needs only python3 with venv. Every target installs into .venv first (once per pyproject.toml change).
+# Servers: SAGA_DATABASE_URL / SAGA_BROKER_URL if set, else local ones on 5432/6379 if they answer,
+# else embedded ones from pip wheels with data under .saga/ (see saga/local_services.py).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: venv test run bench lint clean
+
+venv: $(VENV)/.installed
+
+# The stamp is touched only after a successful install, so a failed one is retried.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+test: venv
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+run: venv
+	$(BIN)/saga dev
+
+bench: venv
+	$(BIN)/python -m bench.run
+
+lint: venv
+	$(BIN)/ruff check .
+
+# Stop `make run` first: this deletes the embedded servers' data.
+clean:
+	rm -rf .saga .pytest_cache .ruff_cache .mypy_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

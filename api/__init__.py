@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): `api.app.create_app()`, served by `saga api` (see `api.server`)."""

@@ -1,0 +1,71 @@
+"""The FastAPI application: `/v1/sagas`, `/healthz`, `/metrics`, OpenAPI at `/openapi.json`, docs at `/docs`.
+
+`create_app()` loads every saga type (the `SAGA_MODULES` setting) once, so the API knows them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from api import errors, health, metrics
+from api.auth import KeyRing
+from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
+from api.routes import router
+from api.schemas import Health
+from api.watch import ChangeWatcher
+from saga import apikeys
+from workers.app import load_modules
+
+DESCRIPTION = """
+Start multi-step business operations ("sagas") and follow them until every step happened exactly once
+or everything that can be undone was undone.
+
+Every `/v1` request carries an API key: `Authorization: Bearer <key>`. Each key belongs to one tenant;
+a tenant sees only its own sagas (another tenant's saga is a 404).
+
+Every error is `{"error": {"code", "message", "details"}}`.
+"""
+
+
+def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+    """The API application, ready to serve (uvicorn: `api.app:create_app` with `--factory`)."""
+    load_modules()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.watcher.stop()
+
+    app = FastAPI(title="Durable sagas", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.keyring = KeyRing(apikeys.configured_keys())
+    app.state.watcher = ChangeWatcher()
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["operations"],
+             summary="Whether the database and the broker answer (no key needed)", operation_id="health")
+    async def healthz() -> JSONResponse:
+        database = await run_in_threadpool(health.database)
+        broker = await run_in_threadpool(health.broker)
+        ok = database is None and broker is None
+        return JSONResponse({
+            "status": "ok" if ok else "unavailable",
+            "database": {"ok": database is None, "error": database},
+            "broker": {"ok": broker is None, "error": broker},
+        }, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=Response, tags=["operations"], operation_id="metrics",
+             summary="Prometheus metrics (no key needed)", responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus() -> Response:
+        return metrics.exposition()
+
+    # Outermost last: metrics see every answer, the size limit runs before anything reads the body.
+    app.add_middleware(errors.CatchAll)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body)
+    app.add_middleware(metrics.RequestMetrics)
+    return app

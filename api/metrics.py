@@ -1,0 +1,62 @@
+"""Prometheus metrics of the API: requests by route and status, their latency, and sagas started.
+
+Metrics are per process (`saga api --workers N` gives each process its own).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# No `_created` series: they double the output and nothing here reads them.
+disable_created_metrics()
+
+REQUESTS = Counter("saga_api_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+LATENCY = Histogram(
+    "saga_api_request_seconds", "Time to answer an HTTP request (long polls included).", ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+SAGAS_STARTED = Counter("saga_api_sagas_started_total", "POST /v1/sagas accepted, by saga type and outcome "
+                        "(created, or replayed for a repeated idempotency key).", ["type", "outcome"])
+
+
+class RequestMetrics:
+    """ASGI middleware counting and timing every HTTP request by its route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            REQUESTS.labels(scope["method"], template, str(status)).inc()
+            LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
+
+
+def exposition() -> Response:
+    """The metrics in Prometheus' text format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

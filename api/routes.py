@@ -1,0 +1,208 @@
+"""The `/v1/sagas` routes: start, read, list, audit log, long poll and stream, operator actions.
+
+Every route is scoped to the caller's tenant: another tenant's saga answers 404, as if it did not exist.
+Blocking database work runs in FastAPI's threadpool (sync endpoints, or `run_in_threadpool`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+import saga
+from api.auth import Tenant
+from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
+from api.metrics import SAGAS_STARTED
+from api.schemas import EventPage, Saga, SagaPage, StartSaga
+from saga.runner import send_forward
+from saga.states import SagaStatus
+from saga.store import SagaRecord
+
+router = APIRouter(prefix="/v1/sagas", tags=["sagas"])
+
+# Statuses after which a saga never changes again (paused and failed wait for an operator, so they may).
+SETTLED = ("completed", "compensated")
+# Statuses in which a saga waits for nobody but an operator: a stream ends there.
+FINAL = ("completed", "compensated", "paused", "failed")
+MAX_WAIT = 60.0
+# A query string may carry what PostgreSQL cannot compare with: refuse NUL characters up front.
+NO_NUL = r"^[^\x00]*$"
+
+SagaId = Annotated[UUID, Path(description="The saga's id.")]
+
+
+class SagaJSON(JSONResponse):
+    """A saga's JSON with an `ETag` that changes whenever anything in it does (for `If-None-Match`)."""
+
+    def __init__(self, record: SagaRecord, status_code: int = 200,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(record.to_dict(), status_code=status_code, headers=headers)
+        self.headers["ETag"] = _etag(self.body)
+
+
+def _etag(body: bytes | memoryview) -> str:
+    return '"' + hashlib.blake2b(bytes(body), digest_size=12).hexdigest() + '"'
+
+
+def _bare(tag: str | None) -> str | None:
+    return tag.strip().removeprefix("W/") if tag else None
+
+
+@router.post(
+    "", status_code=202, response_model=Saga,
+    responses={200: {"model": Saga, "description": "A replay: the saga this idempotency key started before."},
+               **responses(400, 401, 404, 413, 422)},
+    summary="Start a saga", operation_id="startSaga",
+)
+def start_saga(
+    body: StartSaga, tenant: Tenant, background: BackgroundTasks,
+    idempotency_key: Annotated[str, Header(
+        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+        description="Unique per saga (printable ASCII); repeat it when you retry. Same key and body: "
+                    "the same saga back (200); same key, other body: 422.")],
+) -> SagaJSON:
+    """Validate the input against the saga type's model, record the saga and its steps in one
+    transaction, then dispatch it (if the broker is down it stays `pending` and recovery dispatches it).
+    Nothing is written when the input is invalid."""
+    started = saga.start(body.type, body.input, idempotency_key=idempotency_key, tenant=tenant, dispatch=False)
+    SAGAS_STARTED.labels(body.type, "created" if started.created else "replayed").inc()
+    record = started.saga
+    if started.created:
+        # Sent once the answer is out: the ledger already holds the saga, and recovery sends it if this fails.
+        background.add_task(send_forward, record.id, record.type, 0)
+    return SagaJSON(record, 202 if started.created else 200, headers={"Location": f"/v1/sagas/{record.id}"})
+
+
+@router.get("", response_model=SagaPage, responses=responses(401, 422), summary="List sagas, newest first",
+            operation_id="listSagas")
+def list_sagas(
+    tenant: Tenant,
+    status: Annotated[SagaStatus | None, Query(description="Only sagas in this status.")] = None,
+    type: Annotated[str | None, Query(
+        max_length=100, pattern=NO_NUL, description="Only sagas of this type.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(
+        max_length=200, description="`next_cursor` of the previous page.")] = None,
+) -> JSONResponse:
+    records = saga.list_sagas(tenant, status=status.value if status else None, type_=type, limit=limit + 1,
+                              before=_decode_cursor(cursor) if cursor else None)
+    more = len(records) > limit
+    records = records[:limit]
+    return JSONResponse({
+        "items": [r.to_dict() for r in records],
+        "next_cursor": _encode_cursor(records[-1].created_at, records[-1].id) if more else None,
+    })
+
+
+def _encode_cursor(created_at: datetime, saga_id: UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{saga_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        created, saga_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+        return datetime.fromisoformat(created), UUID(saga_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(422, "invalid_request", "cursor is not one this API returned",
+                       [{"field": "cursor", "message": "not a cursor from next_cursor"}]) from None
+
+
+@router.get("/{saga_id}", response_model=Saga, responses=responses(401, 404, 422), summary="Read a saga",
+            operation_id="getSaga")
+async def get_saga(
+    saga_id: SagaId, tenant: Tenant, request: Request,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description=(
+        "Long poll: hold the answer up to this many seconds until the saga changes (from the version in "
+        "`If-None-Match`, else from the one when the request arrived). A saga that can no longer change "
+        "answers at once."))] = 0,
+    if_none_match: Annotated[str | None, Header(
+        alias="If-None-Match", max_length=200,
+        description="The `ETag` of a version you already have.")] = None,
+) -> SagaJSON:
+    """The saga with its steps, each step's status and attempts, and `progress`."""
+    record = await run_in_threadpool(saga.load, saga_id, tenant)
+    response = SagaJSON(record)
+    known = _bare(if_none_match) or _bare(response.headers["ETag"])
+    if wait <= 0 or known != _bare(response.headers["ETag"]):
+        return response
+    watcher = request.app.state.watcher
+    deadline = time.monotonic() + wait
+    while record.status not in SETTLED and (remaining := deadline - time.monotonic()) > 0:
+        if not await watcher.changed(saga_id, record.updated_at, remaining):
+            break
+        record = await run_in_threadpool(saga.load, saga_id, tenant)
+        response = SagaJSON(record)
+        if _bare(response.headers["ETag"]) != known:
+            break
+    return response
+
+
+@router.get(
+    "/{saga_id}/stream", response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description":
+                     "Server-Sent Events: one `saga` event with the saga's JSON now and after every change; "
+                     "the stream ends once the saga is completed, compensated, paused or failed."},
+               **responses(401, 404, 422)},
+    summary="Follow a saga as Server-Sent Events", operation_id="streamSaga",
+)
+async def stream_saga(saga_id: SagaId, tenant: Tenant, request: Request) -> StreamingResponse:
+    record = await run_in_threadpool(saga.load, saga_id, tenant)
+    watcher = request.app.state.watcher
+
+    async def events() -> AsyncIterator[str]:
+        current = record
+        while True:
+            yield f"event: saga\ndata: {json.dumps(current.to_dict())}\n\n"
+            if current.status in FINAL:
+                return
+            while not await watcher.changed(saga_id, current.updated_at, 15.0):
+                yield ": keep-alive\n\n"
+            current = await run_in_threadpool(saga.load, saga_id, tenant)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{saga_id}/events", response_model=EventPage, responses=responses(401, 404, 422),
+            summary="A saga's audit log, oldest first", operation_id="listSagaEvents")
+def saga_events(
+    saga_id: SagaId, tenant: Tenant,
+    after: Annotated[int, Query(ge=0, le=2**62, description="Only events after this event id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> JSONResponse:
+    found = saga.events(saga_id, tenant, after=after, limit=limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
+    return JSONResponse({"items": [e.to_dict() for e in found], "next_after": found[-1].id if more else None})
+
+
+def _action(name: str, summary: str, doc: str) -> None:
+    def act(saga_id: SagaId, tenant: Tenant) -> SagaJSON:
+        return SagaJSON(getattr(saga, name)(saga_id, tenant))
+
+    act.__name__ = f"{name}_saga"
+    act.__doc__ = doc
+    router.post(f"/{{saga_id}}/{name}", response_model=Saga, responses=responses(401, 404, 409, 422),
+                summary=summary, operation_id=f"{name}Saga")(act)
+
+
+_action("cancel", "Cancel a saga",
+        "Compensate what was done; a step in flight finishes first. 409 once the saga is past its point of "
+        "no return or over. Repeating a cancel is harmless.")
+_action("resume", "Resume a paused saga",
+        "Continue a `paused` saga from its first unfinished step. 409 unless the saga is paused (so a "
+        "repeated resume changes nothing).")
+_action("compensate", "Re-run the compensations of a failed saga",
+        "409 unless the saga is `failed` (so a repeated request changes nothing).")
+

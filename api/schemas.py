@@ -1,0 +1,116 @@
+"""The HTTP API's wire format: request and response bodies, as the OpenAPI document shows them.
+
+The Python client (`saga.client`) parses responses with the same models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from saga.states import SagaStatus, StepKind, StepStatus
+from saga.storable import storable
+
+
+class StartSaga(BaseModel):
+    """Body of `POST /v1/sagas`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100, description="A declared saga type, e.g. `job_posting`.")
+    input: dict[str, Any] = Field(description="The saga's input, validated against the type's model.")
+
+    @field_validator("input")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return storable(value)
+
+
+class Progress(BaseModel):
+    done: int = Field(description="Steps that succeeded.")
+    total: int = Field(description="Steps the saga has.")
+
+
+class Step(BaseModel):
+    """One step of a saga, in order."""
+
+    name: str
+    kind: StepKind
+    status: StepStatus
+    attempts: int
+    compensation_attempts: int
+    result: Any = None
+    error: str | None = None
+    task_id: str | None = Field(default=None, description="Celery task id of the latest execution (Flower).")
+    started_at: str | None = None
+    finished_at: str | None = None
+    compensated_at: str | None = None
+
+
+class Saga(BaseModel):
+    """A saga with its steps; `progress` counts the steps done."""
+
+    id: str
+    type: str
+    status: SagaStatus
+    input: dict[str, Any]
+    idempotency_key: str | None = None
+    cancel_requested: bool = False
+    error: str | None = Field(default=None, description="Why the saga compensated, paused or failed.")
+    progress: Progress
+    steps: list[Step]
+    created_at: str
+    updated_at: str
+
+
+class SagaPage(BaseModel):
+    """A page of sagas, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[Saga]
+    next_cursor: str | None = None
+
+
+class Event(BaseModel):
+    """One entry of a saga's audit log."""
+
+    id: int
+    step: str | None = None
+    kind: str
+    detail: dict[str, Any]
+    created_at: str
+
+
+class EventPage(BaseModel):
+    """Events oldest first; pass `next_after` as `after` for the next page."""
+
+    items: list[Event]
+    next_after: int | None = None
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable, e.g. `saga_not_found`, `invalid_input`.")
+    message: str
+    details: Any = Field(default=None, description="For bad input: a list of {field, message}.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns has this shape."""
+
+    error: ErrorDetail
+
+
+class Check(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok`, or `unavailable` when a dependency does not answer.")
+    database: Check
+    broker: Check

@@ -1,0 +1,1 @@
+"""Throughput benchmark: sagas against plain Celery chains on the same worker, Redis and PostgreSQL."""

@@ -1,0 +1,294 @@
+"""`make bench`: N plain Celery chains and N sagas of 4 one-row steps, on one worker, one Redis, one PostgreSQL.
+
+    python -m bench.run [--n 300] [--concurrency 2] [--warmup 20] [--rounds 1] [--solo 20]
+
+Per round, plain chains run first, then sagas, both through the same worker on queue "bench". A phase
+starts its clock, submits all N (submission is measured), and stops when the last one is done:
+for chains, when N step-4 rows exist in bench_rows; for sagas, when N sagas of the phase are 'completed'
+(one COUNT on `sagas`). Saga latency is `updated_at - created_at` (database clock) of those sagas; under
+the burst it includes queueing behind the others. `--solo K` adds K sagas and K chains run one at a time
+afterwards, for the latency of a single one on an idle worker. Figures go to stdout and
+.saga/bench/result.json. Exits non-zero only on errors (a low ratio is a result, not a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from saga.testing import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / ".saga" / "bench"
+QUEUE = "bench"
+POLL = 0.02
+SOLO_POLL = 0.002  # one-at-a-time runs poll faster: their latency is the figure
+GOAL = 0.8
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class Bench:
+    def __init__(self, timeout: float) -> None:
+        # Imported only once the stack has exported its settings (celeryconfig reads them on first use).
+        from celery import chain
+        from sqlalchemy import text
+
+        import saga
+        from bench import sagas as defs
+        from saga import db
+
+        self.chain, self.text, self.saga, self.defs, self.db = chain, text, saga, defs, db
+        self.timeout = timeout
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.db.transaction() as conn:
+            return conn.execute(self.text(sql), params).scalar()
+
+    def wait(self, probe: Any, what: str, interval: float = POLL) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not probe():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gave up after {self.timeout:.0f}s waiting for {what}")
+            time.sleep(interval)
+
+    # --- chains ---------------------------------------------------------------------------------------------
+    def submit_chain(self, run_id: str) -> None:
+        ref = str(uuid.uuid4())
+        self.chain(*(t.si(run_id, ref).set(queue=QUEUE) for t in self.defs.PLAIN_TASKS)).apply_async()
+
+    def chains_done(self, run_id: str) -> int:
+        return self.scalar("SELECT count(*) FROM bench_rows WHERE run_id = :r AND step = 4", r=run_id)
+
+    def chain_phase(self, n: int) -> dict[str, float]:
+        run_id = f"chains-{uuid.uuid4().hex[:12]}"
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.submit_chain(run_id)
+        submitted = time.perf_counter()
+        self.wait(lambda: self.chains_done(run_id) >= n, f"{n} chains of run {run_id}")
+        done = time.perf_counter()
+        return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0}
+
+    # --- sagas ----------------------------------------------------------------------------------------------
+    def submit_saga(self, run_id: str, i: int, type_name: str = "bench_saga") -> Any:
+        return self.saga.start(type_name, {"run_id": run_id}, idempotency_key=f"{run_id}-{i}").saga.id
+
+    def sagas_by_status(self, run_id: str) -> tuple[int, int]:
+        """(completed, stuck for good) among the sagas of this run, in one query on `sagas`."""
+        with self.db.transaction() as conn:
+            row = conn.execute(self.text(
+                "SELECT count(*) FILTER (WHERE status = 'completed'), "
+                "count(*) FILTER (WHERE status NOT IN ('pending', 'running', 'completed')) "
+                "FROM sagas WHERE input->>'run_id' = :r"), {"r": run_id}).one()
+        return row[0], row[1]
+
+    def _sagas_finished(self, run_id: str, n: int) -> bool:
+        completed, bad = self.sagas_by_status(run_id)
+        if bad:
+            raise RuntimeError(f"{bad} sagas of run {run_id} left the happy path (see the worker log)")
+        return completed >= n
+
+    def saga_latencies_ms(self, run_id: str) -> list[float]:
+        with self.db.transaction() as conn:
+            rows = conn.execute(self.text(
+                "SELECT extract(epoch FROM updated_at - created_at) * 1000 FROM sagas "
+                "WHERE status = 'completed' AND input->>'run_id' = :r"), {"r": run_id})
+            return [float(r[0]) for r in rows]
+
+    def saga_phase(self, n: int, type_name: str = "bench_saga") -> dict[str, Any]:
+        run_id = f"{type_name}-{uuid.uuid4().hex[:12]}"
+        t0 = time.perf_counter()
+        for i in range(n):
+            self.submit_saga(run_id, i, type_name)
+        submitted = time.perf_counter()
+        self.wait(lambda: self._sagas_finished(run_id, n), f"{n} sagas of run {run_id} to complete")
+        done = time.perf_counter()
+        return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0}
+
+    # --- one at a time --------------------------------------------------------------------------------------
+    def solo(self, k: int) -> dict[str, list[float]]:
+        chains_ms, run_id = [], f"solo-chains-{uuid.uuid4().hex[:12]}"
+        for i in range(k):
+            t0 = time.perf_counter()
+            self.submit_chain(run_id)
+            self.wait(lambda done=i + 1: self.chains_done(run_id) >= done, f"solo chain {i}", SOLO_POLL)
+            chains_ms.append((time.perf_counter() - t0) * 1000)
+        saga_run = f"solo-sagas-{uuid.uuid4().hex[:12]}"
+        for i in range(k):
+            self.submit_saga(saga_run, i)
+            self.wait(lambda done=i + 1: self._sagas_finished(saga_run, done), f"solo saga {i}", SOLO_POLL)
+        return {"chains_client_ms": chains_ms, "sagas_db_ms": self.saga_latencies_ms(saga_run)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=300, help="chains and sagas per measured phase (default 300)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker pool size (default 2)")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured chains and sagas first (default 20)")
+    parser.add_argument("--rounds", type=int, default=1, help="chain phase + saga phase repeated (default 1)")
+    parser.add_argument("--solo", type=int, default=20, help="sagas/chains run one at a time after (default 20)")
+    parser.add_argument("--api", type=int, default=500,
+                        help="POST /v1/sagas requests for the API figures, 0 to skip (default 500)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds a phase may take before it is an error")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0 or args.solo < 0:
+        parser.error("--n, --concurrency and --rounds must be positive; --warmup and --solo not negative")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    stack = Stack(data_dir=DATA_DIR, modules="tasks.demo,bench.sagas")
+    (DATA_DIR / "bench.log").unlink(missing_ok=True)  # the worker's log, appended to by each start: this run only
+    try:
+        stack.start()
+        bench = Bench(args.timeout)
+        with bench.db.transaction() as conn:
+            conn.exec_driver_sql(bench.defs.CREATE_TABLE)
+        stack.worker("bench", concurrency=args.concurrency, queues=[QUEUE])
+
+        if args.warmup:
+            warm = f"warmup-{uuid.uuid4().hex[:8]}"
+            for i in range(args.warmup):
+                bench.submit_chain(warm)
+                bench.submit_saga(warm, i)
+            bench.wait(lambda: bench.chains_done(warm) >= args.warmup, "warm-up chains")
+            bench.wait(lambda: bench._sagas_finished(warm, args.warmup), "warm-up sagas")
+
+        rounds = []
+        for r in range(args.rounds):
+            chains = bench.chain_phase(args.n)
+            sagas = bench.saga_phase(args.n)
+            own = bench.saga_phase(args.n, "bench_saga_own_tx")
+            rounds.append({"round": r + 1, "chains": chains, "sagas": sagas, "sagas_own_tx": own,
+                           "saga_latencies_ms": bench.saga_latencies_ms(sagas["run_id"])})
+        solo = bench.solo(args.solo) if args.solo else None
+        result = summarize(args, rounds, solo, stack)
+        if args.api:
+            from bench import api
+
+            busy = f"busy-{uuid.uuid4().hex[:8]}"
+            counter = iter(range(10**9))
+
+            def keep_workers_busy() -> None:
+                for _ in range(100):
+                    bench.submit_saga(busy, next(counter))
+
+            figures = api.measure(stack, args.api, clients=4, background=keep_workers_busy)
+            lat = figures["latencies_ms"]
+            result["api"] = {"requests": args.api, "p50_ms": round(percentile(lat, 50), 2),
+                             "p99_ms": round(percentile(lat, 99), 2),
+                             "requests_per_s": round(figures["requests_per_s"], 1), "clients": figures["clients"]}
+    except BaseException as exc:  # noqa: BLE001 - report, stop the stack, exit non-zero
+        if isinstance(exc, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+        else:
+            logging.getLogger("bench").error("benchmark failed: %s: %s", type(exc).__name__, exc)
+            for process in stack.processes:
+                tail = process.log_text()[-3000:]
+                if tail:
+                    print(f"--- last lines of {process.log} ---\n{tail}", file=sys.stderr)
+        code = 1
+    else:
+        code = 0
+    finally:
+        try:
+            stack.stop()
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger("bench").error("stopping the stack failed: %s", exc)
+            code = 1
+    if code == 0:
+        report(result)
+        out = DATA_DIR / "result.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwritten to {out.relative_to(ROOT)}")
+    return code
+
+
+def summarize(args: argparse.Namespace, rounds: list[dict[str, Any]], solo: Any, stack: Stack) -> dict[str, Any]:
+    n_total = args.n * len(rounds)
+    chain_wall = sum(r["chains"]["wall_s"] for r in rounds)
+    saga_wall = sum(r["sagas"]["wall_s"] for r in rounds)
+    own_wall = sum(r["sagas_own_tx"]["wall_s"] for r in rounds)
+    latencies = [ms for r in rounds for ms in r["saga_latencies_ms"]]
+    chains_per_s = n_total / chain_wall
+    sagas_per_s = n_total / saga_wall
+    result: dict[str, Any] = {
+        "n": args.n, "rounds": args.rounds, "concurrency": args.concurrency, "warmup": args.warmup,
+        "order": "per round: N plain chains, N sagas, N own-tx sagas; same worker, queue 'bench'",
+        "chains_per_s": round(chains_per_s, 2), "sagas_per_s": round(sagas_per_s, 2),
+        "ratio": round(sagas_per_s / chains_per_s, 3), "goal": GOAL,
+        "sagas_own_tx_per_s": round(n_total / own_wall, 2),
+        "ratio_own_tx": round(n_total / own_wall / chains_per_s, 3),
+        "saga_latency_ms": {"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1),
+                            "max": round(max(latencies), 1), "count": len(latencies)},
+        "phases": [
+            {"round": r["round"],
+             "chains": {"submit_s": round(r["chains"]["submit_s"], 3), "wall_s": round(r["chains"]["wall_s"], 3)},
+             "sagas": {"submit_s": round(r["sagas"]["submit_s"], 3), "wall_s": round(r["sagas"]["wall_s"], 3)},
+             "sagas_own_tx": {"submit_s": round(r["sagas_own_tx"]["submit_s"], 3),
+                              "wall_s": round(r["sagas_own_tx"]["wall_s"], 3)}}
+            for r in rounds
+        ],
+        "worker_log": str(stack.data_dir / "bench.log"),
+    }
+    if solo:
+        result["solo"] = {
+            "count": args.solo,
+            "chain_latency_ms_client_clock": {"p50": round(percentile(solo["chains_client_ms"], 50), 1),
+                                              "p99": round(percentile(solo["chains_client_ms"], 99), 1)},
+            "saga_latency_ms_db_clock": {"p50": round(percentile(solo["sagas_db_ms"], 50), 1),
+                                         "p99": round(percentile(solo["sagas_db_ms"], 99), 1),
+                                         "mean": round(statistics.fmean(solo["sagas_db_ms"]), 1)},
+        }
+    return result
+
+
+def report(r: dict[str, Any]) -> None:
+    verdict = "meets" if r["ratio"] >= r["goal"] else "below"
+    lines = [
+        "", "=== saga vs plain Celery benchmark ===",
+        f"N per phase        {r['n']}  (x{r['rounds']} round(s), warm-up {r['warmup']})",
+        f"worker             1 worker, concurrency {r['concurrency']}, queue 'bench'",
+        f"order              {r['order']}",
+        f"plain chains/s     {r['chains_per_s']:.1f}",
+        f"sagas/s            {r['sagas_per_s']:.1f}   (transactional steps: each row written in the step's commit)",
+        f"ratio sagas/chains {r['ratio']:.3f}  ({verdict} the {r['goal']} goal)",
+        (f"sagas/s, own tx    {r['sagas_own_tx_per_s']:.1f}   (each body writes in a transaction of its own; "
+        f"ratio {r['ratio_own_tx']:.3f})"),
+        (f"saga latency       p50 {r['saga_latency_ms']['p50']:.0f} ms   p99 {r['saga_latency_ms']['p99']:.0f} ms"
+         "   (updated_at - created_at, all N submitted at once, so it includes queueing)"),
+    ]
+    for p in r["phases"]:
+        lines.append(f"round {p['round']} wall      chains {p['chains']['wall_s']:.2f} s "
+                     f"(submit {p['chains']['submit_s']:.2f} s)   sagas {p['sagas']['wall_s']:.2f} s "
+                     f"(submit {p['sagas']['submit_s']:.2f} s)   own-tx sagas {p['sagas_own_tx']['wall_s']:.2f} s")
+    if "solo" in r:
+        s = r["solo"]
+        lines.append(
+            f"one at a time      {s['count']} each: saga p50 {s['saga_latency_ms_db_clock']['p50']:.1f} ms "
+            f"p99 {s['saga_latency_ms_db_clock']['p99']:.1f} ms (db clock); chain p50 "
+            f"{s['chain_latency_ms_client_clock']['p50']:.1f} ms p99 "
+            f"{s['chain_latency_ms_client_clock']['p99']:.1f} ms (client clock, submit to last row seen)")
+    if "api" in r:
+        a = r["api"]
+        lines.append(f"POST /v1/sagas     p50 {a['p50_ms']:.1f} ms   p99 {a['p99_ms']:.1f} ms   (one API process, "
+                     f"{a['requests']} sequential requests while workers run sagas); {a['requests_per_s']:.0f} "
+                     f"requests/s with {a['clients']} concurrent clients")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

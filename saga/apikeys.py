@@ -1,0 +1,117 @@
+"""API keys: each belongs to one tenant, and only its SHA-256 is stored (in the `api_keys` table).
+
+Keys come from two places: the database (created with `saga keys create`, revocable) and the
+`SAGA_API_KEYS` setting (`tenant:key,...`, for development and tests). A key is a long random token,
+so a fast hash is enough to store it safely; the plain key is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import RowMapping, func, insert, select, update
+
+from saga import db
+from saga.ledger import api_keys
+from saga.settings import get_settings
+
+KEY_PREFIX = "saga_"
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, without the key itself."""
+
+    id: int
+    tenant: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key: SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_tenant(tenant: str) -> str:
+    """The tenant name, or ValueError if it is not 1-64 letters, digits, `_`, `.` or `-`."""
+    if not _TENANT.match(tenant):
+        raise ValueError(f"tenant {tenant!r} must be 1-64 letters, digits, '_', '.' or '-', "
+                         "starting with a letter or digit")
+    return tenant
+
+
+def create_key(tenant: str, name: str | None = None) -> tuple[ApiKey, str]:
+    """Store a new key for `tenant`; returns the record and the plain key (shown once, never stored)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    with db.transaction() as conn:
+        row = conn.execute(
+            insert(api_keys).values(tenant=check_tenant(tenant), name=name, key_hash=hash_key(key))
+            .returning(api_keys)
+        ).mappings().one()
+    return _record(row), key
+
+
+def list_keys(tenant: str | None = None) -> list[ApiKey]:
+    """Stored keys, oldest first (the keys themselves are not stored, only who they belong to)."""
+    query = select(api_keys).order_by(api_keys.c.id)
+    if tenant is not None:
+        query = query.where(api_keys.c.tenant == tenant)
+    with db.transaction() as conn:
+        return [_record(r) for r in conn.execute(query).mappings()]
+
+
+def revoke_key(key_id: int) -> bool:
+    """Revoke a stored key; False if there is no such key or it was revoked already."""
+    with db.transaction() as conn:
+        done = conn.execute(
+            update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=func.now()).returning(api_keys.c.id)
+        ).first()
+    return done is not None
+
+
+def configured_keys() -> dict[str, str]:
+    """Key hash -> tenant for the keys in the `SAGA_API_KEYS` setting."""
+    return {hash_key(key): tenant for tenant, key in get_settings().api_key_pairs}
+
+
+def stored_tenant(key_hash: str) -> str | None:
+    """The tenant of a live stored key with this hash, or None."""
+    with db.transaction() as conn:
+        return conn.execute(
+            select(api_keys.c.tenant).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        ).scalar()
+
+
+def tenant_for_key(key: str) -> str | None:
+    """The tenant a key belongs to (from `SAGA_API_KEYS` or the database), or None if it is not valid."""
+    key_hash = hash_key(key)
+    return configured_keys().get(key_hash) or stored_tenant(key_hash)
+
+
+def ensure_dev_key(path: Path, tenant: str = "dev") -> str:
+    """A key for `tenant` kept in `path` (mode 0600): the one there if it is still valid, else a new one."""
+    if path.exists():
+        key = path.read_text().strip()
+        if key and tenant_for_key(key) == tenant:
+            return key
+    _, key = create_key(tenant, name=f"dev key in {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _record(row: RowMapping) -> ApiKey:
+    return ApiKey(id=row["id"], tenant=row["tenant"], name=row["name"], created_at=row["created_at"],
+                  revoked_at=row["revoked_at"])

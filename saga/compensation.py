@@ -1,0 +1,134 @@
+"""Reacting to a failed step: pause before the point of no return is passed, else compensate once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+
+from saga import claims, db, dispatch, store
+from saga.claims import patience
+from saga.definitions import TASKS, SagaType, get_saga_type
+from saga.errors import StepFailed
+
+log = logging.getLogger("saga.compensation")
+
+_BEGIN = text("""
+WITH u AS (
+    UPDATE sagas SET status = 'compensating', error = :reason, updated_at = now(),
+        deadline = now() + make_interval(secs => :pickup)
+    WHERE id = :saga_id AND status IN ('pending', 'running')
+    RETURNING id
+), st AS (
+    -- never started: skipped; started without an outcome: its effect may exist
+    UPDATE saga_steps SET
+        status = CASE WHEN status = 'pending' AND attempts = 0 THEN 'skipped' ELSE 'failed' END,
+        effect_unknown = effect_unknown OR NOT (status = 'pending' AND attempts = 0),
+        lease_expires_at = NULL, not_before = NULL
+    WHERE saga_id IN (SELECT id FROM u) AND status IN ('pending', 'running')
+), e AS (
+    INSERT INTO saga_events (saga_id, kind, detail)
+    SELECT id, 'compensation_begun', jsonb_build_object('reason', :reason) FROM u
+)
+SELECT count(*) FROM u
+""")
+
+_PAUSE = text("""
+WITH u AS (
+    UPDATE sagas SET status = 'paused', error = :reason, updated_at = now(), deadline = NULL
+    WHERE id = :saga_id AND status = 'running' RETURNING id
+)
+INSERT INTO saga_events (saga_id, kind, detail)
+SELECT id, 'saga_paused', jsonb_build_object('reason', :reason) FROM u
+RETURNING id
+""")
+
+_SETTLE = text("""
+WITH u AS (
+    UPDATE sagas SET status = :status, error = :reason, updated_at = now(), deadline = NULL
+    WHERE id = :saga_id AND status = 'compensating' RETURNING id
+)
+INSERT INTO saga_events (saga_id, kind, detail)
+SELECT id, :event, jsonb_build_object('reason', :reason) FROM u
+RETURNING id
+""")
+
+
+def begin(saga_id: UUID, saga_type: SagaType[Any], reason: str) -> bool:
+    """Move the saga to `compensating` and dispatch its compensations; only the first caller does either."""
+    with db.transaction() as conn:
+        won = conn.execute(_BEGIN, {"saga_id": saga_id, "reason": reason, "pickup": patience(saga_type)}).scalar()
+    if won:
+        log.info("saga %s compensating: %s", saga_id, reason)
+        try:
+            dispatch.compensations(store.load(saga_id), saga_type)
+        except Exception as exc:  # noqa: BLE001 - the broker is down: recovery dispatches once the deadline passes
+            log.warning("saga %s: compensations not dispatched (%s: %s)", saga_id, type(exc).__name__, exc)
+    return bool(won)
+
+
+def react(saga_id: UUID) -> None:
+    """Act on the saga's failed forward step: pause for a retriable one, compensate otherwise."""
+    record = store.load(saga_id)
+    if record.status not in ("pending", "running"):
+        return
+    failed = next((s for s in record.steps if s.status == "failed"), None)
+    if failed is None:
+        return
+    reason = f"step {failed.name} failed: {failed.error}"
+    if failed.kind == "retriable":
+        with db.transaction() as conn:
+            if conn.execute(_PAUSE, {"saga_id": saga_id, "reason": reason}).first():
+                log.info("saga %s paused: %s", saga_id, reason)
+    else:
+        begin(saga_id, get_saga_type(record.type), reason)
+
+
+def finish(saga_id: UUID) -> None:
+    """Settle a compensating saga once no compensation is owed: `compensated`, or `failed` with the reason."""
+    record = store.load(saga_id)
+    if record.status != "compensating":
+        return
+    saga_type = get_saga_type(record.type)
+    if dispatch.owed(record, saga_type):
+        return  # another chain still owes compensations; recovery watches the deadline meanwhile
+    stuck = [s for s in record.steps if dispatch.needs_undo(s, saga_type)]
+    params: dict[str, Any] = {"saga_id": saga_id}
+    if stuck:
+        params |= {"status": "failed", "event": "saga_failed",
+                   "reason": "; ".join(f"compensation of {s.name} gave up: {s.error}" for s in stuck)}
+    else:
+        params |= {"status": "compensated", "event": "saga_compensated", "reason": record.error}
+    with db.transaction() as conn:
+        conn.execute(_SETTLE, params)
+
+
+def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException) -> None:
+    """The chain errback: record a failure the step task could not record itself, then react."""
+    if task_name not in TASKS:
+        log.error("saga %s: task %s failed: %r; recovery will look at the saga", saga_id, task_name, exc)
+        return
+    step, mode = TASKS[task_name]
+    if not isinstance(exc, StepFailed):
+        # Hard time limit or an error outside the step body: the step's outcome is unknown.
+        held = claims.current_token(saga_id, step, task_id, mode)
+        if held is not None:
+            token, attempt = held
+            policy = step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
+            retry_in = policy.delay(attempt) if attempt < policy.max_attempts else None
+            recorded = claims.record_failure(
+                saga_id, step, token, mode, f"{type(exc).__name__}: {exc}", retry_in=retry_in,
+                effect_unknown=True,
+            )
+            if recorded is not None and (retry_in is not None or mode == "compensation"):
+                record = store.load(saga_id)
+                saga_type = get_saga_type(record.type)
+                if mode == "forward":
+                    dispatch.forward(saga_id, saga_type, step.index, countdown=retry_in)
+                else:
+                    dispatch.compensations(record, saga_type, countdown=retry_in)
+                return
+    if mode == "forward":
+        react(saga_id)

@@ -1,0 +1,218 @@
+"""Declaring saga types: a name, a pydantic input model, and ordered steps that are Celery tasks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection
+
+from saga.errors import InvalidInput, StepFailed, UnknownSagaType
+from saga.retry import RetryPolicy
+from saga.states import StepKind
+from workers.app import app
+
+InputT = TypeVar("InputT", bound=BaseModel)
+StepFn = Callable[["StepContext[Any]"], Any]
+
+# Seconds between a step's soft time limit (raised inside the body) and the hard one (kills the process).
+HARD_LIMIT_GRACE = 5.0
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+REGISTRY: dict[str, SagaType[Any]] = {}
+# Celery task name -> the step it runs, and whether it runs the step or its compensation.
+TASKS: dict[str, tuple[Step, Literal["forward", "compensation"]]] = {}
+
+
+@dataclass(frozen=True)
+class StepContext(Generic[InputT]):
+    """What a step body (or a compensation) gets: the saga's input and the results of earlier steps."""
+
+    saga_id: UUID
+    saga_type: str
+    step: str
+    input: InputT
+    results: Mapping[str, Any]
+    idempotency_key: str
+    attempt: int
+    compensating: bool = False
+    # Transactional steps only: the connection whose transaction also claims and commits the step.
+    db: Connection | None = None
+
+    @property
+    def result(self) -> Any:
+        """This step's own forward result (what a compensation undoes); None if it never committed."""
+        return self.results.get(self.step)
+
+
+@dataclass
+class Compensation:
+    """The task that undoes one step's effect."""
+
+    fn: StepFn
+    task_name: str
+    retry: RetryPolicy
+    time_limit: float
+    transactional: bool = False
+    task: Any = None
+
+
+@dataclass
+class Step:
+    """One step of a saga type, bound to its own named Celery task."""
+
+    saga: SagaType[Any]
+    name: str
+    index: int
+    kind: StepKind
+    fn: StepFn
+    task_name: str
+    retry: RetryPolicy
+    time_limit: float
+    # The body only writes to the ledger's database, through `ctx.db`: its writes commit atomically with
+    # the step's outcome, so they happen exactly once and a crash leaves nothing half-done.
+    transactional: bool = False
+    compensation: Compensation | None = None
+    task: Any = None
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.time_limit + HARD_LIMIT_GRACE
+
+    @property
+    def compensation_lease_seconds(self) -> float:
+        return (self.compensation.time_limit if self.compensation else self.time_limit) + HARD_LIMIT_GRACE
+
+    def compensate_with(
+        self, fn: StepFn | None = None, *, name: str | None = None, retry: RetryPolicy | None = None,
+        time_limit: float | None = None, transactional: bool = False,
+    ) -> Any:
+        """Decorator declaring the compensation of this step."""
+
+        def register(fn: StepFn) -> StepFn:
+            if self.kind is StepKind.RETRIABLE:
+                raise ValueError(f"step {self.name!r} is retriable and cannot have a compensation")
+            if self.compensation is not None:
+                raise ValueError(f"step {self.name!r} already has a compensation")
+            comp = Compensation(
+                fn=fn, task_name=name or f"{fn.__module__}.{fn.__name__}",
+                retry=retry or self.saga.default_retry, time_limit=time_limit or self.time_limit,
+                transactional=transactional,
+            )
+            self.compensation = comp
+            comp.task = _make_task(comp.task_name, comp.time_limit, self, compensating=True)
+            return fn
+
+        return register(fn) if fn is not None else register
+
+
+class SagaType(Generic[InputT]):
+    """A kind of business operation: `compensable` steps, then at most one `pivot`, then `retriable` ones."""
+
+    def __init__(
+        self, name: str, input_model: type[InputT], *, default_retry: RetryPolicy | None = None,
+        default_time_limit: float = 60.0, queue: str = "celery",
+    ) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f"saga type name {name!r} must be lowercase letters, digits and underscores")
+        if name in REGISTRY:
+            raise ValueError(f"saga type {name!r} is declared twice")
+        self.name = name
+        self.input_model = input_model
+        self.default_retry = default_retry or RetryPolicy()
+        self.default_time_limit = default_time_limit
+        # The Celery queue its steps go to, so a saga type can have workers of its own.
+        self.queue = queue
+        self.steps: list[Step] = []
+        REGISTRY[name] = self
+
+    def step(
+        self, fn: StepFn | None = None, *, kind: StepKind | str = StepKind.COMPENSABLE, name: str | None = None,
+        retry: RetryPolicy | None = None, time_limit: float | None = None, transactional: bool = False,
+    ) -> Any:
+        """Decorator appending a step; returns the `Step`, whose `compensate_with` declares its undo."""
+
+        def register(fn: StepFn) -> Step:
+            step = Step(
+                saga=self, name=fn.__name__, index=len(self.steps), kind=StepKind(kind), fn=fn,
+                task_name=name or f"{fn.__module__}.{fn.__name__}", retry=retry or self.default_retry,
+                time_limit=time_limit or self.default_time_limit, transactional=transactional,
+            )
+            self._check_order(step)
+            step.task = _make_task(step.task_name, step.time_limit, step, compensating=False)
+            self.steps.append(step)
+            return step
+
+        return register(fn) if fn is not None else register
+
+    def _check_order(self, new: Step) -> None:
+        if any(s.name == new.name for s in self.steps):
+            raise ValueError(f"saga {self.name!r} already has a step named {new.name!r}")
+        kinds = [s.kind for s in self.steps]
+        if new.kind is StepKind.PIVOT and StepKind.PIVOT in kinds:
+            raise ValueError(f"saga {self.name!r} can have only one pivot step")
+        if new.kind is not StepKind.RETRIABLE and StepKind.RETRIABLE in kinds:
+            raise ValueError(f"step {new.name!r}: only retriable steps may follow a retriable step")
+        if new.kind is StepKind.COMPENSABLE and StepKind.PIVOT in kinds:
+            raise ValueError(f"step {new.name!r}: only retriable steps may follow the pivot")
+
+    def check(self) -> None:
+        """Refuse a saga type that cannot run: no steps, or a compensable step without a compensation."""
+        if not self.steps:
+            raise ValueError(f"saga {self.name!r} has no steps")
+        for s in self.steps:
+            if s.kind is StepKind.COMPENSABLE and s.compensation is None:
+                raise ValueError(f"compensable step {s.name!r} of saga {self.name!r} has no compensation")
+
+    def validate_input(self, data: Any) -> InputT:
+        """The parsed input, or InvalidInput naming every field that is wrong."""
+        try:
+            return self.input_model.model_validate(data)
+        except ValidationError as exc:
+            problems = [
+                {"field": ".".join(str(p) for p in e["loc"]) or "input", "message": e["msg"]} for e in exc.errors()
+            ]
+            summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+            raise InvalidInput(f"invalid input for saga {self.name!r}: {summary}", problems) from None
+
+    @property
+    def longest_lease(self) -> float:
+        """The longest a step or compensation of this type may hold its lease."""
+        return max((max(s.lease_seconds, s.compensation_lease_seconds) for s in self.steps), default=0.0)
+
+
+
+def get_saga_type(name: str) -> SagaType[Any]:
+    try:
+        saga_type = REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY)) or "none"
+        raise UnknownSagaType(f"unknown saga type {name!r} (known: {known})") from None
+    saga_type.check()
+    return saga_type
+
+
+def _make_task(task_name: str, time_limit: float, step: Step, *, compensating: bool) -> Any:
+    """Register the Celery task that runs one step (or its compensation) for a given saga id."""
+
+    def run(task: Any, saga_id: str) -> Any:
+        from saga import execution
+
+        if compensating:
+            return execution.run_compensation(task, step, saga_id)
+        return execution.run_step(task, step, saga_id)
+
+    if task_name in TASKS:
+        raise ValueError(f"task name {task_name!r} is used by two steps")
+    TASKS[task_name] = (step, "compensation" if compensating else "forward")
+    run.__name__ = task_name.rsplit(".", 1)[-1]
+    run.__doc__ = (step.compensation.fn if compensating and step.compensation else step.fn).__doc__
+    return app.task(
+        run, name=task_name, bind=True, soft_time_limit=time_limit, time_limit=time_limit + HARD_LIMIT_GRACE,
+        throws=(StepFailed,), typing=False,
+        max_retries=None,  # attempts are counted in the ledger, not by Celery
+    )

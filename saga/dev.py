@@ -1,0 +1,177 @@
+"""`saga dev` (what `make run` runs): the whole stack on one machine, on embedded servers by default."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import uuid4
+
+from saga.local_services import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
+from saga.processes import ROOT, Process
+
+if TYPE_CHECKING:
+    from standins import StandIns
+
+log = logging.getLogger("saga.dev")
+FINAL = ("completed", "compensated", "paused", "failed")
+EXAMPLES = ROOT / "examples"
+API_PORT = 8000
+API_URL = f"http://127.0.0.1:{API_PORT}"
+
+
+def run(data_dir: Path, workers: int = 2, demo: bool = True) -> None:
+    """Start servers, migrate, start workers and beat, optionally run the demo sagas; Ctrl-C stops it all."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    use_env = bool(os.environ.get(DATABASE_ENV) and os.environ.get(BROKER_ENV))
+    services = start_services(data_dir, force_embedded=not use_env)
+    processes: list[Process] = []
+    extras: list[Process] = []
+    standins = None
+    env_file = data_dir / "env"
+
+    def shutdown(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        if use_env:
+            env = {DATABASE_ENV: services.database_url, BROKER_ENV: services.broker_url}
+        else:
+            create_database(services.database_url, "saga")
+            env = {DATABASE_ENV: with_database(services.database_url, "saga"),
+                   BROKER_ENV: services.broker_url.rstrip("/") + "/0"}
+        from standins import start_standins
+
+        standins = start_standins(data_dir / "standins")
+        env |= standins.env | {"SAGA_TENANT": "dev"}  # the tenant of the dev API key, so CLI and API agree
+        os.environ.update(env)
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        from saga import migrate
+        from saga.settings import get_settings
+
+        get_settings.cache_clear()
+        migrate.upgrade(env[DATABASE_ENV])
+        logs = data_dir / "logs"
+        saga_cmd = [sys.executable, "-m", "saga.cli"]
+        for n in range(1, workers + 1):
+            processes.append(Process.spawn(f"worker-{n}", [*saga_cmd, "worker", "-n", f"worker{n}@%h"], env, logs))
+        processes.append(Process.spawn("beat", [*saga_cmd, "beat", "-s", str(data_dir / "beat-schedule")],
+                                       env, logs))
+        from saga.apikeys import ensure_dev_key
+
+        api_key = ensure_dev_key(data_dir / "api-key")
+        processes.append(_api(env, logs))
+        # Flower is watched by nobody: if its port is taken the rest of the stack still runs.
+        extras.append(Process.spawn("flower", [*saga_cmd, "flower", "--port=5555"],
+                                    {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logs))
+        _wait_ready(processes[:workers])
+        _banner(env, logs, env_file, api_key)
+        if demo:
+            _demo(standins)
+        print("\nRunning. Ctrl-C stops every process started here.", flush=True)
+        while all(p.alive() for p in processes):
+            time.sleep(0.5)
+        dead = [p.name for p in processes if not p.alive()]
+        print(f"\n{', '.join(dead)} exited; see {logs}. Stopping.", flush=True)
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+    finally:
+        for p in reversed(processes + extras):
+            p.stop()
+        env_file.unlink(missing_ok=True)
+        if standins is not None:
+            standins.stop()
+        services.stop()
+        print("Stopped.", flush=True)
+
+
+def _wait_ready(workers: list[Process], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(" ready." in p.log_text() for p in workers):
+        dead = [p for p in workers if not p.alive()]
+        if dead:
+            raise SystemExit(f"saga dev: {dead[0].name} exited:\n{dead[0].log_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise SystemExit("saga dev: workers did not become ready in time; see .saga/logs")
+        time.sleep(0.2)
+
+
+def _api(env: dict[str, str], logs: Path) -> Process:
+    from api.server import spawn
+
+    try:
+        return spawn("api", env, logs, port=API_PORT)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"saga dev: the API could not start on port {API_PORT} ({exc}); is it in use?") from exc
+
+
+def _banner(env: dict[str, str], logs: Path, env_file: Path, api_key: str) -> None:
+    print(f"""
+  API        {API_URL}  (docs {API_URL}/docs; dev key in .saga/api-key: {api_key})
+  database   {env[DATABASE_ENV]}
+  broker     {env[BROKER_ENV]}
+  flower     http://127.0.0.1:5555  (Celery's live view of workers and tasks)
+  stand-ins  S3 {env["SAGA_S3_ENDPOINT_URL"]} (bucket {env["SAGA_S3_BUCKET"]}), Stripe {env["STRIPE_API_BASE"]}, \
+SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in .saga/standins/maildir)
+  logs       {logs}/
+
+  In another terminal (the CLI reads {env_file} while this runs):
+    .venv/bin/saga submit job_posting --input @examples/job_posting.json --wait
+    .venv/bin/saga submit job_posting --input @examples/job_posting_declined.json --wait
+    .venv/bin/saga list            .venv/bin/saga status <id>      .venv/bin/saga events <id>
+  or over HTTP:
+    curl -s {API_URL}/v1/sagas -H "Authorization: Bearer $(cat .saga/api-key)" \\
+      -H "Idempotency-Key: first-posting" -H "Content-Type: application/json" \\
+      -d "{{\\"type\\": \\"job_posting\\", \\"input\\": $(cat examples/job_posting.json)}}"
+""", flush=True)
+
+
+def _demo(standins: StandIns) -> None:
+    """Post one job that completes and one whose card is declined; show their steps, then the evidence."""
+    import saga
+    from saga.cli import render
+    from workers.app import load_modules
+
+    load_modules()
+    started = [
+        saga.start("job_posting", json.loads((EXAMPLES / name).read_text()), idempotency_key=f"demo-{uuid4()}")
+        for name in ("job_posting.json", "job_posting_declined.json")
+    ]
+    print("Demo: Initech's posting goes through; Globex's card is declined, so its saga compensates.\n", flush=True)
+    shown: dict[object, str] = {}
+    while True:
+        records = [saga.load(s.saga.id) for s in started]
+        for record in records:
+            view = render(record)
+            if shown.get(record.id) != view:
+                print(view + "\n", flush=True)
+                shown[record.id] = view
+        if all(r.status in FINAL for r in records):
+            break
+        time.sleep(0.3)
+    print("What the third parties hold now:", flush=True)
+    keys, intents, mails = standins.s3_keys(), standins.payment_intents(), standins.messages()
+    for r in records:
+        sid = str(r.id)
+        charges = [f"{pi['id']} {pi['status']}" for pi in intents if pi.get("metadata", {}).get("saga_id") == sid]
+        print(f"  {r.input['company']:<8} saga {r.status}: logo {[k for k in keys if sid in k] or 'none'}; "
+              f"posting {_posting_status(r.id) or 'none'}; stripe {charges or 'no payment'}; "
+              f"email {[m['Message-ID'].strip() for m in mails if sid in (m['Message-ID'] or '')] or 'none'}", flush=True)
+
+
+def _posting_status(saga_id: object) -> str | None:
+    from sqlalchemy import text
+
+    from saga import db
+
+    with db.transaction() as conn:
+        return conn.execute(text("SELECT status FROM job_postings WHERE saga_id = :s"), {"s": saga_id}).scalar()

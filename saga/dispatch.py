@@ -1,0 +1,51 @@
+"""Sending the Celery chains that wake steps up: forward from a step, or compensation newest first."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from celery import chain
+
+from saga.definitions import SagaType, Step
+from saga.store import SagaRecord, StepRecord
+from workers.app import app
+
+
+def forward(saga_id: UUID, saga_type: SagaType, start: int, countdown: float | None = None) -> None:
+    """Chain the steps from index `start` on; each carries only the saga id, the ledger holds the rest."""
+    steps = [s.task.si(str(saga_id)).set(queue=saga_type.queue) for s in saga_type.steps[start:]]
+    chain(*steps).on_error(_errback(saga_id)).apply_async(countdown=countdown)
+
+
+def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | None = None) -> None:
+    """Chain the compensations still owed, newest first, then the task that settles the saga's status."""
+    sigs = [
+        step.compensation.task.si(str(record.id)).set(queue=saga_type.queue)  # type: ignore[union-attr]
+        for step in owed(record, saga_type)
+    ]
+    sigs.append(app.signature("saga.finish_compensation", args=(str(record.id),), immutable=True,
+                              queue=saga_type.queue))
+    chain(*sigs).on_error(_errback(record.id)).apply_async(countdown=countdown)
+
+
+def owed(record: SagaRecord, saga_type: SagaType) -> list[Step]:
+    """Steps whose effect may exist and whose compensation still has attempts left, newest first."""
+    return [
+        saga_type.steps[rec.index] for rec in reversed(record.steps)
+        if needs_undo(rec, saga_type) and not undo_exhausted(rec, saga_type)
+    ]
+
+
+def needs_undo(rec: StepRecord, saga_type: SagaType) -> bool:
+    comp = saga_type.steps[rec.index].compensation
+    may_exist = rec.status in ("succeeded", "compensating") or (rec.status == "failed" and rec.effect_unknown)
+    return comp is not None and may_exist
+
+
+def undo_exhausted(rec: StepRecord, saga_type: SagaType) -> bool:
+    comp = saga_type.steps[rec.index].compensation
+    return comp is not None and rec.compensation_attempts >= comp.retry.max_attempts
+
+
+def _errback(saga_id: UUID):
+    return app.signature("saga.on_error", args=(str(saga_id),))

@@ -1,0 +1,27 @@
+"""The engine's own Celery tasks: the chains' errback, the end of compensation, and recovery."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from saga import compensation, recovery
+from workers.app import app
+
+
+@app.task(name="saga.on_error")
+def on_error(request: Any, exc: BaseException, traceback: str, saga_id: str) -> None:
+    """Errback of every chain; Celery calls it inline in the failing process, possibly twice."""
+    compensation.on_error(UUID(saga_id), request.task, request.id, exc)
+
+
+@app.task(name="saga.finish_compensation")
+def finish_compensation(saga_id: str) -> None:
+    """Last link of a compensation chain: settles the saga as `compensated` or `failed`."""
+    compensation.finish(UUID(saga_id))
+
+
+@app.task(name="saga.recover")
+def recover() -> int:
+    """Run by beat: wakes sagas whose progress deadline passed."""
+    return recovery.run_once()

@@ -1,0 +1,57 @@
+"""Exceptions a step raises to steer retries, and the ones the engine raises to its callers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TransientError(Exception):
+    """Raised by a step body for a failure worth retrying (timeouts, rate limits, 5xx)."""
+
+
+class PermanentError(Exception):
+    """Raised by a step body for a failure no retry can fix (a declined card, invalid data).
+
+    `effect_unknown` says whether the step may have left an effect that compensation must undo.
+    """
+
+    def __init__(self, message: str, *, effect_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.effect_unknown = effect_unknown
+
+
+class StepFailed(Exception):
+    """Raised by a step task once its failure is recorded, so Celery fires the chain's errback."""
+
+
+class SagaError(Exception):
+    """Base of the errors the engine reports to a caller (CLI, API); `code` is machine-readable."""
+
+    code = "saga_error"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class UnknownSagaType(SagaError):
+    code = "unknown_saga_type"
+
+
+class InvalidInput(SagaError):
+    code = "invalid_input"
+
+
+class IdempotencyConflict(SagaError):
+    code = "idempotency_key_reused"
+
+
+class SagaNotFound(SagaError):
+    code = "saga_not_found"
+
+
+class ActionRefused(SagaError):
+    """An operator action the saga's current status does not allow."""
+
+    code = "action_not_allowed"

@@ -1,0 +1,93 @@
+"""The ledger's tables: one row per saga, one per step, and an append-only event log."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+sagas = Table(
+    "sagas", metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("input", JSONB, nullable=False),
+    Column("idempotency_key", Text),
+    # Digest of type and input, to tell a replay of an idempotency key from a different request under it.
+    Column("request_hash", Text),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("error", Text),
+    # When recovery should look at the saga again if nothing has moved it; NULL once it waits for nobody.
+    Column("deadline", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("tenant", "idempotency_key", name="sagas_tenant_idempotency_key"),
+    Index("sagas_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
+    Index("sagas_tenant_status_created", "tenant", "status", text("created_at DESC")),
+    Index("sagas_active", "created_at",
+          postgresql_where=text("status IN ('pending', 'running', 'compensating')")),
+)
+
+saga_steps = Table(
+    "saga_steps", metadata,
+    Column("saga_id", UUID(as_uuid=True), ForeignKey("sagas.id", ondelete="CASCADE"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("compensation_attempts", Integer, nullable=False, server_default=text("0")),
+    # Bumped by every claim; a commit carrying an older token comes from a worker that lost its lease.
+    Column("fencing_token", BigInteger, nullable=False, server_default=text("0")),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    # Earliest time the next attempt may start (retry backoff).
+    Column("not_before", DateTime(timezone=True)),
+    # Celery task id of the latest execution, to find it in Flower.
+    Column("task_id", Text),
+    # The step failed in a way that may have left its effect behind, so compensation must consider it.
+    Column("effect_unknown", Boolean, nullable=False, server_default=text("false")),
+    Column("result", JSONB),
+    Column("error", Text),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("compensated_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("saga_id", "idx"),
+)
+
+saga_events = Table(
+    "saga_events", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("saga_id", UUID(as_uuid=True), nullable=False),
+    Column("step", Text),
+    Column("kind", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("saga_events_saga", "saga_id", "id"),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant", Text, nullable=False),
+    Column("name", Text),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+)

@@ -1,0 +1,29 @@
+"""API keys: each belongs to one tenant; only a hash of the key is stored.
+
+Revision ID: 0002
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "api_keys",
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+        sa.Column("tenant", sa.Text, nullable=False),
+        sa.Column("name", sa.Text),
+        # SHA-256 of the key, hex: keys are long random tokens, so a fast hash is enough.
+        sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("api_keys")

@@ -1,0 +1,94 @@
+"""Operator actions on one saga: cancel, resume, compensate. Each refuses with a reason when it does not apply."""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+from sqlalchemy import func, insert, select, update
+
+from saga import compensation, db, dispatch, store
+from saga.claims import patience
+from saga.definitions import get_saga_type
+from saga.errors import ActionRefused
+from saga.ledger import saga_events, saga_steps, sagas
+from saga.runner import send_forward
+from saga.store import SagaRecord
+
+log = logging.getLogger("saga.operator")
+
+
+def _locked(conn, saga_id: UUID, tenant: str | None) -> SagaRecord:
+    conn.execute(select(sagas.c.id).where(sagas.c.id == saga_id).with_for_update())
+    return store.load(saga_id, tenant, conn)
+
+
+def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
+    """Undo what was done; a step in flight finishes (or fails) first. Refused past the point of no return."""
+    with db.transaction() as conn:
+        record = _locked(conn, saga_id, tenant)
+        if record.cancel_requested:
+            return record  # asked before: repeating is harmless
+        if record.status not in ("pending", "running"):
+            raise ActionRefused(f"saga is {record.status}; only a pending or running saga can be cancelled",
+                                {"status": record.status})
+        committed = [s.name for s in record.steps if s.kind != "compensable" and s.status == "succeeded"]
+        if committed:
+            raise ActionRefused(f"saga passed its point of no return (step {committed[0]} succeeded); "
+                                "it can only go forward", {"status": record.status})
+        conn.execute(update(sagas).where(sagas.c.id == saga_id).values(cancel_requested=True, updated_at=func.now()))
+        conn.execute(insert(saga_events).values(saga_id=saga_id, kind="cancel_requested", detail={}))
+        in_flight = conn.execute(
+            select(func.count()).select_from(saga_steps).where(
+                saga_steps.c.saga_id == saga_id, saga_steps.c.status == "running",
+                saga_steps.c.lease_expires_at > func.now())
+        ).scalar()
+    if not in_flight:
+        compensation.begin(saga_id, get_saga_type(record.type), "cancelled")
+    return store.load(saga_id)
+
+
+def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
+    """Continue a paused saga from its first unfinished step, with that step's attempts counted afresh."""
+    with db.transaction() as conn:
+        record = _locked(conn, saga_id, tenant)
+        if record.status != "paused":
+            raise ActionRefused(f"saga is {record.status}; only a paused saga can be resumed",
+                                {"status": record.status})
+        first = next(s for s in record.steps if s.status != "succeeded")
+        conn.execute(
+            update(saga_steps).where(saga_steps.c.saga_id == saga_id, saga_steps.c.status == "failed")
+            .values(status="pending", attempts=0, error=None, finished_at=None, not_before=None)
+        )
+        conn.execute(update(sagas).where(sagas.c.id == saga_id).values(
+            status="running", error=None, updated_at=func.now(),
+            deadline=db.seconds_from_now(patience(get_saga_type(record.type)))))
+        conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed", detail={"from": first.name}))
+    send_forward(saga_id, record.type, first.index)
+    return store.load(saga_id)
+
+
+def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
+    """Run again the compensations of a `failed` saga, each with its attempts counted afresh."""
+    with db.transaction() as conn:
+        record = _locked(conn, saga_id, tenant)
+        if record.status != "failed":
+            raise ActionRefused(f"saga is {record.status}; only a failed saga can be compensated again",
+                                {"status": record.status})
+        saga_type = get_saga_type(record.type)
+        retry = [s.index for s in record.steps if dispatch.needs_undo(s, saga_type)]
+        conn.execute(
+            update(saga_steps).where(saga_steps.c.saga_id == saga_id, saga_steps.c.idx.in_(retry))
+            .values(compensation_attempts=0, not_before=None)
+        )
+        conn.execute(update(sagas).where(sagas.c.id == saga_id).values(
+            status="compensating", updated_at=func.now(),
+            deadline=db.seconds_from_now(patience(saga_type))))
+        conn.execute(insert(saga_events).values(
+            saga_id=saga_id, kind="compensation_rerun", detail={"steps": [record.steps[i].name for i in retry]}))
+        record = store.load(saga_id, conn=conn)
+    try:
+        dispatch.compensations(record, saga_type)
+    except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
+        log.warning("saga %s: compensation not dispatched (%s); recovery will", saga_id, exc)
+    return store.load(saga_id)

@@ -1,0 +1,55 @@
+"""Child processes of `saga dev` and of test stacks: each in its own process group, logging to a file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Process:
+    """A worker, beat or other service process, with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def spawn(cls, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Process:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return cls(name, popen, log)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a worker's main process and its pool children)."""
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=30)
+
+    def stop(self, timeout: float = 15) -> None:
+        """Ask politely (SIGTERM: a worker finishes its current steps), then SIGKILL."""
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,112 @@
+"""Starting a saga: validate everything, record it with its steps in one transaction, then dispatch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import select, text
+
+from saga import db, dispatch, store
+from saga.claims import patience
+from saga.definitions import get_saga_type
+from saga.errors import IdempotencyConflict, InvalidInput
+from saga.ledger import sagas
+from saga.settings import get_settings
+from saga.storable import storable
+from saga.store import SagaRecord, StepRecord
+
+log = logging.getLogger("saga.runner")
+
+# The saga, its steps and its first event in one statement; nothing when the idempotency key is taken.
+_ACCEPT = text("""
+WITH s AS (
+    INSERT INTO sagas (id, tenant, type, status, input, idempotency_key, request_hash, deadline)
+    VALUES (:id, :tenant, :type, 'pending', CAST(:input AS jsonb), :key, :hash,
+            now() + make_interval(secs => :pickup))
+    ON CONFLICT (tenant, idempotency_key) DO NOTHING
+    RETURNING id, created_at
+), st AS (
+    INSERT INTO saga_steps (saga_id, idx, name, kind, status)
+    SELECT s.id, x.idx, x.name, x.kind, 'pending'
+    FROM s, unnest(CAST(:idxs AS int[]), CAST(:names AS text[]), CAST(:kinds AS text[])) AS x(idx, name, kind)
+), e AS (
+    INSERT INTO saga_events (saga_id, kind, detail) SELECT id, 'saga_accepted', CAST(:detail AS jsonb) FROM s
+)
+SELECT id, created_at FROM s
+""")
+
+
+@dataclass(frozen=True)
+class Started:
+    saga: SagaRecord
+    created: bool  # False when an earlier request with the same idempotency key made it
+
+
+def start(
+    type_name: str, input_data: Any, *, idempotency_key: str | None = None, tenant: str | None = None,
+    dispatch: bool = True,
+) -> Started:
+    """Accept a saga: raises UnknownSagaType, InvalidInput or IdempotencyConflict before writing anything.
+
+    With `dispatch=False` the caller sends it later with `send_forward` (the API does, after answering).
+    """
+    settings = get_settings()
+    tenant = tenant or settings.tenant
+    saga_type = get_saga_type(type_name)
+    payload = saga_type.validate_input(input_data).model_dump(mode="json")
+    try:
+        storable(payload)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid input for saga {type_name!r}: {exc}", [{"field": "input", "message": str(exc)}])
+
+    request_hash = hashlib.sha256(
+        json.dumps({"type": type_name, "input": payload}, sort_keys=True).encode()
+    ).hexdigest()
+    saga_id = uuid4()
+    with db.transaction() as conn:
+        row = conn.execute(_ACCEPT, {
+            "id": saga_id, "tenant": tenant, "type": type_name, "input": db.to_json(payload),
+            "key": idempotency_key, "hash": request_hash, "pickup": patience(saga_type),
+            "idxs": [s.index for s in saga_type.steps], "names": [s.name for s in saga_type.steps],
+            "kinds": [s.kind.value for s in saga_type.steps],
+            "detail": db.to_json({"type": type_name, "idempotency_key": idempotency_key}),
+        }).first()
+        if row is None:
+            existing = conn.execute(
+                select(sagas.c.id, sagas.c.request_hash)
+                .where(sagas.c.tenant == tenant, sagas.c.idempotency_key == idempotency_key)
+            ).one()
+            if existing.request_hash != request_hash:
+                raise IdempotencyConflict(
+                    f"idempotency key {idempotency_key!r} was already used with a different request",
+                    {"saga_id": str(existing.id)},
+                )
+            return Started(store.load(existing.id, conn=conn), created=False)
+    record = SagaRecord(
+        id=saga_id, tenant=tenant, type=type_name, status="pending", input=payload,
+        idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row.created_at,
+        updated_at=row.created_at,
+        steps=[StepRecord(index=s.index, name=s.name, kind=s.kind.value, status="pending", attempts=0,
+                          compensation_attempts=0, effect_unknown=False, result=None, error=None, task_id=None,
+                          started_at=None, finished_at=None, compensated_at=None) for s in saga_type.steps],
+    )
+    if dispatch:
+        send_forward(saga_id, type_name, 0)
+    return Started(record, created=True)
+
+
+def send_forward(saga_id: UUID, type_name: str, start_index: int) -> None:
+    """Dispatch the forward chain; if the broker is down the saga stays accepted and recovery sends it."""
+    try:
+        dispatch.forward(saga_id, get_saga_type(type_name), start_index)
+    except Exception as exc:  # noqa: BLE001 - any broker failure leaves the work to recovery
+        log.warning("saga %s accepted but not dispatched (%s: %s); recovery will dispatch it",
+                    saga_id, type(exc).__name__, exc)
+        with db.transaction() as conn:  # due at once: recovery's next pass sends it
+            conn.execute(text("UPDATE sagas SET deadline = now() WHERE id = :id AND status IN ('pending', 'running')"),
+                         {"id": saga_id})

@@ -1,0 +1,35 @@
+"""What the ledger can store: JSON that PostgreSQL's jsonb accepts."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+# What PostgreSQL cannot keep in text or jsonb: NUL characters and halves of surrogate pairs.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+MAX_DEPTH = 32
+
+
+def storable(value: Any) -> Any:
+    """`value`, or ValueError naming the first part of it the ledger could not store: a string (key or value)
+    with a NUL character or half a surrogate pair, a number that is not finite, or nesting past MAX_DEPTH."""
+    pending: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while pending:
+        item, path, depth = pending.pop()
+        where = path or "value"
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                raise ValueError(f"{where} holds a NUL character or an unpaired surrogate")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where} is not a finite number")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                pending.append((key, f"{path}[key {key!r}]", depth + 1))
+                pending.append((inner, f"{path}.{key}" if path else str(key), depth + 1))
+        elif isinstance(item, list):
+            pending.extend((inner, f"{path}.{index}", depth + 1) for index, inner in enumerate(item))
+    return value

@@ -1,0 +1,155 @@
+"""Reading sagas, their steps and their events out of the ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, select
+
+from saga import db
+from saga.errors import SagaNotFound
+from saga.ledger import saga_events, saga_steps, sagas
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    index: int
+    name: str
+    kind: str
+    status: str
+    attempts: int
+    compensation_attempts: int
+    effect_unknown: bool
+    result: Any
+    error: str | None
+    task_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    compensated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    id: UUID
+    tenant: str
+    type: str
+    status: str
+    input: dict[str, Any]
+    idempotency_key: str | None
+    cancel_requested: bool
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    steps: list[StepRecord]
+
+    @property
+    def progress(self) -> dict[str, int]:
+        return {"done": sum(s.status == "succeeded" for s in self.steps), "total": len(self.steps)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id), "type": self.type, "status": self.status, "input": self.input,
+            "idempotency_key": self.idempotency_key, "cancel_requested": self.cancel_requested,
+            "error": self.error, "progress": self.progress,
+            "steps": [
+                {"name": s.name, "kind": s.kind, "status": s.status, "attempts": s.attempts,
+                 "compensation_attempts": s.compensation_attempts, "result": s.result, "error": s.error,
+                 "task_id": s.task_id, "started_at": _iso(s.started_at), "finished_at": _iso(s.finished_at),
+                 "compensated_at": _iso(s.compensated_at)}
+                for s in self.steps
+            ],
+            "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    step: str | None
+    kind: str
+    detail: dict[str, Any]
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "step": self.step, "kind": self.kind, "detail": self.detail,
+                "created_at": _iso(self.created_at)}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def load(saga_id: UUID, tenant: str | None = None, conn: Connection | None = None) -> SagaRecord:
+    """The saga with its steps; SagaNotFound if it does not exist (or belongs to another tenant)."""
+    if conn is None:
+        with db.transaction() as own:
+            return load(saga_id, tenant, own)
+    query = select(sagas).where(sagas.c.id == saga_id)
+    if tenant is not None:
+        query = query.where(sagas.c.tenant == tenant)
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        raise SagaNotFound(f"saga {saga_id} not found")
+    steps = conn.execute(
+        select(saga_steps).where(saga_steps.c.saga_id == saga_id).order_by(saga_steps.c.idx)
+    ).mappings().all()
+    return _saga(row, steps)
+
+
+def _saga(row: Any, steps: Any) -> SagaRecord:
+    return SagaRecord(
+        id=row["id"], tenant=row["tenant"], type=row["type"], status=row["status"], input=row["input"],
+        idempotency_key=row["idempotency_key"], cancel_requested=row["cancel_requested"], error=row["error"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+        steps=[
+            StepRecord(
+                index=s["idx"], name=s["name"], kind=s["kind"], status=s["status"], attempts=s["attempts"],
+                compensation_attempts=s["compensation_attempts"], effect_unknown=s["effect_unknown"],
+                result=s["result"], error=s["error"], task_id=s["task_id"], started_at=s["started_at"],
+                finished_at=s["finished_at"], compensated_at=s["compensated_at"],
+            )
+            for s in steps
+        ],
+    )
+
+
+def list_sagas(
+    tenant: str, *, status: str | None = None, type_: str | None = None, limit: int = 50,
+    before: tuple[datetime, UUID] | None = None,
+) -> list[SagaRecord]:
+    """Newest first; `before` is the (created_at, id) of the last saga of the previous page."""
+    query = select(sagas).where(sagas.c.tenant == tenant)
+    if status:
+        query = query.where(sagas.c.status == status)
+    if type_:
+        query = query.where(sagas.c.type == type_)
+    if before:
+        query = query.where((sagas.c.created_at, sagas.c.id) < before)  # type: ignore[operator]
+    query = query.order_by(sagas.c.created_at.desc(), sagas.c.id.desc()).limit(limit)
+    with db.transaction() as conn:
+        rows = conn.execute(query).mappings().all()
+        if not rows:
+            return []
+        steps = conn.execute(
+            select(saga_steps).where(saga_steps.c.saga_id.in_([r["id"] for r in rows]))
+            .order_by(saga_steps.c.saga_id, saga_steps.c.idx)
+        ).mappings().all()
+    by_saga: dict[UUID, list[Any]] = {}
+    for s in steps:
+        by_saga.setdefault(s["saga_id"], []).append(s)
+    return [_saga(r, by_saga.get(r["id"], [])) for r in rows]
+
+
+def events(saga_id: UUID, tenant: str | None = None, after: int = 0, limit: int = 1000) -> list[Event]:
+    """The saga's audit log, oldest first."""
+    with db.transaction() as conn:
+        load(saga_id, tenant, conn)
+        rows = conn.execute(
+            select(saga_events).where(saga_events.c.saga_id == saga_id, saga_events.c.id > after)
+            .order_by(saga_events.c.id).limit(limit)
+        ).mappings().all()
+    return [Event(id=r["id"], step=r["step"], kind=r["kind"], detail=r["detail"], created_at=r["created_at"])
+            for r in rows]

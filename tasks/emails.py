@@ -1,0 +1,46 @@
+"""The confirmation email, over SMTP, with a Message-ID derived from the step so receivers can drop repeats."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+from saga import PermanentError, RetryPolicy, StepContext, TransientError
+from saga.settings import get_settings
+
+RETRY = RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay=8.0,
+                    transient=(TransientError,), permanent=(PermanentError,))
+
+
+def message_id(ctx: StepContext[Any]) -> str:
+    domain = get_settings().mail_from.rpartition("@")[2] or "localhost"
+    return f"<{ctx.saga_id}.{ctx.step}@{domain}>"
+
+
+def send_confirmation(ctx: StepContext[Any]) -> dict[str, str]:
+    """Send the receipt. At least once: a crash between send and commit sends it again, same Message-ID."""
+    settings, data = get_settings(), ctx.input
+    msg = EmailMessage()
+    msg["From"] = settings.mail_from
+    msg["To"] = data.contact_email
+    msg["Subject"] = f"Your job posting is live: {data.title}"
+    msg["Message-ID"] = message_id(ctx)
+    msg["Date"] = formatdate(localtime=False)
+    charge = ctx.results.get("charge_payment", {})
+    msg.set_content(
+        f"Hello {data.company},\n\nyour posting \"{data.title}\" is live.\n"
+        f"We charged {data.amount_cents / 100:.2f} {data.currency.upper()} "
+        f"(payment {charge.get('payment_intent', '?')}).\n"
+    )
+    try:
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
+            smtp.send_message(msg)
+    except smtplib.SMTPResponseException as exc:
+        if 400 <= exc.smtp_code < 500:
+            raise TransientError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
+        raise PermanentError(f"SMTP refused: {exc.smtp_code}: {exc.smtp_error!r}") from exc
+    except (TimeoutError, smtplib.SMTPException, OSError) as exc:
+        raise TransientError(f"SMTP unreachable: {exc}") from exc
+    return {"message_id": msg["Message-ID"]}

@@ -1,0 +1,51 @@
+"""Reading what the probe steps did, and checking the design's invariants against it."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+
+from saga import db, events, load
+
+
+def effects(saga_id: UUID, kind: str) -> list[str]:
+    with db.transaction() as conn:
+        return list(conn.execute(text("SELECT step FROM probe_effects WHERE saga_id = :s AND kind = :k ORDER BY at"),
+                                 {"s": saga_id, "k": kind}).scalars())
+
+
+def runs(saga_id: UUID, step: str | None = None, kind: str = "do") -> list[Any]:
+    with db.transaction() as conn:
+        return list(conn.execute(
+            text("SELECT step, attempt, pid, at FROM probe_runs WHERE saga_id = :s AND kind = :k "
+                 "AND (CAST(:st AS text) IS NULL OR step = :st) ORDER BY id"),
+            {"s": saga_id, "k": kind, "st": step}))
+
+
+def event_kinds(saga_id: UUID, kind: str) -> list[str | None]:
+    return [e.step for e in events(saga_id) if e.kind == kind]
+
+
+def check_invariants(saga_id: UUID, one_pass: bool = True) -> str:
+    """Assert I2-I4 for one finished saga from the probes' own tables; returns its status.
+
+    `one_pass` is False when an operator re-ran compensation, so the newest-first order spans two passes.
+    """
+    record = load(saga_id)
+    done, undone = effects(saga_id, "do"), effects(saga_id, "undo")
+    succeeded = event_kinds(saga_id, "step_succeeded")
+    assert len(succeeded) == len(set(succeeded)), f"a step committed twice: {succeeded}"
+    compensated = event_kinds(saga_id, "step_compensated")
+    assert len(compensated) == len(set(compensated)), f"a compensation committed twice: {compensated}"
+    order = [s.name for s in record.steps]
+    if one_pass:
+        assert compensated == sorted(compensated, key=order.index, reverse=True), f"not newest first: {compensated}"
+    if record.status == "completed":
+        assert sorted(done) == order, f"completed saga effects {done}"
+        assert undone == []
+    elif record.status == "compensated":
+        assert set(done) <= set(undone), f"effects {done} but undone {undone}"
+        assert set(done) <= set(compensated), f"effects {done} but compensated {compensated}"
+    return record.status

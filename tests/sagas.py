@@ -1,0 +1,129 @@
+"""Saga types the tests drive through real workers; each body records what it did in probe tables."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from saga import PermanentError, RetryPolicy, SagaType, StepContext, TransientError, db
+
+PROBE_TABLES = """
+CREATE TABLE IF NOT EXISTS probe_runs (
+    id bigserial PRIMARY KEY, saga_id uuid NOT NULL, step text NOT NULL, kind text NOT NULL,
+    attempt int NOT NULL, pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS probe_effects (
+    key text PRIMARY KEY, saga_id uuid NOT NULL, step text NOT NULL, kind text NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS probe_switches (name text PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS probe_tx_effects (saga_id uuid NOT NULL, step text NOT NULL, kind text NOT NULL);
+"""
+
+
+class ProbeInput(BaseModel):
+    """What each probe step should do: fail, fail for a while, or hold still so a test can kill it."""
+
+    fail: str | None = None  # step that fails permanently
+    transient: dict[str, int] = Field(default_factory=dict)  # step -> attempts that fail transiently
+    switch: dict[str, str] = Field(default_factory=dict)  # step or "undo_<step>" -> switch name: fails while on
+    hold: dict[str, float] = Field(default_factory=dict)  # "<step>" / "undo_<step>" -> seconds after the effect
+    hold_before: dict[str, float] = Field(default_factory=dict)  # same, before the effect
+    hang: str | None = None  # step that ignores its soft time limit, so the hard one kills it
+
+
+def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
+    label = ctx.step if kind == "do" else f"undo_{ctx.step}"
+    spec = ctx.input
+    with db.transaction() as conn:
+        conn.execute(text("INSERT INTO probe_runs (saga_id, step, kind, attempt, pid) VALUES (:s, :st, :k, :a, :p)"),
+                     {"s": ctx.saga_id, "st": ctx.step, "k": kind, "a": ctx.attempt, "p": os.getpid()})
+        switched = spec.switch.get(label) and conn.execute(
+            text("SELECT 1 FROM probe_switches WHERE name = :n"), {"n": spec.switch[label]}).first()
+    if ctx.attempt == 1 and label in spec.hold_before:
+        time.sleep(spec.hold_before[label])
+    if spec.hang == label:
+        try:
+            time.sleep(60)
+        except SoftTimeLimitExceeded:
+            time.sleep(60)
+    if spec.fail == label:
+        raise PermanentError(f"{label} refused")
+    if ctx.attempt <= spec.transient.get(label, 0):
+        raise TransientError(f"{label} attempt {ctx.attempt} hit a passing failure")
+    if switched:
+        raise TransientError(f"{label} is switched off")
+    with db.transaction() as conn:
+        conn.execute(text("INSERT INTO probe_effects (key, saga_id, step, kind) VALUES (:key, :s, :st, :k) "
+                          "ON CONFLICT (key) DO NOTHING"),
+                     {"key": ctx.idempotency_key, "s": ctx.saga_id, "st": ctx.step, "k": kind})
+    if ctx.attempt == 1 and label in spec.hold:
+        time.sleep(spec.hold[label])
+    return {"step": ctx.step, "key": ctx.idempotency_key}
+
+
+def _declare(name: str, queue: str, retry: RetryPolicy, time_limit: float) -> SagaType[ProbeInput]:
+    saga_type = SagaType(name, ProbeInput, default_retry=retry, default_time_limit=time_limit, queue=queue)
+    for step_name, kind in (("a", "compensable"), ("b", "compensable"), ("c", "pivot"), ("d", "retriable")):
+        def body(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+            return _act(ctx, "do")
+
+        body.__name__ = step_name
+        step = saga_type.step(body, kind=kind, name=f"tests.{name}.{step_name}")
+        if kind != "retriable":
+            def undo(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+                return _act(ctx, "undo")
+
+            step.compensate_with(undo, name=f"tests.{name}.undo_{step_name}")
+    return saga_type
+
+
+FAST = RetryPolicy(max_attempts=4, initial_delay=0.2, multiplier=2.0, max_delay=2.0)
+probe = _declare("probe", "probe", FAST, time_limit=3)
+# Its steps go to a queue no worker reads, so a test can play the workers' part itself.
+probe_idle = _declare("probe_idle", "nobody", FAST, time_limit=3)
+# One attempt with a 1 s limit: a hanging step is killed by the hard time limit.
+probe_limit = _declare("probe_limit", "probe", RetryPolicy(max_attempts=1), time_limit=1)
+
+
+probe_tx = SagaType("probe_tx", ProbeInput, default_retry=FAST, default_time_limit=3, queue="probe")
+
+
+def _tx_act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
+    """Write the effect through the step's own transaction first, then fail or hold as asked."""
+    assert ctx.db is not None
+    with db.transaction() as conn:  # outside the step's transaction, so it survives a rollback
+        conn.execute(text("INSERT INTO probe_runs (saga_id, step, kind, attempt, pid) VALUES (:s, :st, :k, :a, :p)"),
+                     {"s": ctx.saga_id, "st": ctx.step, "k": kind, "a": ctx.attempt, "p": os.getpid()})
+        # A crashed attempt leaves no trace in a transactional step, so "first run" is read from probe_runs.
+        first_run = conn.execute(text("SELECT count(*) FROM probe_runs WHERE saga_id = :s AND step = :st "
+                                      "AND kind = :k"), {"s": ctx.saga_id, "st": ctx.step, "k": kind}).scalar() == 1
+    # No unique key: only the step's transaction stands between a re-run and a second row.
+    ctx.db.execute(text("INSERT INTO probe_tx_effects (saga_id, step, kind) VALUES (:s, :st, :k)"),
+                   {"s": ctx.saga_id, "st": ctx.step, "k": kind})
+    label = ctx.step if kind == "do" else f"undo_{ctx.step}"
+    if ctx.input.fail == label:
+        raise PermanentError(f"{label} refused")
+    if ctx.attempt <= ctx.input.transient.get(label, 0):
+        raise TransientError(f"{label} attempt {ctx.attempt} hit a passing failure")
+    if first_run and label in ctx.input.hold:
+        time.sleep(ctx.input.hold[label])
+    return {"step": ctx.step}
+
+
+@probe_tx.step(kind="compensable", transactional=True, name="tests.probe_tx.a")
+def a(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+    return _tx_act(ctx, "do")
+
+
+@a.compensate_with(name="tests.probe_tx.undo_a", transactional=True)
+def undo_a(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+    return _tx_act(ctx, "undo")
+
+
+@probe_tx.step(kind="pivot", transactional=True, name="tests.probe_tx.b")
+def b(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+    return _tx_act(ctx, "do")

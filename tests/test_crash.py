@@ -1,0 +1,81 @@
+"""Crash safety: SIGKILL real worker processes mid-step and check the invariants on the probes' records."""
+
+from __future__ import annotations
+
+import os
+import signal
+from uuid import uuid4
+
+import pytest
+
+import saga
+from saga.testing import Stack, wait_for_status, wait_until
+from tests.probes import check_invariants, effects, runs
+
+FINAL = ("completed", "compensated", "paused", "failed")
+
+
+def start(**spec: object) -> saga.SagaRecord:
+    return saga.start("probe", spec, idempotency_key=str(uuid4())).saga
+
+
+def first_run(saga_id: object, step: str, kind: str = "do") -> object:
+    return wait_until(lambda: runs(saga_id, step, kind), timeout=30, what=f"{kind} {step} to start")[0]
+
+
+@pytest.mark.parametrize("step, when", [("a", "after"), ("b", "before"), ("c", "after"), ("d", "before")])
+def test_pool_child_killed_mid_step(workers: Stack, step: str, when: str) -> None:
+    """The message is requeued; the step runs again once the dead attempt's lease ends."""
+    hold = "hold" if when == "after" else "hold_before"
+    record = start(**{hold: {step: 30}})
+    os.kill(first_run(record.id, step).pid, signal.SIGKILL)
+    record = wait_for_status(record.id, FINAL, timeout=90)
+    assert record.status == "completed"
+    assert [r.attempt for r in runs(record.id, step)] == [1, 2]
+    assert check_invariants(record.id) == "completed"
+
+
+@pytest.mark.parametrize("step, when", [("b", "after"), ("c", "before")])
+def test_whole_worker_killed_mid_step(workers: Stack, step: str, when: str) -> None:
+    """Main process and pool die together; recovery re-dispatches once the saga's deadline passes."""
+    hold = "hold" if when == "after" else "hold_before"
+    record = start(**{hold: {step: 30}})
+    first_run(record.id, step)
+    workers.replace_workers(kill=True)
+    record = wait_for_status(record.id, FINAL, timeout=90)
+    assert record.status == "completed"
+    assert check_invariants(record.id) == "completed"
+    assert "recovered" in [e.kind for e in saga.events(record.id)]
+
+
+def test_whole_worker_killed_during_compensation(workers: Stack) -> None:
+    record = start(fail="c", hold={"undo_b": 30})
+    first_run(record.id, "b", kind="undo")
+    workers.replace_workers(kill=True)
+    record = wait_for_status(record.id, FINAL, timeout=90)
+    assert record.status == "compensated"
+    assert effects(record.id, "undo") == ["b", "a"]
+    assert check_invariants(record.id) == "compensated"
+
+
+def test_many_sagas_survive_repeated_child_kills(workers: Stack) -> None:
+    """Twelve sagas in flight while pool children are killed three times: every one ends cleanly."""
+    records = [start(hold={"b": 0.3}, fail=("c" if i % 3 == 0 else None)) for i in range(12)]
+    killed: set[int] = set()
+
+    def fresh_victim() -> int | None:
+        latest = [run for r in records for run in runs(r.id)]
+        pids = [run.pid for run in sorted(latest, key=lambda run: run.at) if run.pid not in killed]
+        return pids[-1] if pids else None
+
+    for _ in range(3):
+        pid = wait_until(fresh_victim, timeout=60, what="a pool child that has not been killed yet")
+        killed.add(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    outcomes = [wait_for_status(r.id, FINAL, timeout=120).status for r in records]
+    for r, status in zip(records, outcomes):
+        assert status == ("compensated" if r.input.get("fail") else "completed")
+        assert check_invariants(r.id) == status

@@ -1,0 +1,206 @@
+"""The engine end to end, through real worker processes, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from uuid import uuid4
+
+import pytest
+from celery.app.task import Context
+from sqlalchemy import text
+
+import saga
+from saga import claims, db
+from saga.errors import StepFailed
+from saga.testing import Stack, wait_for_status, wait_until
+from tests.probes import check_invariants, effects, event_kinds, runs
+from tests.sagas import probe_idle
+
+FINAL = ("completed", "compensated", "paused", "failed")
+
+
+def run(stack: Stack, type_name: str = "probe", **spec: object) -> saga.SagaRecord:
+    started = saga.start(type_name, spec, idempotency_key=str(uuid4()))
+    return wait_for_status(started.saga.id, FINAL, timeout=60)
+
+
+def switch(name: str, on: bool) -> None:
+    with db.transaction() as conn:
+        sql = "INSERT INTO probe_switches VALUES (:n) ON CONFLICT DO NOTHING" if on else \
+            "DELETE FROM probe_switches WHERE name = :n"
+        conn.execute(text(sql), {"n": name})
+
+
+def test_a_saga_completes_every_step_once(workers: Stack) -> None:
+    record = run(workers)
+    assert record.status == "completed"
+    assert record.progress == {"done": 4, "total": 4}
+    assert [s.status for s in record.steps] == ["succeeded"] * 4
+    assert effects(record.id, "do") == ["a", "b", "c", "d"]
+    assert check_invariants(record.id) == "completed"
+    kinds = [e.kind for e in saga.events(record.id)]
+    assert kinds[0] == "saga_accepted" and kinds[-1] == "saga_completed"
+
+
+@pytest.mark.parametrize("failing, undone", [("a", []), ("b", ["a"]), ("c", ["b", "a"])])
+def test_permanent_failure_compensates_earlier_steps_newest_first(
+    workers: Stack, failing: str, undone: list[str],
+) -> None:
+    record = run(workers, fail=failing)
+    assert record.status == "compensated"
+    assert event_kinds(record.id, "step_compensated") == undone
+    assert effects(record.id, "undo") == undone
+    statuses = {s.name: s.status for s in record.steps}
+    assert statuses[failing] == "failed"
+    assert all(statuses[name] == "compensated" for name in undone)
+    assert statuses["d"] == "skipped"
+    assert len(runs(record.id, failing)) == 1, "a permanent error is not retried"
+    assert check_invariants(record.id) == "compensated"
+
+
+def test_transient_failures_retry_with_growing_delays_then_succeed(workers: Stack) -> None:
+    record = run(workers, transient={"b": 3})
+    assert record.status == "completed"
+    b = next(s for s in record.steps if s.name == "b")
+    assert b.attempts == 4
+    delays = [e.detail["retry_in"] for e in saga.events(record.id) if e.kind == "step_attempt_failed"]
+    assert len(delays) == 3
+    assert delays == sorted(delays), f"backoff shrank: {delays}"
+    assert 0.1 <= delays[0] <= 0.2 and 0.4 <= delays[2] <= 0.8
+    started = [r.at for r in runs(record.id, "b")]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(started)]
+    assert all(gap >= delay - 0.05 for gap, delay in zip(gaps, delays)), f"retried early: {gaps} vs {delays}"
+    assert effects(record.id, "do").count("b") == 1
+
+
+def test_compensation_that_keeps_failing_leaves_saga_failed_then_operator_recompensates(workers: Stack) -> None:
+    name = f"undo-b-{uuid4()}"
+    switch(name, True)
+    record = run(workers, fail="c", switch={"undo_b": name})
+    assert record.status == "failed"
+    assert "compensation of b gave up" in (record.error or "")
+    assert effects(record.id, "undo") == ["a"], "the older step is still undone after one gives up"
+    assert len(runs(record.id, "b", kind="undo")) == 4
+
+    switch(name, False)
+    saga.compensate(record.id)
+    record = wait_for_status(record.id, FINAL)
+    assert record.status == "compensated"
+    assert sorted(effects(record.id, "undo")) == ["a", "b"]
+    assert check_invariants(record.id, one_pass=False) == "compensated"
+
+
+def test_retriable_step_that_keeps_failing_pauses_and_resume_finishes(workers: Stack) -> None:
+    name = f"d-{uuid4()}"
+    switch(name, True)
+    record = run(workers, switch={"d": name})
+    assert record.status == "paused"
+    assert effects(record.id, "undo") == [], "nothing after the pivot is compensated"
+    assert {s.name: s.status for s in record.steps}["d"] == "failed"
+    with pytest.raises(saga.ActionRefused):
+        saga.cancel(record.id)
+
+    switch(name, False)
+    saga.resume(record.id)
+    record = wait_for_status(record.id, FINAL)
+    assert record.status == "completed"
+    assert check_invariants(record.id) == "completed"
+    with pytest.raises(saga.ActionRefused, match="only a paused saga"):
+        saga.resume(record.id)
+
+
+def test_concurrent_starts_with_one_idempotency_key_make_one_saga(workers: Stack) -> None:
+    key = str(uuid4())
+    ids: list[object] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            ids.append(saga.start("probe", {}, idempotency_key=key).saga.id)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(set(ids)) == 1
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sagas WHERE idempotency_key = :k"), {"k": key}).scalar() == 1
+    with pytest.raises(saga.IdempotencyConflict):
+        saga.start("probe", {"fail": "a"}, idempotency_key=key)
+    assert wait_for_status(ids[0], FINAL).status == "completed"
+
+
+def test_bad_input_is_refused_before_anything_is_written(stack: Stack) -> None:
+    with db.transaction() as conn:
+        before = conn.execute(text("SELECT count(*) FROM sagas")).scalar()
+    with pytest.raises(saga.InvalidInput, match="transient") as info:
+        saga.start("probe", {"transient": "lots"}, idempotency_key="bad-input")
+    assert info.value.details[0]["field"].startswith("transient")
+    with pytest.raises(saga.UnknownSagaType, match="nope"):
+        saga.start("nope", {})
+    with pytest.raises(saga.InvalidInput, match="NUL character"):
+        saga.start("probe", {"fail": "a\x00"}, idempotency_key="nul-input")
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sagas")).scalar() == before
+
+
+def test_errback_called_twice_compensates_once(stack: Stack) -> None:
+    """Play a worker by hand on a queue nobody reads: step a succeeds, b fails, the errback fires twice."""
+    started = saga.start("probe_idle", {}, idempotency_key=str(uuid4()))
+    saga_id = started.saga.id
+    a, b = probe_idle.steps[0], probe_idle.steps[1]
+    claim_a = claims.claim(saga_id, a, "task-a", "forward")
+    assert isinstance(claim_a, claims.Claim)
+    assert claims.commit_success(saga_id, a, claim_a.token, '{"ok": 1}', "forward") == ("running", False)
+    claim_b = claims.claim(saga_id, b, "task-b", "forward")
+    assert isinstance(claim_b, claims.Claim)
+    claims.record_failure(saga_id, b, claim_b.token, "forward", "boom", retry_in=None, effect_unknown=False)
+    queue_before = stack.redis().llen("nobody")
+
+    from saga.engine_tasks import on_error
+
+    request = Context(task=b.task_name, id="task-b")
+    on_error(request, StepFailed("boom"), "", str(saga_id))
+    on_error(request, StepFailed("boom"), "", str(saga_id))
+
+    assert saga.load(saga_id).status == "compensating"
+    assert [e.kind for e in saga.events(saga_id)].count("compensation_begun") == 1
+    assert stack.redis().llen("nobody") == queue_before + 1, "one compensation chain dispatched"
+
+
+def test_hard_time_limit_fires_errback_twice_and_compensates_once(workers: Stack) -> None:
+    record = run(workers, "probe_limit", hang="b")
+    assert record.status == "compensated"
+    b = next(s for s in record.steps if s.name == "b")
+    assert b.status == "compensated", "a step killed mid-body may have left its effect: it is undone"
+    assert [e.kind for e in saga.events(record.id)].count("compensation_begun") == 1
+    assert event_kinds(record.id, "step_compensated") == ["b", "a"]
+    assert check_invariants(record.id) == "compensated"
+
+
+def test_cancel_waits_for_the_step_in_flight_then_compensates(workers: Stack) -> None:
+    started = saga.start("probe", {"hold": {"b": 1.5}}, idempotency_key=str(uuid4()))
+    wait_until(lambda: runs(started.saga.id, "b"), what="step b to start")
+    saga.cancel(started.saga.id)
+    saga.cancel(started.saga.id)  # repeating is harmless
+    record = wait_for_status(started.saga.id, FINAL)
+    assert record.status == "compensated"
+    assert effects(record.id, "do") == ["a", "b"]
+    assert event_kinds(record.id, "step_compensated") == ["b", "a"]
+    assert effects(record.id, "undo") == ["b", "a"]
+
+
+def test_lost_dispatch_is_healed_by_recovery(workers: Stack) -> None:
+    """A saga whose message vanished (broker lost it, or dispatch failed) is dispatched again by beat."""
+    with workers.redis().pipeline() as pipe:
+        started = saga.start("probe_idle", {}, idempotency_key=str(uuid4()))
+        pipe.delete("nobody").execute()
+    assert saga.load(started.saga.id).status == "pending"
+    wait_until(lambda: "recovered" in [e.kind for e in saga.events(started.saga.id)], timeout=30,
+               what="recovery to wake the saga")
+    assert workers.redis().llen("nobody") >= 1, "recovery dispatched the chain again"

@@ -1,0 +1,109 @@
+"""The job-posting saga end to end through real workers, against S3 (moto), the Stripe and SMTP stand-ins."""
+
+from __future__ import annotations
+
+import base64
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import text
+
+import saga
+from saga import db
+from saga.testing import Stack, wait_for_status
+from standins import StandIns
+from tests.jobs import FINAL, PNG, assert_clean_end, posting, submit, third_party_records
+
+
+def test_a_posting_is_uploaded_charged_published_and_confirmed(workers: Stack, standins: StandIns) -> None:
+    saga_id = submit()
+    record = wait_for_status(saga_id, FINAL)
+    assert record.status == "completed", record.error
+    assert_clean_end(standins, saga_id, "completed")
+    got = third_party_records(standins, saga_id)
+    assert got["objects"] == [f"logos/{saga_id}.png"]
+    charge = got["charged"][0]
+    assert charge["amount"] == 4900 and charge["currency"] == "usd"
+    mail = next(m for m in standins.messages() if m["Message-ID"] in got["message_ids"])
+    assert mail["To"] == "hr@acme.example" and "Rocket engineer" in mail["Subject"]
+
+
+@pytest.mark.parametrize("card", ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds"])
+def test_a_declined_card_undoes_the_posting_and_the_logo(workers: Stack, standins: StandIns, card: str) -> None:
+    saga_id = submit(payment_method=card)
+    record = wait_for_status(saga_id, FINAL)
+    assert record.status == "compensated"
+    assert [s.status for s in record.steps] == ["compensated", "compensated", "failed", "skipped", "skipped"]
+    assert "card declined" in (record.error or "")
+    assert [e.step for e in saga.events(saga_id) if e.kind == "step_compensated"] == ["create_posting",
+                                                                                       "upload_logo"]
+    assert_clean_end(standins, saga_id, "compensated")
+
+
+@pytest.mark.parametrize("fault", ["429", "500"])
+def test_stripe_error_bursts_are_retried_and_charge_once(workers: Stack, standins: StandIns, fault: str) -> None:
+    standins.stripe_faults(fault, 3)
+    saga_id = submit()
+    record = wait_for_status(saga_id, FINAL, timeout=90)
+    assert record.status == "completed", record.error
+    charge = next(s for s in record.steps if s.name == "charge_payment")
+    assert charge.attempts == 4
+    delays = [e.detail["retry_in"] for e in saga.events(saga_id) if e.kind == "step_attempt_failed"]
+    assert delays == sorted(delays) and len(delays) == 3
+    assert_clean_end(standins, saga_id, "completed")
+
+
+def test_smtp_down_pauses_at_the_email_without_refunding_and_resume_finishes(
+    workers: Stack, standins: StandIns,
+) -> None:
+    standins.stop_smtp()
+    try:
+        saga_id = submit()
+        record = wait_for_status(saga_id, FINAL, timeout=120)
+    finally:
+        standins.start_smtp()
+    assert record.status == "paused"
+    assert record.steps[-1].name == "send_confirmation" and record.steps[-1].status == "failed"
+    got = third_party_records(standins, saga_id)
+    assert len(got["charged"]) == 1 and got["refunded"] == 0, "nothing after the pivot is undone"
+    assert [p["status"] for p in got["postings"]] == ["live"]
+    saga.resume(saga_id)
+    assert wait_for_status(saga_id, FINAL).status == "completed"
+    assert_clean_end(standins, saga_id, "completed")
+
+
+def test_a_hanging_stripe_call_hits_the_time_limit_and_charges_once(workers: Stack, standins: StandIns) -> None:
+    standins.stripe_faults("hang", 1, seconds=13)
+    saga_id = submit()
+    record = wait_for_status(saga_id, FINAL, timeout=120)
+    assert record.status == "completed", record.error
+    errors = [e.detail["error"] for e in saga.events(saga_id) if e.kind == "step_attempt_failed"]
+    assert any("SoftTimeLimitExceeded" in e for e in errors), errors
+    assert_clean_end(standins, saga_id, "completed")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("contact_email", "not-an-email", "contact_email"),
+    ("logo", base64.b64encode(b"GIF89a....").decode(), "neither a PNG nor a JPEG"),
+    ("logo", base64.b64encode(PNG + b"\0" * (1024 * 1024)).decode(), "the limit is 1048576"),
+    ("logo", "***", "not valid base64"),
+    ("amount_cents", 0, "amount_cents"),
+    ("currency", "doubloons", "not a currency"),
+    ("company", None, "company"),
+])
+def test_bad_input_names_the_field_and_creates_nothing(
+    stack: Stack, standins: StandIns, field: str, value: object, message: str,
+) -> None:
+    before = len(standins.s3_keys()), _count("sagas"), _count("job_postings")
+    data = posting(**{field: value})
+    if value is None:
+        del data[field]
+    with pytest.raises(saga.InvalidInput, match=message) as info:
+        saga.start("job_posting", data, idempotency_key=str(uuid4()))
+    assert info.value.details[0]["field"] == field
+    assert (len(standins.s3_keys()), _count("sagas"), _count("job_postings")) == before
+
+
+def _count(table: str) -> int:
+    with db.transaction() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()

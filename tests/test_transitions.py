@@ -1,0 +1,110 @@
+"""State transitions in the ledger, driven by hand on a queue no worker reads (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from uuid import UUID, uuid4
+
+from saga import claims, compensation, load
+from saga.claims import Claim, Refusal
+from saga.processes import ROOT
+from saga.testing import Stack
+from tests.sagas import probe_idle
+
+A, B, C, D = probe_idle.steps
+
+
+def new_saga() -> UUID:
+    import saga
+
+    return saga.start("probe_idle", {}, idempotency_key=str(uuid4())).saga.id
+
+
+def test_a_claimed_step_cannot_be_claimed_again_while_its_lease_lasts(stack: Stack) -> None:
+    saga_id = new_saga()
+    first = claims.claim(saga_id, A, "t1", "forward")
+    assert isinstance(first, Claim) and first.attempt == 1
+    second = claims.claim(saga_id, A, "t2", "forward")
+    assert isinstance(second, Refusal)
+    assert second.step_status == "running" and 0 < second.wait <= A.lease_seconds
+    assert load(saga_id).status == "running"
+
+
+def test_a_stale_token_commits_nothing(stack: Stack) -> None:
+    saga_id = new_saga()
+    first = claims.claim(saga_id, A, "t1", "forward")
+    assert isinstance(first, Claim)
+    assert claims.commit_success(saga_id, A, first.token - 1, '{"x": 1}', "forward") is None
+    assert claims.record_failure(saga_id, A, first.token + 1, "forward", "late", retry_in=None,
+                                 effect_unknown=True) is None
+    assert load(saga_id).steps[0].status == "running"
+    assert claims.commit_success(saga_id, A, first.token, '{"x": 1}', "forward") == ("running", False)
+    step = load(saga_id).steps[0]
+    assert step.status == "succeeded" and step.result == {"x": 1}
+
+
+def test_a_retry_waits_for_its_backoff_and_counts_attempts(stack: Stack) -> None:
+    saga_id = new_saga()
+    first = claims.claim(saga_id, A, "t1", "forward")
+    assert isinstance(first, Claim)
+    assert claims.record_failure(saga_id, A, first.token, "forward", "503", retry_in=0.6,
+                                 effect_unknown=True) == ("running", False)
+    early = claims.claim(saga_id, A, "t1", "forward")
+    assert isinstance(early, Refusal) and early.step_status == "pending" and 0.3 < early.wait <= 0.6
+    time.sleep(early.wait + 0.05)
+    second = claims.claim(saga_id, A, "t1", "forward")
+    assert isinstance(second, Claim) and second.attempt == 2 and second.token == first.token + 1
+
+
+def test_attempts_used_up_by_crashes_fail_the_step_with_unknown_effect(stack: Stack) -> None:
+    saga_id = new_saga()
+    for attempt in range(1, A.retry.max_attempts + 1):
+        got = claims.claim(saga_id, A, f"t{attempt}", "forward")
+        assert isinstance(got, Claim)
+        # the worker "dies": its lease is ended by hand instead of waiting for it
+        _expire_lease(saga_id)
+    refused = claims.claim(saga_id, A, "last", "forward")
+    assert isinstance(refused, Refusal) and refused.attempts == A.retry.max_attempts
+    assert claims.give_up(saga_id, A, "forward")
+    step = load(saga_id).steps[0]
+    assert step.status == "failed" and step.effect_unknown
+
+
+def test_compensation_begins_once_and_skips_steps_never_started(stack: Stack) -> None:
+    saga_id = new_saga()
+    got = claims.claim(saga_id, A, "t1", "forward")
+    assert isinstance(got, Claim)
+    claims.commit_success(saga_id, A, got.token, "{}", "forward")
+    got = claims.claim(saga_id, B, "t2", "forward")
+    assert isinstance(got, Claim)
+    assert compensation.begin(saga_id, probe_idle, "cancelled")
+    assert not compensation.begin(saga_id, probe_idle, "cancelled again")
+    record = load(saga_id)
+    assert record.status == "compensating" and record.error == "cancelled"
+    assert [s.status for s in record.steps] == ["succeeded", "failed", "skipped", "skipped"]
+    assert record.steps[1].effect_unknown, "a step cut off mid-run may have left its effect"
+    assert claims.commit_success(saga_id, B, got.token, "{}", "forward") is None, "the zombie is fenced"
+    assert isinstance(claims.claim(saga_id, C, "t3", "forward"), Refusal)
+
+
+def test_worker_refuses_a_visibility_timeout_a_step_could_outlast(stack: Stack) -> None:
+    env = {**stack.env, "SAGA_VISIBILITY_TIMEOUT": "5"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--concurrency=1", "--queues=nobody"],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert "SAGA_VISIBILITY_TIMEOUT=5s is not above" in result.stdout + result.stderr
+
+
+def _expire_lease(saga_id: UUID) -> None:
+    from sqlalchemy import text
+
+    from saga import db
+
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE saga_steps SET lease_expires_at = now() - interval '1 second' "
+                          "WHERE saga_id = :s AND lease_expires_at IS NOT NULL"), {"s": saga_id})
