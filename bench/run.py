@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench import cpu
 from saga.testing import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,7 @@ class Bench:
 
         self.chain, self.text, self.saga, self.defs, self.db = chain, text, saga, defs, db
         self.timeout = timeout
+        self.worker_pid = 0
 
     def scalar(self, sql: str, **params: Any) -> Any:
         with self.db.transaction() as conn:
@@ -76,13 +78,15 @@ class Bench:
 
     def chain_phase(self, n: int) -> dict[str, float]:
         run_id = f"chains-{uuid.uuid4().hex[:12]}"
+        cpu_before = cpu.snapshot(self.worker_pid)
         t0 = time.perf_counter()
         for _ in range(n):
             self.submit_chain(run_id)
         submitted = time.perf_counter()
         self.wait(lambda: self.chains_done(run_id) >= n, f"{n} chains of run {run_id}")
         done = time.perf_counter()
-        return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0}
+        return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0,
+                "cpu_ms": cpu.per_unit_ms(cpu_before, cpu.snapshot(self.worker_pid), n)}
 
     # --- sagas ----------------------------------------------------------------------------------------------
     def submit_saga(self, run_id: str, i: int, type_name: str = "bench_saga") -> Any:
@@ -112,13 +116,15 @@ class Bench:
 
     def saga_phase(self, n: int, type_name: str = "bench_saga") -> dict[str, Any]:
         run_id = f"{type_name}-{uuid.uuid4().hex[:12]}"
+        cpu_before = cpu.snapshot(self.worker_pid)
         t0 = time.perf_counter()
         for i in range(n):
             self.submit_saga(run_id, i, type_name)
         submitted = time.perf_counter()
         self.wait(lambda: self._sagas_finished(run_id, n), f"{n} sagas of run {run_id} to complete")
         done = time.perf_counter()
-        return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0}
+        return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0,
+                "cpu_ms": cpu.per_unit_ms(cpu_before, cpu.snapshot(self.worker_pid), n)}
 
     # --- one at a time --------------------------------------------------------------------------------------
     def solo(self, k: int) -> dict[str, list[float]]:
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args.timeout)
         with bench.db.transaction() as conn:
             conn.exec_driver_sql(bench.defs.CREATE_TABLE)
-        stack.worker("bench", concurrency=args.concurrency, queues=[QUEUE])
+        bench.worker_pid = stack.worker("bench", concurrency=args.concurrency, queues=[QUEUE]).popen.pid
 
         if args.warmup:
             warm = f"warmup-{uuid.uuid4().hex[:8]}"
@@ -234,6 +240,8 @@ def summarize(args: argparse.Namespace, rounds: list[dict[str, Any]], solo: Any,
         "ratio_own_tx": round(n_total / own_wall / chains_per_s, 3),
         "saga_latency_ms": {"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1),
                             "max": round(max(latencies), 1), "count": len(latencies)},
+        "cpu_ms_per_unit": {kind: _mean_parts([r[phase]["cpu_ms"] for r in rounds])
+                            for kind, phase in (("chain", "chains"), ("saga", "sagas"), ("saga_own_tx", "sagas_own_tx"))},
         "phases": [
             {"round": r["round"],
              "chains": {"submit_s": round(r["chains"]["submit_s"], 3), "wall_s": round(r["chains"]["wall_s"], 3)},
@@ -256,6 +264,10 @@ def summarize(args: argparse.Namespace, rounds: list[dict[str, Any]], solo: Any,
     return result
 
 
+def _mean_parts(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.fmean(s[key] for s in samples), 2) for key in samples[0]}
+
+
 def report(r: dict[str, Any]) -> None:
     verdict = "meets" if r["ratio"] >= r["goal"] else "below"
     lines = [
@@ -271,6 +283,9 @@ def report(r: dict[str, Any]) -> None:
         (f"saga latency       p50 {r['saga_latency_ms']['p50']:.0f} ms   p99 {r['saga_latency_ms']['p99']:.0f} ms"
          "   (updated_at - created_at, all N submitted at once, so it includes queueing)"),
     ]
+    for kind, parts in r["cpu_ms_per_unit"].items():
+        split = "  ".join(f"{key} {value:.2f}" for key, value in parts.items() if key != "total")
+        lines.append(f"CPU ms per {kind:<11} {parts['total']:.2f}  ({split})")
     for p in r["phases"]:
         lines.append(f"round {p['round']} wall      chains {p['chains']['wall_s']:.2f} s "
                      f"(submit {p['chains']['submit_s']:.2f} s)   sagas {p['sagas']['wall_s']:.2f} s "

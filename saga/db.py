@@ -60,7 +60,7 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-_DRIVER_SQL: dict[int, str] = {}
+_DRIVER_SQL: dict[str, str] = {}
 
 
 def fetchone(conn: Connection, statement: TextClause, params: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -69,9 +69,9 @@ def fetchone(conn: Connection, statement: TextClause, params: dict[str, Any]) ->
     A step's claim and commit run often enough that SQLAlchemy's per-call work is a visible share of a
     worker's CPU; the statement, its transaction and the connection pool stay SQLAlchemy's.
     """
-    sql = _DRIVER_SQL.get(id(statement))
+    sql = _DRIVER_SQL.get(statement.text)
     if sql is None:
-        sql = _DRIVER_SQL[id(statement)] = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", statement.text)
+        sql = _DRIVER_SQL[statement.text] = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", statement.text)
     driver = conn.connection.driver_connection
     try:
         return driver.execute(sql, params).fetchone()  # type: ignore[union-attr]
