@@ -1,7 +1,7 @@
 """Claiming a step, committing its outcome, and fencing out workers that lost their lease.
 
-Every function here is one SQL statement in one short transaction: the hot path of a step is a claim
-and a commit, nothing else.
+Every function here is one SQL statement, atomic by itself (run in autocommit unless it joins a
+transactional step's transaction): the hot path of a step is a claim and a commit, nothing else.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def claim(
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": lease,
         "max_attempts": policy.max_attempts,
     }
-    with db.transaction(conn) as tx:
+    with db.autocommit(conn) as tx:
         row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
         if row is not None:
             return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3])
@@ -176,7 +176,7 @@ def commit_success(
         "saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "pickup": patience(step.saga),
         "result": result_json, "last": step.index == len(step.saga.steps) - 1,
     }
-    with db.transaction(conn) as tx:
+    with db.autocommit(conn) as tx:
         row = db.fetchone(tx, _FORWARD_SUCCESS if mode == "forward" else _COMPENSATION_SUCCESS, params)
     return (row[0], row[1]) if row else None
 
@@ -228,7 +228,7 @@ def record_failure(
         "retry_in": retry_in, "effect_unknown": effect_unknown or mode == "compensation", "pickup": patience(step.saga),
         "event": event, "max_attempts": _policy(step, mode).max_attempts,
     }
-    with db.transaction() as conn:
+    with db.autocommit() as conn:
         row = conn.execute(_FAILURE, params).first()
     return (row[0], row[1]) if row else None
 
@@ -262,14 +262,14 @@ def give_up(saga_id: UUID, step: Step, mode: Mode) -> bool:
         "event": "step_failed" if mode == "forward" else "compensation_failed",
         "error": f"all {policy.max_attempts} attempts ended without an outcome (worker lost or timed out)",
     }
-    with db.transaction() as conn:
+    with db.autocommit() as conn:
         return bool(conn.execute(_GIVE_UP, params).scalar())
 
 
 def current_token(saga_id: UUID, step: Step, task_id: str, mode: Mode) -> tuple[int, int] | None:
     """(fencing token, attempt) held by Celery task `task_id`, if that task still holds the step."""
     attempts = "attempts" if mode == "forward" else "compensation_attempts"
-    with db.transaction() as conn:
+    with db.autocommit() as conn:
         row = conn.execute(
             text(f"SELECT fencing_token, {attempts} FROM saga_steps WHERE saga_id = :s AND idx = :i "
                  "AND task_id = :t AND status = :held AND lease_expires_at IS NOT NULL"),

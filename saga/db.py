@@ -47,6 +47,17 @@ def transaction(joined: Connection | None = None) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def autocommit(joined: Connection | None = None) -> Iterator[Connection]:
+    """A connection for work that is a single statement, atomic by itself, so it needs no BEGIN or COMMIT
+    round trip; given `joined`, the statement runs in that caller's transaction instead."""
+    if joined is not None:
+        yield joined
+        return
+    with engine().connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def dispose() -> None:
     """Drop this process's pool (used after fork and at shutdown)."""
     global _engine

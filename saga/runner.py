@@ -68,14 +68,15 @@ def start(
         json.dumps({"type": type_name, "input": payload}, sort_keys=True).encode()
     ).hexdigest()
     saga_id = uuid4()
-    with db.transaction() as conn:
-        row = conn.execute(_ACCEPT, {
+    # One statement, so autocommit: the ledger holds the saga before it is dispatched.
+    with db.autocommit() as conn:
+        row = db.fetchone(conn, _ACCEPT, {
             "id": saga_id, "tenant": tenant, "type": type_name, "input": db.to_json(payload),
             "key": idempotency_key, "hash": request_hash, "pickup": patience(saga_type),
             "idxs": [s.index for s in saga_type.steps], "names": [s.name for s in saga_type.steps],
             "kinds": [s.kind.value for s in saga_type.steps],
             "detail": db.to_json({"type": type_name, "idempotency_key": idempotency_key}),
-        }).first()
+        })
         if row is None:
             existing = conn.execute(
                 select(sagas.c.id, sagas.c.request_hash)
@@ -89,8 +90,8 @@ def start(
             return Started(store.load(existing.id, conn=conn), created=False)
     record = SagaRecord(
         id=saga_id, tenant=tenant, type=type_name, status="pending", input=payload,
-        idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row.created_at,
-        updated_at=row.created_at,
+        idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row[1],
+        updated_at=row[1],
         steps=[StepRecord(index=s.index, name=s.name, kind=s.kind.value, status="pending", attempts=0,
                           compensation_attempts=0, effect_unknown=False, result=None, error=None, task_id=None,
                           started_at=None, finished_at=None, compensated_at=None) for s in saga_type.steps],
