@@ -64,8 +64,9 @@ def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
             status="running", error=None, updated_at=func.now(),
             deadline=db.seconds_from_now(patience(get_saga_type(record.type)))))
         conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed", detail={"from": first.name}))
+        resumed = store.load(saga_id, conn=conn)
     send_forward(saga_id, record.type, first.index)
-    return store.load(saga_id)
+    return resumed  # as resume left it: the workers may already have moved it on
 
 
 def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
@@ -91,4 +92,4 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
         dispatch.compensations(record, saga_type)
     except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
         log.warning("saga %s: compensation not dispatched (%s); recovery will", saga_id, exc)
-    return store.load(saga_id)
+    return record  # as this action left it: the workers may already have moved it on
