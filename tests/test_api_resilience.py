@@ -27,15 +27,16 @@ def test_with_the_broker_down_the_api_accepts_and_answers_then_recovery_dispatch
             assert time.monotonic() - began < 3, "a failed dispatch must not hold the request long"
             accepted.append(response.json()["id"])
 
-        for saga_id in accepted:
-            assert client.get(f"/v1/sagas/{saga_id}").json()["status"] == "pending"
+        for saga_id in accepted:  # beat's own broker connection works, so recovery may already have sent it
+            got = client.get(f"/v1/sagas/{saga_id}")
+            assert got.status_code == 200 and got.json()["id"] == saga_id
         assert len(client.get("/v1/sagas").json()["items"]) == 3
         health = httpx.get(f"{api.url}/healthz", timeout=10)
         assert health.status_code == 503
         assert health.json()["database"]["ok"] is True and health.json()["broker"]["ok"] is False
 
-        # Beat and the worker reach the broker: recovery dispatches what the API could not, once the saga
-        # is overdue (pickup timeout plus its longest lease: 13 s for a probe saga here).
+        # Beat and the worker reach the broker: recovery dispatches what the API could not (a failed send
+        # marks the saga due at once).
         for saga_id in accepted:
             assert settle(client, saga_id)["status"] == "completed"
             kinds = [e["kind"] for e in client.get(f"/v1/sagas/{saga_id}/events").json()["items"]]
