@@ -78,17 +78,21 @@ class Bench:
     def chains_done(self, run_id: str) -> int:
         return self.scalar("SELECT count(*) FROM bench_rows WHERE run_id = :r AND step = 4", r=run_id)
 
-    def chain_phase(self, n: int) -> dict[str, float]:
-        run_id = f"chains-{uuid.uuid4().hex[:12]}"
+    def phase(self, run_id: str, n: int, submit: Any, finished: Any) -> dict[str, Any]:
+        """Submit N, wait until all are done: wall and submit seconds, CPU milliseconds per unit."""
         cpu_before = cpu.snapshot(self.worker_pid)
         t0 = time.perf_counter()
-        for _ in range(n):
-            self.submit_chain(run_id)
+        for i in range(n):
+            submit(i)
         submitted = time.perf_counter()
-        self.wait(lambda: self.chains_done(run_id) >= n, f"{n} chains of run {run_id}")
+        self.wait(finished, f"{n} of run {run_id}")
         done = time.perf_counter()
         return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0,
                 "cpu_ms": cpu.per_unit_ms(cpu_before, cpu.snapshot(self.worker_pid), n)}
+
+    def chain_phase(self, n: int) -> dict[str, Any]:
+        run_id = f"chains-{uuid.uuid4().hex[:12]}"
+        return self.phase(run_id, n, lambda _: self.submit_chain(run_id), lambda: self.chains_done(run_id) >= n)
 
     # --- sagas ----------------------------------------------------------------------------------------------
     def submit_saga(self, run_id: str, i: int, type_name: str = "bench_saga") -> Any:
@@ -119,15 +123,8 @@ class Bench:
 
     def saga_phase(self, n: int, type_name: str = "bench_saga") -> dict[str, Any]:
         run_id = f"{type_name}-{uuid.uuid4().hex[:12]}"
-        cpu_before = cpu.snapshot(self.worker_pid)
-        t0 = time.perf_counter()
-        for i in range(n):
-            self.submit_saga(run_id, i, type_name)
-        submitted = time.perf_counter()
-        self.wait(lambda: self._sagas_finished(run_id, n), f"{n} sagas of run {run_id} to complete")
-        done = time.perf_counter()
-        return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0,
-                "cpu_ms": cpu.per_unit_ms(cpu_before, cpu.snapshot(self.worker_pid), n)}
+        return self.phase(run_id, n, lambda i: self.submit_saga(run_id, i, type_name),
+                          lambda: self._sagas_finished(run_id, n))
 
     # --- one at a time --------------------------------------------------------------------------------------
     def solo(self, k: int) -> dict[str, list[float]]:
@@ -180,11 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             # Odd rounds run chains first, even rounds last, so a machine that drifts favours neither.
             phases = [("chains", lambda: bench.chain_phase(args.n)), ("sagas", lambda: bench.saga_phase(args.n)),
-                      ("own", lambda: bench.saga_phase(args.n, "bench_saga_own_tx"))]
+                      ("sagas_own_tx", lambda: bench.saga_phase(args.n, "bench_saga_own_tx"))]
             measured = {name: run() for name, run in (phases if r % 2 == 0 else phases[::-1])}
-            chains, sagas, own = measured["chains"], measured["sagas"], measured["own"]
-            rounds.append({"round": r + 1, "chains": chains, "sagas": sagas, "sagas_own_tx": own,
-                           "saga_latencies_ms": bench.saga_latencies_ms(sagas["run_id"])})
+            rounds.append({"round": r + 1, **measured,
+                           "saga_latencies_ms": bench.saga_latencies_ms(measured["sagas"]["run_id"])})
         solo = bench.solo(args.solo) if args.solo else None
         result = summarize(args, rounds, solo, stack)
         if args.api:
