@@ -2,6 +2,8 @@
 
 Every function here is one SQL statement, atomic by itself (run in autocommit unless it joins a
 transactional step's transaction): the hot path of a step is a claim and a commit, nothing else.
+A transactional forward step needs no lease at all: it reads what its body needs, runs the body, then
+claims and commits in one statement of the same transaction, so a duplicate delivery's writes roll back.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from saga.settings import get_settings
 
 @dataclass(frozen=True)
 class Claim:
-    """This execution owns the step until `token` is superseded."""
+    """This execution owns the step until `token` is superseded; a transactional forward step's claim is
+    taken only with its commit, so until then its token is None."""
 
-    token: int
+    token: int | None
     attempt: int
     input: dict[str, Any]
     results: dict[str, Any]
@@ -95,6 +98,49 @@ WHERE sa.id = :saga_id AND st.idx = :idx
 """)
 
 
+# What a transactional forward step needs before its body runs, and whether it may run at all.
+_FORWARD_PREVIEW = text("""
+SELECT sa.status, sa.cancel_requested, st.status, st.attempts,
+    greatest(0, extract(epoch FROM st.lease_expires_at - now()), extract(epoch FROM st.not_before - now())) AS wait,
+    sa.input,
+    (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
+     WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results
+FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
+WHERE sa.id = :saga_id AND st.idx = :idx
+""")
+# The claim and the commit of a transactional forward step at once: the saga row is locked first, in the
+# same order as every other writer (compensation, operator actions), so none of them can deadlock with it.
+_FORWARD_CLAIM_AND_COMMIT = text(f"""
+WITH s AS (
+    SELECT id FROM sagas
+    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR UPDATE
+), c AS (
+    UPDATE saga_steps st SET status = 'succeeded', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
+        task_id = :task_id, started_at = coalesce(st.started_at, now()), finished_at = statement_timestamp(),
+        result = CAST(:result AS jsonb), error = NULL, lease_expires_at = NULL, not_before = NULL
+    FROM s WHERE st.saga_id = s.id AND st.idx = :idx AND st.status IN ('pending', 'running')
+        AND st.attempts < :max_attempts AND {_CLAIMABLE}
+    RETURNING st.attempts, st.fencing_token
+), u AS (
+    UPDATE sagas SET updated_at = statement_timestamp(),
+        status = CASE WHEN :last THEN 'completed' ELSE 'running' END,
+        deadline = CASE WHEN :last THEN NULL ELSE statement_timestamp() + make_interval(secs => :pickup) END
+    WHERE id IN (SELECT :saga_id FROM c)
+    RETURNING status
+), e AS (
+    INSERT INTO saga_events (saga_id, step, kind, detail, created_at)
+    SELECT :saga_id, :name, 'step_started', jsonb_build_object('attempt', c.attempts, 'task_id', :task_id), now()
+    FROM c
+    UNION ALL
+    SELECT :saga_id, :name, 'step_succeeded', jsonb_build_object('token', c.fencing_token), statement_timestamp()
+    FROM c
+    UNION ALL
+    SELECT :saga_id, NULL, 'saga_completed', '{{}}'::jsonb, statement_timestamp() FROM u WHERE u.status = 'completed'
+)
+SELECT status FROM u
+""")
+
+
 def patience(saga_type: SagaType[Any]) -> float:
     """Seconds a saga may go without progress before recovery looks at it: pickup of its next message plus
     the longest lease one of its steps can hold."""
@@ -121,6 +167,42 @@ def claim(
         if row is not None:
             return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3])
         why = db.fetchone(tx, _EXPLAIN, params)
+    return _refusal(why, mode)
+
+
+def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | None:
+    """For a transactional forward step: its input and earlier results if it may run now, else why not;
+    None if the saga or step does not exist. Nothing is taken until `claim_and_commit`."""
+    row = db.fetchone(conn, _FORWARD_PREVIEW, {"saga_id": saga_id, "idx": step.index})
+    if row is None:
+        return None
+    saga_status, cancel_requested, step_status, attempts, wait = row[0], row[1], row[2], row[3], float(row[4])
+    if (saga_status in ("pending", "running") and not cancel_requested and step_status in ("pending", "running")
+            and attempts < step.retry.max_attempts and wait == 0):
+        return Claim(token=None, attempt=attempts + 1, input=row[5], results=row[6])
+    return Refusal(saga_status=saga_status, cancel_requested=cancel_requested, step_status=step_status,
+                   attempts=attempts, wait=wait)
+
+
+def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, conn: Connection) -> str | None:
+    """Take and complete a transactional forward step in its own transaction; returns the saga's status, or
+    None if it could not be taken (another delivery committed it, or the saga moved on): roll back then."""
+    row = db.fetchone(conn, _FORWARD_CLAIM_AND_COMMIT, {
+        "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "result": result_json,
+        "max_attempts": step.retry.max_attempts, "pickup": patience(step.saga),
+        "last": step.index == len(step.saga.steps) - 1,
+    })
+    return row[0] if row else None
+
+
+def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
+    """Why the step cannot be taken now; None if the saga or step does not exist."""
+    with db.autocommit() as conn:
+        why = db.fetchone(conn, _EXPLAIN, {"saga_id": saga_id, "idx": step.index})
+    return _refusal(why, mode)
+
+
+def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
     if why is None:
         return None
     return Refusal(
@@ -131,12 +213,12 @@ def claim(
 
 _FORWARD_SUCCESS = text("""
 WITH c AS (
-    UPDATE saga_steps SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL, finished_at = now(),
+    UPDATE saga_steps SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL, finished_at = statement_timestamp(),
         lease_expires_at = NULL
     WHERE saga_id = :saga_id AND idx = :idx AND status = 'running' AND fencing_token = :token
     RETURNING saga_id
 ), u AS (
-    UPDATE sagas SET updated_at = now(),
+    UPDATE sagas SET updated_at = statement_timestamp(),
         status = CASE WHEN :last AND NOT cancel_requested THEN 'completed' ELSE status END,
         deadline = CASE WHEN :last AND NOT cancel_requested THEN NULL
                         ELSE now() + make_interval(secs => :pickup) END
@@ -152,11 +234,11 @@ SELECT status, cancel_requested FROM u
 """)
 _COMPENSATION_SUCCESS = text("""
 WITH c AS (
-    UPDATE saga_steps SET status = 'compensated', compensated_at = now(), lease_expires_at = NULL, error = NULL
+    UPDATE saga_steps SET status = 'compensated', compensated_at = statement_timestamp(), lease_expires_at = NULL, error = NULL
     WHERE saga_id = :saga_id AND idx = :idx AND status = 'compensating' AND fencing_token = :token
     RETURNING saga_id
 ), u AS (
-    UPDATE sagas SET updated_at = now(), deadline = now() + make_interval(secs => :pickup)
+    UPDATE sagas SET updated_at = statement_timestamp(), deadline = now() + make_interval(secs => :pickup)
     WHERE id IN (SELECT saga_id FROM c)
     RETURNING status, cancel_requested
 ), e AS (

@@ -45,9 +45,12 @@ def _run(task: Any, step: Step, saga_id: UUID, mode: Mode) -> Any:
             outcome = _attempt(task, step, saga_id, mode, None)
     except _UNREACHABLE as exc:
         raise _ledger_unreachable(task, exc) from exc
+    except _Overtaken:
+        # The body's writes rolled back: another delivery committed the step, or the saga moved on.
+        outcome = claims.explain(saga_id, step, mode)
     except _BodyFailed as failure:
         if transactional:
-            # The body's writes and the claim were rolled back with the transaction: count the attempt anew.
+            # The body's writes (and the claim, if taken) rolled back with the transaction: count the attempt.
             claim = claims.claim(saga_id, step, task.request.id, mode)
             if not isinstance(claim, Claim):
                 raise Ignore() from failure.exc
@@ -72,11 +75,19 @@ class _BodyFailed(Exception):
         self.exc, self.claim = exc, claim
 
 
+class _Overtaken(Exception):
+    """A transactional forward step could not be taken when its body was done: its transaction rolls back."""
+
+
 def _attempt(
     task: Any, step: Step, saga_id: UUID, mode: Mode, conn: Connection | None,
 ) -> Refusal | None | str | tuple[str, bool]:
     """Claim, run the body, commit: (saga status, cancel requested), a Refusal, None, or "lost"."""
-    outcome = claims.claim(saga_id, step, task.request.id, mode, conn)
+    deferred = mode == "forward" and conn is not None  # claimed together with its commit
+    if deferred:
+        outcome = claims.preview(saga_id, step, conn)  # type: ignore[arg-type]
+    else:
+        outcome = claims.claim(saga_id, step, task.request.id, mode, conn)
     if not isinstance(outcome, Claim):
         return outcome
     ctx = StepContext(
@@ -90,7 +101,12 @@ def _attempt(
         result = _as_json(body(ctx))
     except Exception as exc:
         raise _BodyFailed(exc, outcome) from exc
-    committed = claims.commit_success(saga_id, step, outcome.token, result, mode, conn)
+    if deferred:
+        status = claims.claim_and_commit(saga_id, step, task.request.id, result, conn)  # type: ignore[arg-type]
+        if status is None:
+            raise _Overtaken()
+        return status, False
+    committed = claims.commit_success(saga_id, step, outcome.token, result, mode, conn)  # type: ignore[arg-type]
     return committed if committed is not None else "lost"
 
 
