@@ -108,12 +108,12 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts,
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
-# The claim and the commit of a transactional forward step at once: the saga row is locked first, in the
-# same order as every other writer (compensation, operator actions), so none of them can deadlock with it.
+# The claim and the commit of a transactional forward step at once; when the step cannot be taken the
+# caller rolls the whole transaction back. The saga row is read unlocked and updated after the step row: the
+# step row's lock is what orders this against compensation, which marks unfinished steps under its own.
 _FORWARD_CLAIM_AND_COMMIT = text(f"""
 WITH s AS (
-    SELECT id FROM sagas
-    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR UPDATE
+    SELECT id FROM sagas WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested
 ), c AS (
     UPDATE saga_steps st SET status = 'succeeded', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
         task_id = :task_id, started_at = coalesce(st.started_at, now()), finished_at = statement_timestamp(),
@@ -125,7 +125,7 @@ WITH s AS (
     UPDATE sagas SET updated_at = statement_timestamp(),
         status = CASE WHEN :last THEN 'completed' ELSE 'running' END,
         deadline = CASE WHEN :last THEN NULL ELSE statement_timestamp() + make_interval(secs => :pickup) END
-    WHERE id IN (SELECT :saga_id FROM c)
+    WHERE id IN (SELECT :saga_id FROM c) AND status IN ('pending', 'running') AND NOT cancel_requested
     RETURNING status
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail, created_at)
