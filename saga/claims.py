@@ -44,18 +44,22 @@ class Refusal:
 
 Mode = Literal["forward", "compensation"]
 
+# Every statement names the saga id in its step predicates (`st.saga_id = :saga_id`), never only through a
+# CTE join: a prepared statement's generic plan, made while the tables were small, may otherwise scan every
+# step with the same index, and grow slower with the ledger.
+
 _CLAIMABLE = """
     coalesce(st.lease_expires_at, '-infinity') < now() AND coalesce(st.not_before, '-infinity') <= now()
 """
 _FORWARD_CLAIM = text(f"""
 WITH s AS (
     SELECT id, input FROM sagas
-    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR UPDATE
+    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'running', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
         lease_expires_at = now() + make_interval(secs => :lease), not_before = NULL, task_id = :task_id,
         started_at = coalesce(st.started_at, now())
-    FROM s WHERE st.saga_id = s.id AND st.idx = :idx AND st.status IN ('pending', 'running')
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ('pending', 'running')
         AND st.attempts < :max_attempts AND {_CLAIMABLE}
     RETURNING st.fencing_token, st.attempts
 ), u AS (
@@ -71,12 +75,12 @@ FROM c, s
 """)
 _COMPENSATION_CLAIM = text(f"""
 WITH s AS (
-    SELECT id, input FROM sagas WHERE id = :saga_id AND status = 'compensating' FOR UPDATE
+    SELECT id, input FROM sagas WHERE id = :saga_id AND status = 'compensating' FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'compensating', compensation_attempts = st.compensation_attempts + 1,
         fencing_token = st.fencing_token + 1, lease_expires_at = now() + make_interval(secs => :lease),
         not_before = NULL, task_id = :task_id
-    FROM s WHERE st.saga_id = s.id AND st.idx = :idx
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx
         AND (st.status IN ('succeeded', 'compensating') OR (st.status = 'failed' AND st.effect_unknown))
         AND st.compensation_attempts < :max_attempts AND {_CLAIMABLE}
     RETURNING st.fencing_token, st.compensation_attempts
@@ -109,16 +113,17 @@ FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
 # The claim and the commit of a transactional forward step at once; when the step cannot be taken the
-# caller rolls the whole transaction back. The saga row is read unlocked and updated after the step row: the
-# step row's lock is what orders this against compensation, which marks unfinished steps under its own.
+# caller rolls the whole transaction back. Like every claim, it locks the saga row before the step row, the
+# order every other writer (compensation, operator actions) follows, so none of them can deadlock.
 _FORWARD_CLAIM_AND_COMMIT = text(f"""
 WITH s AS (
-    SELECT id FROM sagas WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested
+    SELECT id FROM sagas
+    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'succeeded', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
         task_id = :task_id, started_at = coalesce(st.started_at, now()), finished_at = statement_timestamp(),
         result = CAST(:result AS jsonb), error = NULL, lease_expires_at = NULL, not_before = NULL
-    FROM s WHERE st.saga_id = s.id AND st.idx = :idx AND st.status IN ('pending', 'running')
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ('pending', 'running')
         AND st.attempts < :max_attempts AND {_CLAIMABLE}
     RETURNING st.attempts, st.fencing_token
 ), u AS (
@@ -222,7 +227,7 @@ WITH c AS (
         status = CASE WHEN :last AND NOT cancel_requested THEN 'completed' ELSE status END,
         deadline = CASE WHEN :last AND NOT cancel_requested THEN NULL
                         ELSE now() + make_interval(secs => :pickup) END
-    WHERE id IN (SELECT saga_id FROM c)
+    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
     RETURNING status, cancel_requested
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
@@ -239,7 +244,7 @@ WITH c AS (
     RETURNING saga_id
 ), u AS (
     UPDATE sagas SET updated_at = statement_timestamp(), deadline = now() + make_interval(secs => :pickup)
-    WHERE id IN (SELECT saga_id FROM c)
+    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
     RETURNING status, cancel_requested
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
@@ -281,7 +286,7 @@ WITH c AS (
 ), u AS (
     UPDATE sagas SET updated_at = now(),
         deadline = now() + make_interval(secs => coalesce(CAST(:retry_in AS double precision), 0) + :pickup)
-    WHERE id IN (SELECT saga_id FROM c)
+    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
     RETURNING status, cancel_requested
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
@@ -325,7 +330,7 @@ WITH c AS (
     RETURNING saga_id
 ), u AS (
     UPDATE sagas SET updated_at = now(), deadline = now() + make_interval(secs => :pickup)
-    WHERE id IN (SELECT saga_id FROM c)
+    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, CAST(:event AS text), jsonb_build_object('error', CAST(:error AS text), 'effect_unknown', true) FROM c

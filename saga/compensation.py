@@ -27,7 +27,7 @@ WITH u AS (
         status = CASE WHEN status = 'pending' AND attempts = 0 THEN 'skipped' ELSE 'failed' END,
         effect_unknown = effect_unknown OR NOT (status = 'pending' AND attempts = 0),
         lease_expires_at = NULL, not_before = NULL
-    WHERE saga_id IN (SELECT id FROM u) AND status IN ('pending', 'running')
+    WHERE saga_id = :saga_id AND saga_id IN (SELECT id FROM u) AND status IN ('pending', 'running')
 ), e AS (
     INSERT INTO saga_events (saga_id, kind, detail)
     SELECT id, 'compensation_begun', jsonb_build_object('reason', :reason) FROM u
