@@ -8,8 +8,9 @@ import sys
 import time
 from uuid import UUID, uuid4
 
-from saga import claims, compensation, load
+from saga import claims, compensation, db, events, load
 from saga.claims import Claim, Refusal
+from saga.definitions import Step
 from saga.processes import ROOT
 from saga.testing import Stack
 from tests.sagas import probe_idle
@@ -88,6 +89,50 @@ def test_compensation_begins_once_and_skips_steps_never_started(stack: Stack) ->
     assert record.steps[1].effect_unknown, "a step cut off mid-run may have left its effect"
     assert claims.commit_success(saga_id, B, got.token, "{}", "forward") is None, "the zombie is fenced"
     assert isinstance(claims.claim(saga_id, C, "t3", "forward"), Refusal)
+
+
+def _take_and_commit(saga_id: UUID, step: Step, task_id: str, seen: Claim | Refusal | None = None) -> str | None:
+    """A transactional step's ledger side: preview, then claim and commit in one transaction (kept only if
+    the step was taken)."""
+    with db.engine().connect() as conn, conn.begin() as tx:
+        preview = seen if seen is not None else claims.preview(saga_id, step, conn)
+        assert isinstance(preview, Claim) and preview.token is None
+        status = claims.claim_and_commit(saga_id, step, task_id, '{"ok": true}', conn)
+        if status is None:
+            tx.rollback()
+        return status
+
+
+def test_a_transactional_step_is_taken_with_its_commit_and_only_once(stack: Stack) -> None:
+    saga_id = new_saga()
+    with db.engine().connect() as conn, conn.begin():
+        seen_by_duplicate = claims.preview(saga_id, A, conn)
+    assert isinstance(seen_by_duplicate, Claim) and seen_by_duplicate.attempt == 1
+    assert load(saga_id).steps[0].status == "pending", "a preview takes nothing"
+    assert _take_and_commit(saga_id, A, "t1") == "running"
+    assert _take_and_commit(saga_id, A, "t2", seen_by_duplicate) is None, "the duplicate's body rolls back"
+    record = load(saga_id)
+    assert record.status == "running"
+    assert (record.steps[0].status, record.steps[0].attempts, record.steps[0].task_id) == ("succeeded", 1, "t1")
+    with db.engine().connect() as conn, conn.begin():
+        assert isinstance(claims.preview(saga_id, A, conn), Refusal)
+    kinds = [e.kind for e in events(saga_id)]
+    assert kinds.count("step_started") == 1 and kinds.count("step_succeeded") == 1
+    for step in (B, C):
+        assert _take_and_commit(saga_id, step, f"t-{step.name}") == "running"
+    assert _take_and_commit(saga_id, D, "t-last") == "completed"
+    assert [e.kind for e in events(saga_id)][-1] == "saga_completed"
+
+
+def test_a_transactional_step_still_running_when_compensation_begins_commits_nothing(stack: Stack) -> None:
+    saga_id = new_saga()
+    with db.engine().connect() as conn, conn.begin() as tx:
+        preview = claims.preview(saga_id, A, conn)
+        assert isinstance(preview, Claim)
+        assert compensation.begin(saga_id, probe_idle, "cancelled")
+        assert claims.claim_and_commit(saga_id, A, "t1", "{}", conn) is None
+        tx.rollback()
+    assert [s.status for s in load(saga_id).steps] == ["skipped"] * 4
 
 
 def test_worker_refuses_a_visibility_timeout_a_step_could_outlast(stack: Stack) -> None:
