@@ -100,12 +100,17 @@ class Bench:
         return self.saga.start(type_name, {"run_id": run_id}, idempotency_key=f"{run_id}-{i}", tenant=run_id).saga.id
 
     def sagas_by_status(self, run_id: str) -> tuple[int, int]:
-        """(completed, stuck for good) among the sagas of this run, in one query on `sagas`."""
+        """(completed, stuck for good) among the sagas of this run, in one query on `sagas`.
+
+        Only finished sagas are read (an index range on tenant and status), as the chains' poll reads only
+        finished chains, so neither poll costs the database more than the other while the phase runs.
+        """
         with self.db.transaction() as conn:
             row = conn.execute(self.text(
-                "SELECT count(*) FILTER (WHERE status = 'completed'), "
-                "count(*) FILTER (WHERE status NOT IN ('pending', 'running', 'completed')) "
-                "FROM sagas WHERE tenant = :r"), {"r": run_id}).one()
+                "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status <> 'completed') "
+                "FROM sagas WHERE tenant = :r "
+                "AND status IN ('completed', 'compensating', 'compensated', 'paused', 'failed')"),
+                {"r": run_id}).one()
         return row[0], row[1]
 
     def _sagas_finished(self, run_id: str, n: int) -> bool:
