@@ -94,17 +94,10 @@ SELECT c.fencing_token, c.compensation_attempts, s.input,
      WHERE saga_id = :saga_id AND result IS NOT NULL) AS results
 FROM c, s
 """)
-_EXPLAIN = text("""
+# Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
+# forward step may run before it takes anything.
+_LOOK = text("""
 SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_attempts,
-    greatest(0, extract(epoch FROM st.lease_expires_at - now()), extract(epoch FROM st.not_before - now())) AS wait
-FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
-WHERE sa.id = :saga_id AND st.idx = :idx
-""")
-
-
-# What a transactional forward step needs before its body runs, and whether it may run at all.
-_FORWARD_PREVIEW = text("""
-SELECT sa.status, sa.cancel_requested, st.status, st.attempts,
     greatest(0, extract(epoch FROM st.lease_expires_at - now()), extract(epoch FROM st.not_before - now())) AS wait,
     sa.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
@@ -112,9 +105,10 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts,
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
-# The claim and the commit of a transactional forward step at once; when the step cannot be taken the
-# caller rolls the whole transaction back. Like every claim, it locks the saga row before the step row, the
-# order every other writer (compensation, operator actions) follows, so none of them can deadlock.
+# The claim and the commit of a transactional forward step at once, after its body (so the clock is the
+# statement's, not the transaction's); when the step cannot be taken the caller rolls the whole transaction
+# back. Like every claim it locks the saga row before the step row, the order compensation and the operator
+# actions follow too.
 _FORWARD_CLAIM_AND_COMMIT = text(f"""
 WITH s AS (
     SELECT id FROM sagas
@@ -124,13 +118,13 @@ WITH s AS (
         task_id = :task_id, started_at = coalesce(st.started_at, now()), finished_at = statement_timestamp(),
         result = CAST(:result AS jsonb), error = NULL, lease_expires_at = NULL, not_before = NULL
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ('pending', 'running')
-        AND st.attempts < :max_attempts AND {_CLAIMABLE}
+        AND st.attempts < :max_attempts AND {_CLAIMABLE.replace('now()', 'statement_timestamp()')}
     RETURNING st.attempts, st.fencing_token
 ), u AS (
     UPDATE sagas SET updated_at = statement_timestamp(),
         status = CASE WHEN :last THEN 'completed' ELSE 'running' END,
         deadline = CASE WHEN :last THEN NULL ELSE statement_timestamp() + make_interval(secs => :pickup) END
-    WHERE id IN (SELECT :saga_id FROM c) AND status IN ('pending', 'running') AND NOT cancel_requested
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c)
     RETURNING status
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail, created_at)
@@ -171,22 +165,20 @@ def claim(
         row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
         if row is not None:
             return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3])
-        why = db.fetchone(tx, _EXPLAIN, params)
+        why = db.fetchone(tx, _LOOK, params)
     return _refusal(why, mode)
 
 
 def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | None:
     """For a transactional forward step: its input and earlier results if it may run now, else why not;
     None if the saga or step does not exist. Nothing is taken until `claim_and_commit`."""
-    row = db.fetchone(conn, _FORWARD_PREVIEW, {"saga_id": saga_id, "idx": step.index})
-    if row is None:
-        return None
-    saga_status, cancel_requested, step_status, attempts, wait = row[0], row[1], row[2], row[3], float(row[4])
-    if (saga_status in ("pending", "running") and not cancel_requested and step_status in ("pending", "running")
-            and attempts < step.retry.max_attempts and wait == 0):
-        return Claim(token=None, attempt=attempts + 1, input=row[5], results=row[6])
-    return Refusal(saga_status=saga_status, cancel_requested=cancel_requested, step_status=step_status,
-                   attempts=attempts, wait=wait)
+    row = db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index})
+    why = _refusal(row, "forward")
+    if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
+            and why.step_status in ("pending", "running") and why.attempts < step.retry.max_attempts
+            and why.wait == 0):
+        return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7])  # type: ignore[index]
+    return why
 
 
 def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, conn: Connection) -> str | None:
@@ -203,7 +195,7 @@ def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, 
 def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
     """Why the step cannot be taken now; None if the saga or step does not exist."""
     with db.autocommit() as conn:
-        why = db.fetchone(conn, _EXPLAIN, {"saga_id": saga_id, "idx": step.index})
+        why = db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index})
     return _refusal(why, mode)
 
 
@@ -226,7 +218,7 @@ WITH c AS (
     UPDATE sagas SET updated_at = statement_timestamp(),
         status = CASE WHEN :last AND NOT cancel_requested THEN 'completed' ELSE status END,
         deadline = CASE WHEN :last AND NOT cancel_requested THEN NULL
-                        ELSE now() + make_interval(secs => :pickup) END
+                        ELSE statement_timestamp() + make_interval(secs => :pickup) END
     WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
     RETURNING status, cancel_requested
 ), e AS (
@@ -243,7 +235,7 @@ WITH c AS (
     WHERE saga_id = :saga_id AND idx = :idx AND status = 'compensating' AND fencing_token = :token
     RETURNING saga_id
 ), u AS (
-    UPDATE sagas SET updated_at = statement_timestamp(), deadline = now() + make_interval(secs => :pickup)
+    UPDATE sagas SET updated_at = statement_timestamp(), deadline = statement_timestamp() + make_interval(secs => :pickup)
     WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
     RETURNING status, cancel_requested
 ), e AS (

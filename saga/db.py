@@ -87,7 +87,8 @@ def fetchone(conn: Connection, statement: TextClause, params: dict[str, Any]) ->
     try:
         return driver.execute(sql, params).fetchone()  # type: ignore[union-attr]
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        conn.invalidate()
+        if driver.broken or exc.sqlstate is None:  # the connection itself failed, not just the statement
+            conn.invalidate()
         wrapper = exc_module.OperationalError if isinstance(exc, psycopg.OperationalError) else exc_module.InterfaceError
         raise wrapper(sql, params, exc) from exc
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 from celery.exceptions import Ignore, Retry
@@ -17,11 +18,15 @@ from saga.definitions import Step, StepContext
 from saga.errors import PermanentError, StepFailed
 
 log = logging.getLogger("saga.execution")
+T = TypeVar("T")
 
-# Connection-level database errors: the ledger is down or restarting, not wrong.
+# Database errors that are not the step's doing: the ledger is down or restarting, or another writer won.
 _UNREACHABLE = (OperationalError, InterfaceError)
 # Seconds before a task whose ledger was unreachable tries again.
 LEDGER_RETRY_DELAY = 2.0
+# Deadlock and serialization failures: PostgreSQL aborted this transaction in favour of another writer.
+_CONFLICTS = ("40P01", "40001")
+CONFLICT_RETRY_DELAY = 0.2
 
 
 def run_step(task: Any, step: Step, saga_id: str) -> Any:
@@ -47,11 +52,11 @@ def _run(task: Any, step: Step, saga_id: UUID, mode: Mode) -> Any:
         raise _ledger_unreachable(task, exc) from exc
     except _Overtaken:
         # The body's writes rolled back: another delivery committed the step, or the saga moved on.
-        outcome = claims.explain(saga_id, step, mode)
+        outcome = _ledger(task, claims.explain, saga_id, step, mode)
     except _BodyFailed as failure:
         if transactional:
             # The body's writes (and the claim, if taken) rolled back with the transaction: count the attempt.
-            claim = claims.claim(saga_id, step, task.request.id, mode)
+            claim = _ledger(task, claims.claim, saga_id, step, task.request.id, mode)
             if not isinstance(claim, Claim):
                 raise Ignore() from failure.exc
             failure.claim = claim
@@ -141,12 +146,8 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     error = f"{type(exc).__name__}: {exc}"
     retry_in = policy.delay(claim.attempt) if policy.may_retry(exc, claim.attempt) else None
     effect_unknown = not isinstance(exc, policy.permanent) or getattr(exc, "effect_unknown", False)
-    try:
-        recorded = claims.record_failure(
-            saga_id, step, claim.token, mode, error, retry_in=retry_in, effect_unknown=effect_unknown,
-        )
-    except _UNREACHABLE as db_exc:
-        raise _ledger_unreachable(task, db_exc) from db_exc
+    recorded = _ledger(task, claims.record_failure, saga_id, step, claim.token, mode, error, retry_in=retry_in,
+                       effect_unknown=effect_unknown)
     if recorded is None:
         raise Ignore()  # lost the lease meanwhile: the new holder decides
     log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, mode, step.name, claim.attempt, error,
@@ -169,7 +170,18 @@ def _as_json(result: Any) -> str:
         raise PermanentError(f"step result is not JSON: {exc}", effect_unknown=True) from exc
 
 
+def _ledger(task: Any, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A ledger call outside the step's own transaction; the task retries if the ledger cannot answer."""
+    try:
+        return action(*args, **kwargs)
+    except _UNREACHABLE as exc:
+        raise _ledger_unreachable(task, exc) from exc
+
+
 def _ledger_unreachable(task: Any, exc: Exception) -> Retry:
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICTS:
+        log.info("ledger write conflicted with another (%s); retrying", type(exc.orig).__name__)  # type: ignore[attr-defined]
+        return task.retry(countdown=CONFLICT_RETRY_DELAY)
     log.warning("ledger unreachable (%s); retrying in %.0fs", type(exc).__name__, LEDGER_RETRY_DELAY)
     return task.retry(countdown=LEDGER_RETRY_DELAY)
 

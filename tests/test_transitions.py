@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from uuid import UUID, uuid4
+
+from sqlalchemy import exc, text
 
 from saga import claims, compensation, db, events, load
 from saga.claims import Claim, Refusal
@@ -133,6 +136,38 @@ def test_a_transactional_step_still_running_when_compensation_begins_commits_not
         assert claims.claim_and_commit(saga_id, A, "t1", "{}", conn) is None
         tx.rollback()
     assert [s.status for s in load(saga_id).steps] == ["skipped"] * 4
+
+
+def test_a_deadlock_aborts_one_statement_and_keeps_its_connection(stack: Stack) -> None:
+    first, second = new_saga(), new_saga()
+    touch = text("UPDATE sagas SET updated_at = now() WHERE id = :id RETURNING id")
+    errors: list[tuple[exc.OperationalError, bool, int]] = []  # (error, connection invalidated, SELECT 1 after)
+
+    def cross(own: UUID, other: UUID, started: threading.Event, go: threading.Event) -> None:
+        with db.engine().connect() as conn:
+            try:
+                with conn.begin():
+                    db.fetchone(conn, touch, {"id": own})
+                    started.set()
+                    go.wait(10)
+                    db.fetchone(conn, touch, {"id": other})
+            except exc.OperationalError as error:
+                errors.append((error, conn.invalidated, conn.execute(text("SELECT 1")).scalar()))
+
+    ready = [threading.Event(), threading.Event()]
+    go = threading.Event()
+    threads = [threading.Thread(target=cross, args=(first, second, ready[0], go)),
+               threading.Thread(target=cross, args=(second, first, ready[1], go))]
+    for thread in threads:
+        thread.start()
+    assert all(event.wait(10) for event in ready)
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(errors) == 1, errors
+    error, invalidated, after = errors[0]
+    assert error.orig.sqlstate == "40P01"
+    assert not invalidated and after == 1, "a statement's error must not cost its pooled connection"
 
 
 def test_worker_refuses_a_visibility_timeout_a_step_could_outlast(stack: Stack) -> None:
