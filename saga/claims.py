@@ -63,7 +63,8 @@ WITH s AS (
         AND st.attempts < :max_attempts AND {_CLAIMABLE}
     RETURNING st.fencing_token, st.attempts
 ), u AS (
-    UPDATE sagas SET status = 'running', updated_at = now() WHERE id IN (SELECT :saga_id FROM c) AND status = 'pending'
+    UPDATE sagas SET status = 'running', updated_at = now()
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c) AND status = 'pending'
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, 'step_started', jsonb_build_object('attempt', c.attempts, 'task_id', :task_id) FROM c
@@ -165,14 +166,13 @@ def claim(
         row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
         if row is not None:
             return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3])
-        why = db.fetchone(tx, _LOOK, params)
-    return _refusal(why, mode)
+        return _refusal(_look(tx, saga_id, step), mode)
 
 
 def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | None:
     """For a transactional forward step: its input and earlier results if it may run now, else why not;
     None if the saga or step does not exist. Nothing is taken until `claim_and_commit`."""
-    row = db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index})
+    row = _look(conn, saga_id, step)
     why = _refusal(row, "forward")
     if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status in ("pending", "running") and why.attempts < step.retry.max_attempts
@@ -195,8 +195,11 @@ def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, 
 def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
     """Why the step cannot be taken now; None if the saga or step does not exist."""
     with db.autocommit() as conn:
-        why = db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index})
-    return _refusal(why, mode)
+        return _refusal(_look(conn, saga_id, step), mode)
+
+
+def _look(conn: Connection, saga_id: UUID, step: Step) -> tuple[Any, ...] | None:
+    return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index})
 
 
 def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
