@@ -40,7 +40,14 @@ class Step(BaseModel):
     status: StepStatus
     attempts: int
     compensation_attempts: int
+    effect_unknown: bool = Field(default=False, description=(
+        "An attempt ended without a definite answer (timeout, crash, lost reply), so the step's effect may "
+        "exist: its compensation runs if the saga is undone, and finds out what happened first."))
     result: Any = None
+    checkpoint: dict[str, Any] | None = Field(default=None, description=(
+        "What the step recorded while it ran, before its effect was finished (e.g. a PaymentIntent id)."))
+    compensation_result: Any = Field(default=None, description=(
+        "What the compensation reported when it finished (e.g. the refund id)."))
     error: str | None = None
     task_id: str | None = Field(default=None, description="Celery task id of the latest execution (Flower).")
     started_at: str | None = None

@@ -1,9 +1,13 @@
-"""Claiming a step, committing its outcome, and fencing out workers that lost their lease.
+"""Claiming a step, checkpointing and committing its outcome, and fencing out workers that lost their lease.
 
 Every function here is one SQL statement, atomic by itself (run in autocommit unless it joins a
 transactional step's transaction): the hot path of a step is a claim and a commit, nothing else.
 A transactional forward step needs no lease at all: it reads what its body needs, runs the body, then
 claims and commits in one statement of the same transaction, so a duplicate delivery's writes roll back.
+
+Lock order, everywhere: the saga row first (`FOR NO KEY UPDATE`), then its step rows. Each statement that
+changes both locks the saga in a first CTE that the step update joins, so the step row is only locked once
+the saga row is held.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from saga import db
 from saga.definitions import SagaType, Step
 from saga.retry import RetryPolicy
 from saga.settings import get_settings
+from saga.states import StepKind
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Claim:
     attempt: int
     input: dict[str, Any]
     results: dict[str, Any]
+    checkpoint: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -58,20 +64,24 @@ WITH s AS (
 ), c AS (
     UPDATE saga_steps st SET status = 'running', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
         lease_expires_at = now() + make_interval(secs => :lease), not_before = NULL, task_id = :task_id,
-        started_at = coalesce(st.started_at, now())
+        started_at = coalesce(st.started_at, now()),
+        -- still 'running': the attempt before never reported (crashed, frozen, cut off), so it may have acted
+        effect_unknown = st.effect_unknown OR st.status = 'running'
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ('pending', 'running')
         AND st.attempts < :max_attempts AND {_CLAIMABLE}
-    RETURNING st.fencing_token, st.attempts
+    RETURNING st.fencing_token, st.attempts, st.checkpoint
 ), u AS (
     UPDATE sagas SET status = 'running', updated_at = now()
     WHERE id = :saga_id AND EXISTS (SELECT FROM c) AND status = 'pending'
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
-    SELECT :saga_id, :name, 'step_started', jsonb_build_object('attempt', c.attempts, 'task_id', :task_id) FROM c
+    SELECT :saga_id, :name, 'step_started',
+        jsonb_build_object('attempt', c.attempts, 'task_id', :task_id, 'redelivered', :redelivered) FROM c
 )
 SELECT c.fencing_token, c.attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
-     WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results
+     WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
+    coalesce(c.checkpoint, '{{}}')
 FROM c, s
 """)
 _COMPENSATION_CLAIM = text(f"""
@@ -84,15 +94,17 @@ WITH s AS (
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx
         AND (st.status IN ('succeeded', 'compensating') OR (st.status = 'failed' AND st.effect_unknown))
         AND st.compensation_attempts < :max_attempts AND {_CLAIMABLE}
-    RETURNING st.fencing_token, st.compensation_attempts
+    RETURNING st.fencing_token, st.compensation_attempts, st.checkpoint
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, 'compensation_started',
-        jsonb_build_object('attempt', c.compensation_attempts, 'task_id', :task_id) FROM c
+        jsonb_build_object('attempt', c.compensation_attempts, 'task_id', :task_id, 'redelivered', :redelivered)
+    FROM c
 )
 SELECT c.fencing_token, c.compensation_attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
-     WHERE saga_id = :saga_id AND result IS NOT NULL) AS results
+     WHERE saga_id = :saga_id AND result IS NOT NULL) AS results,
+    coalesce(c.checkpoint, '{{}}')
 FROM c, s
 """)
 # Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
@@ -102,14 +114,14 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_a
     greatest(0, extract(epoch FROM st.lease_expires_at - now()), extract(epoch FROM st.not_before - now())) AS wait,
     sa.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
-     WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results
+     WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
+    coalesce(st.checkpoint, '{}')
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
 # The claim and the commit of a transactional forward step at once, after its body (so the clock is the
 # statement's, not the transaction's); when the step cannot be taken the caller rolls the whole transaction
-# back. Like every claim it locks the saga row before the step row, the order compensation and the operator
-# actions follow too.
+# back.
 _FORWARD_CLAIM_AND_COMMIT = text(f"""
 WITH s AS (
     SELECT id FROM sagas
@@ -152,20 +164,26 @@ def _policy(step: Step, mode: Mode) -> RetryPolicy:
     return step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
 
 
+def _held(mode: Mode) -> str:
+    """The step status while an attempt of this mode holds it."""
+    return "running" if mode == "forward" else "compensating"
+
+
 def claim(
-    saga_id: UUID, step: Step, task_id: str, mode: Mode, conn: Connection | None = None,
+    saga_id: UUID, step: Step, task_id: str, mode: Mode, conn: Connection | None = None, *,
+    redelivered: bool = False,
 ) -> Claim | Refusal | None:
     """Take the step for this execution, or say why not; None if the saga or step does not exist."""
     policy = _policy(step, mode)
     lease = step.lease_seconds if mode == "forward" else step.compensation_lease_seconds
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": lease,
-        "max_attempts": policy.max_attempts,
+        "max_attempts": policy.max_attempts, "redelivered": redelivered,
     }
     with db.autocommit(conn) as tx:
         row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
         if row is not None:
-            return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3])
+            return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3], checkpoint=row[4])
         return _refusal(_look(tx, saga_id, step), mode)
 
 
@@ -177,7 +195,8 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status in ("pending", "running") and why.attempts < step.retry.max_attempts
             and why.wait == 0):
-        return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7])  # type: ignore[index]
+        return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
+                     checkpoint=row[8])  # type: ignore[index]
     return why
 
 
@@ -211,39 +230,79 @@ def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
     )
 
 
-_FORWARD_SUCCESS = text("""
+# Only the step row changes, so no saga lock is needed. Unlike a commit, a checkpoint also needs a live lease:
+# it comes before an effect, and a body whose lease ended must not go on to act.
+_CHECKPOINT = text("""
 WITH c AS (
-    UPDATE saga_steps SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL, finished_at = statement_timestamp(),
-        lease_expires_at = NULL
-    WHERE saga_id = :saga_id AND idx = :idx AND status = 'running' AND fencing_token = :token
+    UPDATE saga_steps SET checkpoint = coalesce(checkpoint, '{}'::jsonb) || CAST(:values AS jsonb)
+    WHERE saga_id = :saga_id AND idx = :idx AND status = :held AND fencing_token = :token
+        AND lease_expires_at > now()
     RETURNING saga_id
+), e AS (
+    INSERT INTO saga_events (saga_id, step, kind, detail)
+    SELECT :saga_id, :name, CAST(:event AS text), jsonb_build_object('values', CAST(:values AS jsonb), 'token', :token) FROM c
+)
+SELECT count(*) FROM c
+""")
+
+
+def checkpoint(saga_id: UUID, step: Step, token: int, mode: Mode, values_json: str) -> bool:
+    """Merge `values_json` (a JSON object) into the step's checkpoint; False if this attempt lost its lease."""
+    params = {"saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "held": _held(mode),
+              "values": values_json, "event": "step_checkpoint" if mode == "forward" else "compensation_checkpoint"}
+    with db.autocommit() as conn:
+        return bool(db.fetchone(conn, _CHECKPOINT, params)[0])  # type: ignore[index]
+
+
+# A cancel asked while a step past the point of no return (pivot or retriable) was running is refused when
+# that step succeeds: the saga goes forward. A cancel asked during a compensable step is honoured by the caller.
+_FORWARD_SUCCESS = text("""
+WITH s AS (
+    SELECT id, cancel_requested AND NOT CAST(:pivotal AS boolean) AS undo,
+        cancel_requested AND CAST(:pivotal AS boolean) AS refused
+    FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
+), c AS (
+    UPDATE saga_steps st SET status = 'succeeded', result = CAST(:result AS jsonb), error = NULL,
+        finished_at = statement_timestamp(), lease_expires_at = NULL
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = 'running'
+        AND st.fencing_token = :token
+    RETURNING st.saga_id
 ), u AS (
-    UPDATE sagas SET updated_at = statement_timestamp(),
-        status = CASE WHEN :last AND NOT cancel_requested THEN 'completed' ELSE status END,
-        deadline = CASE WHEN :last AND NOT cancel_requested THEN NULL
+    UPDATE sagas sa SET updated_at = statement_timestamp(), cancel_requested = s.undo,
+        status = CASE WHEN :last AND NOT s.undo THEN 'completed' ELSE sa.status END,
+        deadline = CASE WHEN :last AND NOT s.undo THEN NULL
                         ELSE statement_timestamp() + make_interval(secs => :pickup) END
-    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
-    RETURNING status, cancel_requested
+    FROM s WHERE sa.id = :saga_id AND s.id = sa.id AND EXISTS (SELECT FROM c)
+    RETURNING sa.status, sa.cancel_requested
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, 'step_succeeded', jsonb_build_object('token', :token) FROM c
+    UNION ALL
+    SELECT :saga_id, :name, 'cancel_refused',
+        jsonb_build_object('reason', 'step ' || CAST(:name AS text) || ' succeeded: the saga passed its point of no return')
+    FROM s WHERE s.refused AND EXISTS (SELECT FROM c)
     UNION ALL
     SELECT :saga_id, NULL, 'saga_completed', '{}'::jsonb FROM u WHERE u.status = 'completed'
 )
 SELECT status, cancel_requested FROM u
 """)
 _COMPENSATION_SUCCESS = text("""
-WITH c AS (
-    UPDATE saga_steps SET status = 'compensated', compensated_at = statement_timestamp(), lease_expires_at = NULL, error = NULL
-    WHERE saga_id = :saga_id AND idx = :idx AND status = 'compensating' AND fencing_token = :token
-    RETURNING saga_id
+WITH s AS (
+    SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
+), c AS (
+    UPDATE saga_steps st SET status = 'compensated', compensated_at = statement_timestamp(), lease_expires_at = NULL,
+        error = NULL, compensation_result = CAST(:result AS jsonb)
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = 'compensating'
+        AND st.fencing_token = :token
+    RETURNING st.saga_id
 ), u AS (
     UPDATE sagas SET updated_at = statement_timestamp(), deadline = statement_timestamp() + make_interval(secs => :pickup)
-    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c)
     RETURNING status, cancel_requested
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
-    SELECT :saga_id, :name, 'step_compensated', jsonb_build_object('token', :token) FROM c
+    SELECT :saga_id, :name, 'step_compensated', jsonb_build_object('token', :token, 'result', CAST(:result AS jsonb))
+    FROM c
 )
 SELECT status, cancel_requested FROM u
 """)
@@ -252,41 +311,81 @@ SELECT status, cancel_requested FROM u
 def commit_success(
     saga_id: UUID, step: Step, token: int, result_json: str, mode: Mode, conn: Connection | None = None,
 ) -> tuple[str, bool] | None:
-    """Record the outcome (the result as JSON text); returns (saga status, cancel requested), or None if the
-    lease was lost."""
+    """Record the outcome (the result as JSON text); returns (saga status, cancel still to honour), or None if
+    the token was superseded. Fenced by the token alone: while nobody else has taken the step, the result of
+    an effect that already happened is worth keeping even if the lease ran out meanwhile."""
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "pickup": patience(step.saga),
         "result": result_json, "last": step.index == len(step.saga.steps) - 1,
+        "pivotal": step.kind is not StepKind.COMPENSABLE,
     }
     with db.autocommit(conn) as tx:
         row = db.fetchone(tx, _FORWARD_SUCCESS if mode == "forward" else _COMPENSATION_SUCCESS, params)
     return (row[0], row[1]) if row else None
 
 
-_FAILURE = text("""
-WITH c AS (
-    UPDATE saga_steps SET
-        status = CASE WHEN CAST(:retry_in AS double precision) IS NULL THEN 'failed' WHEN CAST(:mode AS text) = 'forward' THEN 'pending'
-                      ELSE 'compensating' END,
-        error = CAST(:error AS text), lease_expires_at = NULL,
-        effect_unknown = CASE WHEN CAST(:retry_in AS double precision) IS NULL THEN (effect_unknown OR CAST(:effect_unknown AS boolean)) ELSE effect_unknown END,
-        not_before = CASE WHEN CAST(:retry_in AS double precision) IS NULL THEN NULL ELSE now() + make_interval(secs => CAST(:retry_in AS double precision)) END,
-        finished_at = CASE WHEN CAST(:retry_in AS double precision) IS NULL AND CAST(:mode AS text) = 'forward' THEN now() ELSE finished_at END,
-        -- a compensation that gave up has no attempts left, so only an operator re-runs it
-        compensation_attempts = CASE WHEN CAST(:retry_in AS double precision) IS NULL AND CAST(:mode AS text) = 'compensation'
-                                     THEN greatest(compensation_attempts, :max_attempts)
-                                     ELSE compensation_attempts END
-    WHERE saga_id = :saga_id AND idx = :idx AND status = :held AND fencing_token = :token
-    RETURNING saga_id
+# A failed attempt that will be retried: the step waits out its backoff; `effect_unknown` only ever grows, so
+# an effect one attempt may have left is still undone when a later attempt fails permanently.
+_RETRY_LATER = text("""
+WITH s AS (
+    SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
+), c AS (
+    UPDATE saga_steps st SET status = CAST(:next_status AS text), error = CAST(:error AS text), lease_expires_at = NULL,
+        effect_unknown = st.effect_unknown OR :effect_unknown,
+        not_before = now() + make_interval(secs => :retry_in)
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = :held
+        AND st.fencing_token = :token
+    RETURNING st.saga_id
 ), u AS (
-    UPDATE sagas SET updated_at = now(),
-        deadline = now() + make_interval(secs => coalesce(CAST(:retry_in AS double precision), 0) + :pickup)
-    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
+    UPDATE sagas SET updated_at = now(), deadline = now() + make_interval(secs => :retry_in + :pickup)
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c)
     RETURNING status, cancel_requested
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, CAST(:event AS text),
-        jsonb_build_object('error', CAST(:error AS text), 'retry_in', CAST(:retry_in AS double precision), 'effect_unknown', CAST(:effect_unknown AS boolean)) FROM c
+        jsonb_build_object('error', CAST(:error AS text), 'retry_in', :retry_in, 'effect_unknown', :effect_unknown) FROM c
+)
+SELECT status, cancel_requested FROM u
+""")
+# The forward step's last attempt failed: the errback decides between compensating and pausing.
+_FORWARD_FAILED = text("""
+WITH s AS (
+    SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
+), c AS (
+    UPDATE saga_steps st SET status = 'failed', error = CAST(:error AS text), lease_expires_at = NULL, not_before = NULL,
+        effect_unknown = st.effect_unknown OR :effect_unknown, finished_at = now()
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = 'running'
+        AND st.fencing_token = :token
+    RETURNING st.saga_id
+), u AS (
+    UPDATE sagas SET updated_at = now(), deadline = now() + make_interval(secs => :pickup)
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c)
+    RETURNING status, cancel_requested
+), e AS (
+    INSERT INTO saga_events (saga_id, step, kind, detail)
+    SELECT :saga_id, :name, 'step_failed', jsonb_build_object('error', CAST(:error AS text), 'effect_unknown', :effect_unknown)
+    FROM c
+)
+SELECT status, cancel_requested FROM u
+""")
+# A compensation that gave up: its effect is still there, and with no attempts left only an operator re-runs it.
+_COMPENSATION_FAILED = text("""
+WITH s AS (
+    SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
+), c AS (
+    UPDATE saga_steps st SET status = 'failed', error = CAST(:error AS text), lease_expires_at = NULL, not_before = NULL,
+        effect_unknown = true, compensation_attempts = greatest(st.compensation_attempts, :max_attempts)
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = 'compensating'
+        AND st.fencing_token = :token
+    RETURNING st.saga_id
+), u AS (
+    UPDATE sagas SET updated_at = now(), deadline = now() + make_interval(secs => :pickup)
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c)
+    RETURNING status, cancel_requested
+), e AS (
+    INSERT INTO saga_events (saga_id, step, kind, detail)
+    SELECT :saga_id, :name, 'compensation_failed', jsonb_build_object('error', CAST(:error AS text), 'effect_unknown', true)
+    FROM c
 )
 SELECT status, cancel_requested FROM u
 """)
@@ -300,32 +399,40 @@ def record_failure(
 
     Returns (saga status, cancel requested), or None if the lease was lost.
     """
-    if retry_in is None:
-        event = "step_failed" if mode == "forward" else "compensation_failed"
-    else:
-        event = "step_attempt_failed" if mode == "forward" else "compensation_attempt_failed"
-    params = {
-        "saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "mode": mode,
-        "held": "running" if mode == "forward" else "compensating", "error": error[:2000],
-        "retry_in": retry_in, "effect_unknown": effect_unknown or mode == "compensation", "pickup": patience(step.saga),
-        "event": event, "max_attempts": _policy(step, mode).max_attempts,
+    params: dict[str, Any] = {
+        "saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "error": error[:2000],
+        "effect_unknown": effect_unknown, "pickup": patience(step.saga),
     }
+    if retry_in is not None:
+        statement = _RETRY_LATER
+        params |= {"retry_in": retry_in, "held": _held(mode), "next_status": "pending" if mode == "forward"
+                   else "compensating", "event": f"{'step' if mode == 'forward' else 'compensation'}_attempt_failed"}
+    elif mode == "forward":
+        statement = _FORWARD_FAILED
+    else:
+        statement = _COMPENSATION_FAILED
+        params["max_attempts"] = _policy(step, mode).max_attempts
     with db.autocommit() as conn:
-        row = conn.execute(_FAILURE, params).first()
+        row = db.fetchone(conn, statement, params)
     return (row[0], row[1]) if row else None
 
 
-_GIVE_UP = text(f"""
-WITH c AS (
+def _give_up_statement(mode: Mode) -> Any:
+    attempts, held = ("attempts", "'pending', 'running'") if mode == "forward" else (
+        "compensation_attempts", "'succeeded', 'compensating', 'failed'")
+    finished = ", finished_at = now()" if mode == "forward" else ""
+    return text(f"""
+WITH s AS (
+    SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
+), c AS (
     UPDATE saga_steps st SET status = 'failed', effect_unknown = true, error = CAST(:error AS text), lease_expires_at = NULL,
-        not_before = NULL, fencing_token = st.fencing_token + 1,
-        finished_at = CASE WHEN CAST(:mode AS text) = 'forward' THEN now() ELSE st.finished_at END
-    WHERE st.saga_id = :saga_id AND st.idx = :idx AND st.status = ANY(:held) AND {_CLAIMABLE}
-        AND (CASE WHEN CAST(:mode AS text) = 'forward' THEN st.attempts ELSE st.compensation_attempts END) >= :max_attempts
-    RETURNING saga_id
+        not_before = NULL, fencing_token = st.fencing_token + 1{finished}
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ({held})
+        AND {_CLAIMABLE} AND st.{attempts} >= :max_attempts
+    RETURNING st.saga_id
 ), u AS (
     UPDATE sagas SET updated_at = now(), deadline = now() + make_interval(secs => :pickup)
-    WHERE id = :saga_id AND id IN (SELECT saga_id FROM c)
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c)
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, CAST(:event AS text), jsonb_build_object('error', CAST(:error AS text), 'effect_unknown', true) FROM c
@@ -334,18 +441,36 @@ SELECT count(*) FROM c
 """)
 
 
+_GIVE_UP = {"forward": _give_up_statement("forward"), "compensation": _give_up_statement("compensation")}
+
+
 def give_up(saga_id: UUID, step: Step, mode: Mode) -> bool:
     """Fail a step whose attempts were all used without a verdict (each crashed or timed out its worker)."""
     policy = _policy(step, mode)
     params = {
-        "saga_id": saga_id, "idx": step.index, "name": step.name, "mode": mode, "pickup": patience(step.saga),
-        "held": ["pending", "running"] if mode == "forward" else ["succeeded", "compensating", "failed"],
+        "saga_id": saga_id, "idx": step.index, "name": step.name, "pickup": patience(step.saga),
         "max_attempts": policy.max_attempts,
         "event": "step_failed" if mode == "forward" else "compensation_failed",
         "error": f"all {policy.max_attempts} attempts ended without an outcome (worker lost or timed out)",
     }
     with db.autocommit() as conn:
-        return bool(conn.execute(_GIVE_UP, params).scalar())
+        return bool(db.fetchone(conn, _GIVE_UP[mode], params)[0])  # type: ignore[index]
+
+
+# Recovery and `finish` leave a saga alone while one of its attempts holds a live lease, and look again when
+# the lease ends: the attempt's own outcome moves the saga on.
+_DEFER_TO_LEASE = text("""
+UPDATE sagas SET deadline = l.until + make_interval(secs => :margin)
+FROM (SELECT max(lease_expires_at) AS until FROM saga_steps
+      WHERE saga_id = :saga_id AND lease_expires_at > now()) AS l
+WHERE id = :saga_id AND l.until IS NOT NULL
+RETURNING id
+""")
+
+
+def defer_to_live_lease(conn: Connection, saga_id: UUID) -> bool:
+    """If an attempt of the saga holds a live lease, move the saga's deadline past it and say so."""
+    return conn.execute(_DEFER_TO_LEASE, {"saga_id": saga_id, "margin": get_settings().lease_margin}).first() is not None
 
 
 def current_token(saga_id: UUID, step: Step, task_id: str, mode: Mode) -> tuple[int, int] | None:
@@ -355,6 +480,6 @@ def current_token(saga_id: UUID, step: Step, task_id: str, mode: Mode) -> tuple[
         row = conn.execute(
             text(f"SELECT fencing_token, {attempts} FROM saga_steps WHERE saga_id = :s AND idx = :i "
                  "AND task_id = :t AND status = :held AND lease_expires_at IS NOT NULL"),
-            {"s": saga_id, "i": step.index, "t": task_id, "held": "running" if mode == "forward" else "compensating"},
+            {"s": saga_id, "i": step.index, "t": task_id, "held": _held(mode)},
         ).first()
     return (row[0], row[1]) if row else None

@@ -20,6 +20,9 @@ WITH u AS (
     UPDATE sagas SET status = 'compensating', error = :reason, updated_at = now(),
         deadline = now() + make_interval(secs => :pickup)
     WHERE id = :saga_id AND status IN ('pending', 'running')
+        -- a cancel waits for the step in flight: its outcome decides (a pivot that succeeds refuses the cancel)
+        AND NOT (CAST(:after_leases AS boolean) AND EXISTS (
+            SELECT FROM saga_steps WHERE saga_id = :saga_id AND lease_expires_at > now()))
     RETURNING id
 ), st AS (
     -- never started: skipped; started without an outcome: its effect may exist
@@ -45,6 +48,8 @@ SELECT id, 'saga_paused', jsonb_build_object('reason', :reason) FROM u
 RETURNING id
 """)
 
+_LOCK = text("SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE")
+
 _SETTLE = text("""
 WITH u AS (
     UPDATE sagas SET status = :status, error = :reason, updated_at = now(), deadline = NULL
@@ -56,10 +61,14 @@ RETURNING id
 """)
 
 
-def begin(saga_id: UUID, saga_type: SagaType[Any], reason: str) -> bool:
-    """Move the saga to `compensating` and dispatch its compensations; only the first caller does either."""
+def begin(saga_id: UUID, saga_type: SagaType[Any], reason: str, *, after_leases: bool = False) -> bool:
+    """Move the saga to `compensating` and dispatch its compensations; only the first caller does either.
+
+    With `after_leases` (a cancel) nothing happens while an attempt holds a live lease: its end decides.
+    """
     with db.transaction() as conn:
-        won = conn.execute(_BEGIN, {"saga_id": saga_id, "reason": reason, "pickup": patience(saga_type)}).scalar()
+        won = conn.execute(_BEGIN, {"saga_id": saga_id, "reason": reason, "pickup": patience(saga_type),
+                                    "after_leases": after_leases}).scalar()
     if won:
         log.info("saga %s compensating: %s", saga_id, reason)
         try:
@@ -87,21 +96,25 @@ def react(saga_id: UUID) -> None:
 
 
 def finish(saga_id: UUID) -> None:
-    """Settle a compensating saga once no compensation is owed: `compensated`, or `failed` with the reason."""
-    record = store.load(saga_id)
-    if record.status != "compensating":
-        return
-    saga_type = get_saga_type(record.type)
-    if dispatch.owed(record, saga_type):
-        return  # another chain still owes compensations; recovery watches the deadline meanwhile
-    stuck = [s for s in record.steps if dispatch.needs_undo(s, saga_type)]
-    params: dict[str, Any] = {"saga_id": saga_id}
-    if stuck:
-        params |= {"status": "failed", "event": "saga_failed",
-                   "reason": "; ".join(f"compensation of {s.name} gave up: {s.error}" for s in stuck)}
-    else:
-        params |= {"status": "compensated", "event": "saga_compensated", "reason": record.error}
+    """Settle a compensating saga once no compensation is owed or running: `compensated`, or `failed` with
+    the reason. The saga row is locked first, so no compensation can be claimed while this decides."""
     with db.transaction() as conn:
+        conn.execute(_LOCK, {"saga_id": saga_id})
+        record = store.load(saga_id, conn=conn)
+        if record.status != "compensating":
+            return
+        if claims.defer_to_live_lease(conn, saga_id):
+            return  # an attempt still holds its lease: it may yet undo its step, so it decides, not us
+        saga_type = get_saga_type(record.type)
+        if dispatch.owed(record, saga_type):
+            return  # another chain still owes compensations; recovery watches the deadline meanwhile
+        stuck = [s for s in record.steps if dispatch.needs_undo(s, saga_type)]
+        params: dict[str, Any] = {"saga_id": saga_id}
+        if stuck:
+            params |= {"status": "failed", "event": "saga_failed",
+                       "reason": "; ".join(f"compensation of {s.name} gave up: {s.error}" for s in stuck)}
+        else:
+            params |= {"status": "compensated", "event": "saga_compensated", "reason": record.error}
         conn.execute(_SETTLE, params)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
@@ -42,11 +42,27 @@ class StepContext(Generic[InputT]):
     compensating: bool = False
     # Transactional steps only: the connection whose transaction also claims and commits the step.
     db: Connection | None = None
+    # What this step's attempts (and its compensation) checkpointed so far, oldest key first.
+    checkpoints: dict[str, Any] = field(default_factory=dict)
+    _save: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
 
     @property
     def result(self) -> Any:
         """This step's own forward result (what a compensation undoes); None if it never committed."""
         return self.results.get(self.step)
+
+    def checkpoint(self, **values: Any) -> None:
+        """Record progress durably before the step's effect is finished, e.g. the id a third party just gave.
+
+        The values are merged into `checkpoints`, which later attempts and the compensation see. The write is
+        fenced by this attempt's claim: if the attempt lost its lease (another worker took the step, or the
+        saga moved on), `LeaseLost` is raised and the body must not go on to act.
+        """
+        if self._save is None:
+            raise RuntimeError(f"step {self.step!r} is transactional: its writes commit with its outcome, so it has "
+                               "nothing to checkpoint (checkpoints are for effects outside the ledger)")
+        self._save(values)
+        self.checkpoints.update(values)
 
 
 @dataclass
@@ -199,12 +215,12 @@ def get_saga_type(name: str) -> SagaType[Any]:
 def _make_task(task_name: str, time_limit: float, step: Step, *, compensating: bool) -> Any:
     """Register the Celery task that runs one step (or its compensation) for a given saga id."""
 
-    def run(task: Any, saga_id: str) -> Any:
+    def run(task: Any, saga_id: str, commit: dict[str, Any] | None = None) -> Any:
         from saga import execution
 
         if compensating:
-            return execution.run_compensation(task, step, saga_id)
-        return execution.run_step(task, step, saga_id)
+            return execution.run_compensation(task, step, saga_id, commit)
+        return execution.run_step(task, step, saga_id, commit)
 
     if task_name in TASKS:
         raise ValueError(f"task name {task_name!r} is used by two steps")

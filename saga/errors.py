@@ -20,6 +20,10 @@ class PermanentError(Exception):
         self.effect_unknown = effect_unknown
 
 
+class LeaseLost(Exception):
+    """Raised by `StepContext.checkpoint` when the attempt no longer holds its step: the body must stop."""
+
+
 class StepFailed(Exception):
     """Raised by a step task once its failure is recorded, so Celery fires the chain's errback."""
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from saga import claims, compensation, db
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
-from saga.errors import PermanentError, StepFailed
+from saga.errors import LeaseLost, PermanentError, StepFailed
+from saga.storable import storable
 
 log = logging.getLogger("saga.execution")
 T = TypeVar("T")
@@ -27,48 +29,66 @@ LEDGER_RETRY_DELAY = 2.0
 # Deadlock and serialization failures: PostgreSQL aborted this transaction in favour of another writer.
 _CONFLICTS = ("40P01", "40001")
 CONFLICT_RETRY_DELAY = 0.2
+# Waits between in-process tries of a write that records what a body did (about 6 s in all): a short outage
+# or a deadlock must not cost a second run of the body.
+DURABLE_WRITE_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
 
 
-def run_step(task: Any, step: Step, saga_id: str) -> Any:
-    """Execute a forward step for the saga; the chain continues only when this returns."""
-    return _run(task, step, UUID(saga_id), "forward")
+def run_step(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None) -> Any:
+    """Execute a forward step for the saga; the chain continues only when this returns.
+
+    `commit` is set on a retry whose body already ran: only its result is still to be recorded.
+    """
+    return _run(task, step, UUID(saga_id), "forward", commit)
 
 
-def run_compensation(task: Any, step: Step, saga_id: str) -> Any:
+def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None) -> Any:
     """Undo a step's effect; the compensation chain continues even when this one gives up."""
-    return _run(task, step, UUID(saga_id), "compensation")
+    return _run(task, step, UUID(saga_id), "compensation", commit)
 
 
-def _run(task: Any, step: Step, saga_id: UUID, mode: Mode) -> Any:
+def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None) -> Any:
+    if pending is not None:
+        return _settle(task, step, saga_id, mode, _commit(task, step, saga_id, mode, pending["token"],
+                                                            pending["result"]))
     part = step if mode == "forward" else step.compensation
     transactional = part.transactional  # type: ignore[union-attr]
+    # A redelivered message may follow an attempt that crashed its worker: it is claimed (and counted) up
+    # front, even for a transactional step, so a body that always crashes runs out of attempts.
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     try:
         if transactional:
             with db.engine().connect() as conn, conn.begin():
-                outcome = _attempt(task, step, saga_id, mode, conn)
+                outcome = _attempt(task, step, saga_id, mode, conn, redelivered)
         else:
-            outcome = _attempt(task, step, saga_id, mode, None)
+            outcome = _attempt(task, step, saga_id, mode, None, redelivered)
     except _UNREACHABLE as exc:
         raise _ledger_unreachable(task, exc) from exc
     except _Overtaken:
         # The body's writes rolled back: another delivery committed the step, or the saga moved on.
         outcome = _ledger(task, claims.explain, saga_id, step, mode)
     except _BodyFailed as failure:
-        if transactional:
-            # The body's writes (and the claim, if taken) rolled back with the transaction: count the attempt.
+        if failure.claim.token is None:
+            # A transactional step's body ran before anything was taken, and its writes rolled back with the
+            # transaction: take the step now, to count the attempt.
             claim = _ledger(task, claims.claim, saga_id, step, task.request.id, mode)
             if not isinstance(claim, Claim):
                 raise Ignore() from failure.exc
             failure.claim = claim
         return _failed(task, step, saga_id, mode, failure.claim, failure.exc)
+    return _settle(task, step, saga_id, mode, outcome)
+
+
+def _settle(task: Any, step: Step, saga_id: UUID, mode: Mode, outcome: Refusal | None | str | tuple[str, bool]) -> Any:
+    """What the message does once the attempt is over: go on, stop its chain, or start the undo."""
     if isinstance(outcome, Refusal) or outcome is None:
         return _refused(task, step, saga_id, mode, outcome)
     if outcome == "lost":
-        log.warning("saga %s step %s: lease lost before commit; result discarded", saga_id, step.name)
+        log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, mode, step.name)
         raise Ignore()
     _, cancel_requested = outcome
     if mode == "forward" and cancel_requested:
-        compensation.begin(saga_id, step.saga, reason="cancelled")
+        _cancel(saga_id, step)
         raise Ignore()
     return None
 
@@ -81,29 +101,25 @@ class _BodyFailed(Exception):
 
 
 class _Overtaken(Exception):
-    """A transactional forward step could not be taken when its body was done: its transaction rolls back."""
+    """A transactional step could not be committed when its body was done: its transaction rolls back."""
 
 
 def _attempt(
-    task: Any, step: Step, saga_id: UUID, mode: Mode, conn: Connection | None,
+    task: Any, step: Step, saga_id: UUID, mode: Mode, conn: Connection | None, redelivered: bool,
 ) -> Refusal | None | str | tuple[str, bool]:
     """Claim, run the body, commit: (saga status, cancel requested), a Refusal, None, or "lost"."""
-    deferred = mode == "forward" and conn is not None  # claimed together with its commit
+    deferred = mode == "forward" and conn is not None and not redelivered  # claimed together with its commit
     if deferred:
         outcome = claims.preview(saga_id, step, conn)  # type: ignore[arg-type]
     else:
-        outcome = claims.claim(saga_id, step, task.request.id, mode, conn)
+        outcome = claims.claim(saga_id, step, task.request.id, mode, redelivered=redelivered)
     if not isinstance(outcome, Claim):
         return outcome
-    ctx = StepContext(
-        saga_id=saga_id, saga_type=step.saga.name, step=step.name,
-        input=step.saga.input_model.model_validate(outcome.input), results=outcome.results,
-        idempotency_key=f"{saga_id}:{step.name}" + (":compensate" if mode == "compensation" else ""),
-        attempt=outcome.attempt, compensating=mode == "compensation", db=conn,
-    )
     body = step.fn if mode == "forward" else step.compensation.fn  # type: ignore[union-attr]
     try:
-        result = _as_json(body(ctx))
+        result = _as_json(body(_context(step, saga_id, mode, outcome, conn)))
+    except LeaseLost:
+        return "lost"
     except Exception as exc:
         raise _BodyFailed(exc, outcome) from exc
     if deferred:
@@ -111,15 +127,64 @@ def _attempt(
         if status is None:
             raise _Overtaken()
         return status, False
-    committed = claims.commit_success(saga_id, step, outcome.token, result, mode, conn)  # type: ignore[arg-type]
+    if conn is not None:  # transactional, claimed up front: the commit joins the body's transaction
+        try:
+            committed = claims.commit_success(saga_id, step, outcome.token, result, mode, conn)  # type: ignore[arg-type]
+        except _UNREACHABLE as exc:
+            raise _BodyFailed(exc, outcome) from exc  # the transaction is lost with the body's writes: retry
+        if committed is None:
+            raise _Overtaken()
+        return committed
+    return _commit(task, step, saga_id, mode, outcome.token, result)  # type: ignore[arg-type]
+
+
+def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connection | None) -> StepContext[Any]:
+    def save(values: dict[str, Any]) -> None:
+        values_json = json.dumps(storable(values), allow_nan=False)
+        if not _durably(claims.checkpoint, saga_id, step, claim.token, mode, values_json):
+            raise LeaseLost(f"saga {saga_id} {mode} {step.name}: the attempt no longer holds the step")
+
+    return StepContext(
+        saga_id=saga_id, saga_type=step.saga.name, step=step.name,
+        input=step.saga.input_model.model_validate(claim.input), results=claim.results,
+        idempotency_key=f"{saga_id}:{step.name}" + (":compensate" if mode == "compensation" else ""),
+        attempt=claim.attempt, compensating=mode == "compensation", db=conn, checkpoints=dict(claim.checkpoint),
+        _save=None if conn is not None else save,
+    )
+
+
+def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result: str) -> str | tuple[str, bool]:
+    """Record a finished body's result under its token. If the ledger cannot take it, the commit alone is
+    retried (in this process, then by a message carrying the result): the body never runs again for it."""
+    try:
+        committed = _durably(claims.commit_success, saga_id, step, token, result, mode)
+    except (*_UNREACHABLE, SoftTimeLimitExceeded) as exc:
+        log.warning("saga %s %s %s: result not recorded yet (%s); retrying the commit in %.0fs", saga_id, mode,
+                    step.name, type(exc).__name__, LEDGER_RETRY_DELAY)
+        raise task.retry(countdown=LEDGER_RETRY_DELAY, kwargs={"commit": {"token": token, "result": result}}) from exc
     return committed if committed is not None else "lost"
+
+
+def _durably(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`action(...)`, tried again after short waits while the ledger is unreachable or a write conflicts."""
+    for delay in (*DURABLE_WRITE_DELAYS, None):
+        try:
+            return action(*args, **kwargs)
+        except _UNREACHABLE:
+            if delay is None:
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | None) -> Any:
     """Decide what a message does with a step it could not claim: go on, wait, fail, or stop its chain."""
     if mode == "forward":
-        if why is None or why.saga_status not in ("pending", "running") or why.cancel_requested:
-            raise Ignore()  # the saga moved on (finished, compensating, cancelled): this chain has nothing to do
+        if why is not None and why.cancel_requested and why.saga_status in ("pending", "running"):
+            _cancel(saga_id, step)  # undo now, unless a step is still in flight (its end will)
+            raise Ignore()
+        if why is None or why.saga_status not in ("pending", "running"):
+            raise Ignore()  # the saga moved on (finished or compensating): this chain has nothing to do
         if why.step_status == "succeeded":
             return None  # done by an earlier delivery: let the chain go on
         if why.wait > 0:
@@ -136,6 +201,14 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
     return None  # compensated, nothing to undo, or given up: the older steps are still undone
 
 
+def _cancel(saga_id: UUID, step: Step) -> None:
+    """Honour a cancel once no step is in flight; if the ledger cannot be reached, recovery does it."""
+    try:
+        compensation.begin(saga_id, step.saga, reason="cancelled", after_leases=True)
+    except _UNREACHABLE as exc:
+        log.warning("saga %s: cancel not begun (%s); recovery will", saga_id, type(exc).__name__)
+
+
 def _wait(task: Any, seconds: float) -> Retry:
     """Look at the step again once the current holder's lease or the backoff ends."""
     return task.retry(countdown=seconds + 0.5)
@@ -145,16 +218,20 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     policy = step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
     error = f"{type(exc).__name__}: {exc}"
     retry_in = policy.delay(claim.attempt) if policy.may_retry(exc, claim.attempt) else None
-    effect_unknown = not isinstance(exc, policy.permanent) or getattr(exc, "effect_unknown", False)
-    recorded = _ledger(task, claims.record_failure, saga_id, step, claim.token, mode, error, retry_in=retry_in,
-                       effect_unknown=effect_unknown)
+    # Only a body that says so (PermanentError without effect_unknown) vouches that nothing happened.
+    effect_unknown = not isinstance(exc, PermanentError) or exc.effect_unknown
+    try:
+        recorded = _durably(claims.record_failure, saga_id, step, claim.token, mode, error, retry_in=retry_in,
+                             effect_unknown=effect_unknown)
+    except _UNREACHABLE as unreachable:
+        raise _ledger_unreachable(task, unreachable) from unreachable
     if recorded is None:
         raise Ignore()  # lost the lease meanwhile: the new holder decides
     log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, mode, step.name, claim.attempt, error,
              f" (retry in {retry_in:.1f}s)" if retry_in is not None else "")
     if retry_in is not None:
         if mode == "forward" and recorded[1]:
-            compensation.begin(saga_id, step.saga, reason="cancelled")  # cancelled while this attempt ran: no retry
+            _cancel(saga_id, step)  # cancelled while this attempt ran: no retry
             raise Ignore()
         raise task.retry(countdown=retry_in, exc=exc)
     if mode == "compensation":
@@ -163,11 +240,14 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
 
 
 def _as_json(result: Any) -> str:
-    """The result as JSON text for the ledger; a result JSON cannot hold fails the step."""
+    """The result as JSON text the ledger can store; one it cannot store fails the step at once."""
     try:
-        return json.dumps(result, allow_nan=False)
+        text = json.dumps(result, allow_nan=False)
+        if "\\u0000" in text or "\\ud" in text:  # maybe a NUL or half a surrogate pair, which jsonb refuses
+            storable(result)
     except (TypeError, ValueError) as exc:
-        raise PermanentError(f"step result is not JSON: {exc}", effect_unknown=True) from exc
+        raise PermanentError(f"the step's result cannot be stored: {exc}", effect_unknown=True) from exc
+    return text
 
 
 def _ledger(task: Any, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -184,4 +264,3 @@ def _ledger_unreachable(task: Any, exc: Exception) -> Retry:
         return task.retry(countdown=CONFLICT_RETRY_DELAY)
     log.warning("ledger unreachable (%s); retrying in %.0fs", type(exc).__name__, LEDGER_RETRY_DELAY)
     return task.retry(countdown=LEDGER_RETRY_DELAY)
-

@@ -64,6 +64,10 @@ saga_steps = Table(
     # The step failed in a way that may have left its effect behind, so compensation must consider it.
     Column("effect_unknown", Boolean, nullable=False, server_default=text("false")),
     Column("result", JSONB),
+    # Written by the running attempt (fenced by its token) before its effect finishes; read by later
+    # attempts and by the compensation.
+    Column("checkpoint", JSONB),
+    Column("compensation_result", JSONB),
     Column("error", Text),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),

@@ -24,7 +24,8 @@ def _locked(conn, saga_id: UUID, tenant: str | None) -> SagaRecord:
 
 
 def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
-    """Undo what was done; a step in flight finishes (or fails) first. Refused past the point of no return."""
+    """Undo what was done. A step in flight finishes first; if it is the pivot and succeeds, the cancel is
+    refused then and the saga goes forward. Refused at once past the point of no return."""
     with db.transaction() as conn:
         record = _locked(conn, saga_id, tenant)
         if record.cancel_requested:
@@ -38,13 +39,9 @@ def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
                                 "it can only go forward", {"status": record.status})
         conn.execute(update(sagas).where(sagas.c.id == saga_id).values(cancel_requested=True, updated_at=func.now()))
         conn.execute(insert(saga_events).values(saga_id=saga_id, kind="cancel_requested", detail={}))
-        in_flight = conn.execute(
-            select(func.count()).select_from(saga_steps).where(
-                saga_steps.c.saga_id == saga_id, saga_steps.c.status == "running",
-                saga_steps.c.lease_expires_at > func.now())
-        ).scalar()
-    if not in_flight:
-        compensation.begin(saga_id, get_saga_type(record.type), "cancelled")
+    # With a step in flight nothing starts yet: that step's end honours the cancel, or refuses it if the
+    # step was past the point of no return and succeeded.
+    compensation.begin(saga_id, get_saga_type(record.type), "cancelled", after_leases=True)
     return store.load(saga_id)
 
 

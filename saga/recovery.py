@@ -7,7 +7,7 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import compensation, db, dispatch, store
+from saga import claims, compensation, db, dispatch, store
 from saga.claims import patience
 from saga.definitions import get_saga_type
 from saga.settings import get_settings
@@ -31,10 +31,6 @@ SELECT id FROM u
 
 _WAIT = text("UPDATE sagas SET deadline = now() + make_interval(secs => :patience) WHERE id = :saga_id")
 
-_IN_FLIGHT = text("""
-SELECT EXISTS (SELECT 1 FROM saga_steps WHERE saga_id = :saga_id AND lease_expires_at > now())
-""")
-
 
 def run_once() -> int:
     """Re-dispatch every due saga (at most a batch); returns how many were looked at."""
@@ -54,26 +50,26 @@ def run_once() -> int:
 def advance(saga_id: UUID) -> None:
     """Dispatch whatever the saga needs next, judged from the ledger alone. Safe to repeat."""
     record = store.load(saga_id)
+    if record.status not in ("pending", "running", "compensating"):
+        return
     saga_type = get_saga_type(record.type)
+    with db.transaction() as conn:
+        if claims.defer_to_live_lease(conn, saga_id):
+            return  # an attempt is in flight: its outcome moves the saga; recovery looks again after its lease
     if record.status == "compensating":
         if dispatch.owed(record, saga_type):
             dispatch.compensations(record, saga_type)
         else:
             compensation.finish(saga_id)
         return
-    if record.status not in ("pending", "running"):
-        return
     nxt = next((s for s in record.steps if s.status != "succeeded"), None)
-    if nxt is None:
-        return
-    if nxt.status == "failed":
+    if nxt is not None and nxt.status == "failed":
         compensation.react(saga_id)
         return
-    if record.cancel_requested:
-        with db.transaction() as conn:
-            in_flight = conn.execute(_IN_FLIGHT, {"saga_id": saga_id}).scalar()
-        if not in_flight:
-            compensation.begin(saga_id, saga_type, "cancelled")
+    if record.cancel_requested:  # also when every step succeeded: a crash came between the last commit and the undo
+        compensation.begin(saga_id, saga_type, "cancelled", after_leases=True)
+        return
+    if nxt is None:
         return
     with db.transaction() as conn:
         # Room for the step to be picked up and run before recovery looks again.

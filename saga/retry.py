@@ -11,6 +11,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from saga.errors import PermanentError, TransientError
 
 Verdict = Literal["transient", "permanent"]
+# What no retry can cure: a PermanentError, or a mistake of the code or the data.
+DEFAULT_PERMANENT: tuple[type[BaseException], ...] = (PermanentError, ValueError, TypeError, LookupError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,8 @@ class RetryPolicy:
 
     Errors matching `permanent` fail the step at once, errors matching `transient` are retried, and
     any other error gets the verdict `otherwise` (retried by default: most unexpected failures around
-    network calls pass).
+    network calls pass). By default the errors of the code or of the data (`ValueError`, `TypeError`,
+    `LookupError`, `AttributeError`) are permanent too: the same input fails the same way every time.
     """
 
     max_attempts: int = 5
@@ -28,7 +31,7 @@ class RetryPolicy:
     max_delay: float = 60.0
     jitter: bool = True
     transient: tuple[type[BaseException], ...] = (TransientError, ConnectionError, TimeoutError, SoftTimeLimitExceeded)
-    permanent: tuple[type[BaseException], ...] = field(default=(PermanentError,))
+    permanent: tuple[type[BaseException], ...] = field(default=DEFAULT_PERMANENT)
     otherwise: Verdict = "transient"
 
     def __post_init__(self) -> None:

@@ -93,7 +93,8 @@ def start(
         idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row[1],
         updated_at=row[1],
         steps=[StepRecord(index=s.index, name=s.name, kind=s.kind.value, status="pending", attempts=0,
-                          compensation_attempts=0, effect_unknown=False, result=None, error=None, task_id=None,
+                          compensation_attempts=0, effect_unknown=False, result=None, checkpoint=None,
+                          compensation_result=None, error=None, task_id=None,
                           started_at=None, finished_at=None, compensated_at=None) for s in saga_type.steps],
     )
     if dispatch:

@@ -30,6 +30,6 @@ def storable(value: Any) -> Any:
             for key, inner in item.items():
                 pending.append((key, f"{path}[key {key!r}]", depth + 1))
                 pending.append((inner, f"{path}.{key}" if path else str(key), depth + 1))
-        elif isinstance(item, list):
+        elif isinstance(item, (list, tuple)):
             pending.extend((inner, f"{path}.{index}", depth + 1) for index, inner in enumerate(item))
     return value

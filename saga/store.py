@@ -24,6 +24,8 @@ class StepRecord:
     compensation_attempts: int
     effect_unknown: bool
     result: Any
+    checkpoint: dict[str, Any] | None
+    compensation_result: Any
     error: str | None
     task_id: str | None
     started_at: datetime | None
@@ -56,7 +58,9 @@ class SagaRecord:
             "error": self.error, "progress": self.progress,
             "steps": [
                 {"name": s.name, "kind": s.kind, "status": s.status, "attempts": s.attempts,
-                 "compensation_attempts": s.compensation_attempts, "result": s.result, "error": s.error,
+                 "compensation_attempts": s.compensation_attempts, "effect_unknown": s.effect_unknown,
+                 "result": s.result, "checkpoint": s.checkpoint, "compensation_result": s.compensation_result,
+                 "error": s.error,
                  "task_id": s.task_id, "started_at": _iso(s.started_at), "finished_at": _iso(s.finished_at),
                  "compensated_at": _iso(s.compensated_at)}
                 for s in self.steps
@@ -108,7 +112,8 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
             StepRecord(
                 index=s["idx"], name=s["name"], kind=s["kind"], status=s["status"], attempts=s["attempts"],
                 compensation_attempts=s["compensation_attempts"], effect_unknown=s["effect_unknown"],
-                result=s["result"], error=s["error"], task_id=s["task_id"], started_at=s["started_at"],
+                result=s["result"], checkpoint=s["checkpoint"], compensation_result=s["compensation_result"],
+                error=s["error"], task_id=s["task_id"], started_at=s["started_at"],
                 finished_at=s["finished_at"], compensated_at=s["compensated_at"],
             )
             for s in steps

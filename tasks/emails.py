@@ -11,7 +11,7 @@ from saga import PermanentError, RetryPolicy, StepContext, TransientError
 from saga.settings import get_settings
 
 RETRY = RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay=8.0,
-                    transient=(TransientError,), permanent=(PermanentError,))
+                    transient=(TransientError,))
 
 
 def message_id(ctx: StepContext[Any]) -> str:

@@ -16,7 +16,7 @@ from saga.settings import get_settings
 
 TIME_LIMIT = 10.0
 RETRY = RetryPolicy(max_attempts=8, initial_delay=0.5, multiplier=2.0, max_delay=8.0,
-                    transient=(TransientError,), permanent=(PermanentError,))
+                    transient=(TransientError,))
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ from saga.settings import get_settings
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
                     "503", "500"}
 RETRY = RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay=10.0,
-                    transient=(TransientError,), permanent=(PermanentError,))
+                    transient=(TransientError,))
 
 
 def image_type(data: bytes) -> str | None:

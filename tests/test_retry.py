@@ -37,7 +37,9 @@ def test_classification_and_attempt_budget() -> None:
     assert policy.classify(Declined()) == "permanent"
     assert policy.classify(TransientError()) == "transient"
     assert policy.classify(KeyError()) == "permanent"
-    assert RetryPolicy().classify(KeyError()) == "transient"
+    assert RetryPolicy().classify(KeyError()) == "permanent", "a mistake of the code or the data is not retried"
+    assert RetryPolicy().classify(ValueError("header value has a line break")) == "permanent"
+    assert RetryPolicy().classify(RuntimeError()) == "transient"
     assert RetryPolicy().classify(SoftTimeLimitExceeded()) == "transient"
     assert policy.may_retry(TransientError(), attempt=2)
     assert not policy.may_retry(TransientError(), attempt=3)
