@@ -17,7 +17,7 @@ from saga.definitions import get_saga_type
 from saga.errors import IdempotencyConflict, InvalidInput
 from saga.ledger import sagas
 from saga.settings import get_settings
-from saga.storable import storable
+from saga.storable import Unstorable, storable
 from saga.store import SagaRecord, StepRecord
 
 log = logging.getLogger("saga.runner")
@@ -61,8 +61,9 @@ def start(
     payload = saga_type.validate_input(input_data).model_dump(mode="json")
     try:
         storable(payload)
-    except ValueError as exc:
-        raise InvalidInput(f"invalid input for saga {type_name!r}: {exc}", [{"field": "input", "message": str(exc)}])
+    except Unstorable as exc:
+        raise InvalidInput(f"invalid input for saga {type_name!r}: {exc}",
+                           [{"field": exc.path or "input", "message": str(exc)}]) from None
 
     request_hash = hashlib.sha256(
         json.dumps({"type": type_name, "input": payload}, sort_keys=True).encode()

@@ -87,10 +87,16 @@ class StandIns:
 
     # Stripe
 
-    def stripe_faults(self, mode: str, count: int, seconds: float = 0) -> None:
-        """Make the next `count` Stripe /v1 requests fail: "429", "500", "hang" (charge, then hold the
-        answer `seconds`) or "slow" (hold `seconds` before charging, idempotency key in progress)."""
-        self._stripe("POST", "/_control/faults", {"mode": mode, "count": count, "seconds": seconds})
+    def stripe_faults(self, mode: str, count: int, seconds: float = 0, operation: str | None = None) -> None:
+        """Make the next `count` Stripe /v1 requests (of `operation` only, e.g. "confirm", if given) fail:
+        "429", "500", "hang" (hold `seconds`, then do it: it completes after the client gave up) or "lost"
+        (do it, then hold the answer `seconds`)."""
+        self._stripe("POST", "/_control/faults", {"mode": mode, "count": count, "seconds": seconds,
+                                                   "operation": operation})
+
+    def stripe_expire_keys(self) -> int:
+        """Forget every stored idempotency key, as Stripe does 24 hours after a key's first use."""
+        return int(self._stripe("POST", "/_control/expire_keys", {})["expired"])
 
     def stripe_reset(self) -> None:
         """Forget every Stripe record, idempotency key, fault and logged request."""
@@ -105,8 +111,8 @@ class StandIns:
         return list(self._stripe("GET", "/_control/state")["refunds"])
 
     def stripe_requests(self) -> list[dict[str, Any]]:
-        """Every /v1 request the Stripe stand-in received since start or reset: method, path,
-        idempotency_key, status, replayed, fault."""
+        """Every /v1 request the Stripe stand-in received since start or reset: method, path, operation,
+        idempotency_key, status, replayed, fault, at and done_at (when it arrived and when it was done)."""
         return list(self._stripe("GET", "/_control/requests")["requests"])
 
     def _stripe(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

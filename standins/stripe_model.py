@@ -40,6 +40,14 @@ DECLINES: dict[str, tuple[str, str, str]] = {
         "processing_error", "processing_error",
         "An error occurred while processing your card. Try again in a little bit."),
 }
+# Stripe's minimum charge per currency, in the currency's smallest unit (stripe.com/docs/currencies#minimum-and-maximum-charge-amounts);
+# other currencies must come to at least 50 US cents, which 50 units stands in for.
+MINIMUM_AMOUNTS = {
+    "usd": 50, "aed": 200, "aud": 50, "bgn": 100, "brl": 50, "cad": 50, "chf": 50, "czk": 1500, "dkk": 250,
+    "eur": 50, "gbp": 30, "hkd": 400, "huf": 17500, "inr": 50, "jpy": 50, "mxn": 1000, "myr": 200, "nok": 300,
+    "nzd": 50, "pln": 200, "ron": 200, "sek": 300, "sgd": 50, "thb": 1000,
+}
+CANCELLATION_REASONS = {"duplicate", "fraudulent", "requested_by_customer", "abandoned"}
 PI_CREATE_PARAMS = {
     "amount", "currency", "payment_method", "confirm", "metadata", "description", "customer", "receipt_email",
     "statement_descriptor", "statement_descriptor_suffix", "capture_method", "confirmation_method",
@@ -182,13 +190,15 @@ class Store:
         amount = _int(params, "amount", minimum=1)
         if amount is None:
             raise invalid("Missing required param: amount.", code="parameter_missing", param="amount")
-        if amount < 50:
-            raise invalid("Amount must be at least 50 cents", code="amount_too_small", param="amount")
         currency = str(params.get("currency", "")).lower()
         if not currency:
             raise invalid("Missing required param: currency.", code="parameter_missing", param="currency")
         if not re.fullmatch(r"[a-z]{3}", currency):
             raise invalid(f"Invalid currency: {currency}.", code="parameter_invalid_string", param="currency")
+        minimum = MINIMUM_AMOUNTS.get(currency, 50)
+        if amount < minimum:
+            raise invalid(f"Amount must be at least {minimum} in the smallest unit of {currency}",
+                          code="amount_too_small", param="amount")
         types = params.get("payment_method_types")
         automatic = params.get("automatic_payment_methods") or ({"enabled": "true"} if not types else None)
         pi: Obj = {
@@ -252,6 +262,11 @@ class Store:
         return pi
 
     def cancel_payment_intent(self, pi_id: str, params: Obj) -> Obj:
+        _check_params(params, {"cancellation_reason", "expand"})
+        reason = params.get("cancellation_reason")
+        if reason is not None and reason not in CANCELLATION_REASONS:
+            raise invalid(f"Invalid cancellation_reason: must be one of {', '.join(sorted(CANCELLATION_REASONS))}",
+                          code="parameter_invalid_string", param="cancellation_reason")
         pi = self.retrieve_payment_intent(pi_id)
         if pi["status"] in ("succeeded", "canceled"):
             raise StripeError(400, "invalid_request_error", "You cannot cancel this PaymentIntent because it "

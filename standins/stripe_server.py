@@ -4,13 +4,17 @@ The product reaches it only through the `stripe` SDK pointed at `STRIPE_API_BASE
 protocol (form-encoded parameters, Bearer `sk_test_...` keys, `Idempotency-Key`, Stripe's error shape) and
 has switches under `/_control/` (outside `/v1`, so the SDK never reaches them) for tests to inject faults:
 
-    POST /_control/faults  {"mode": "429"|"500"|"hang"|"slow", "count": N, "seconds": S}
-    POST /_control/reset   GET /_control/state   GET /_control/requests
+    POST /_control/faults  {"mode": "429"|"500"|"hang"|"lost", "count": N, "seconds": S, "operation": OP}
+    POST /_control/expire_keys   POST /_control/reset   GET /_control/state   GET /_control/requests
 
-A fault applies to the next N `/v1` requests. `429` and `500` answer that error without doing anything.
-`hang` does the work (the card is charged, an idempotency key keeps the result) and then holds the answer
-S seconds: the client times out not knowing what happened. `slow` holds S seconds *before* doing the work,
-with the idempotency key in progress, so a concurrent retry with that key gets Stripe's 409.
+A fault applies to the next N `/v1` requests, or with `operation` to the next N of that kind only (create,
+confirm, retrieve, cancel, refund, ...: see ROUTES). `429` and `500` answer that error without doing
+anything. `hang` holds the request S seconds and then does it, as Stripe does with a request that is slow on
+its side: a client that gave up meanwhile never hears that its request went through. While it hangs, its
+idempotency key is in use (a retry with it gets Stripe's 409) and the object it acts on is locked (another
+write to that PaymentIntent gets Stripe's 429 `lock_timeout`). `lost` does the work at once and then holds
+the answer S seconds: the client times out not knowing what happened. `expire_keys` forgets every stored
+idempotency key, as Stripe does 24 hours after a key's first use.
 
 Run: python -m standins.stripe_server --port P [--state FILE]
 """
@@ -36,20 +40,23 @@ from standins.stripe_model import Obj, Store, StripeError, decode_params, invali
 
 Route = Callable[[Store, "re.Match[str]", Obj], Obj]
 
-ROUTES: list[tuple[str, str, Route]] = [
-    ("POST", r"/v1/payment_intents", lambda s, m, p: s.create_payment_intent(p)),
-    ("GET", r"/v1/payment_intents", lambda s, m, p: s.list_payment_intents(p)),
-    ("GET", r"/v1/payment_intents/search", lambda s, m, p: s.search_payment_intents(p)),
-    ("GET", r"/v1/payment_intents/([^/]+)", lambda s, m, p: s.retrieve_payment_intent(m[1])),
-    ("POST", r"/v1/payment_intents/([^/]+)", lambda s, m, p: s.update_payment_intent(m[1], p)),
-    ("POST", r"/v1/payment_intents/([^/]+)/confirm", lambda s, m, p: s.confirm_payment_intent(m[1], p)),
-    ("POST", r"/v1/payment_intents/([^/]+)/cancel", lambda s, m, p: s.cancel_payment_intent(m[1], p)),
-    ("POST", r"/v1/refunds", lambda s, m, p: s.create_refund(p)),
-    ("GET", r"/v1/refunds", lambda s, m, p: s.list_refunds(p)),
-    ("GET", r"/v1/refunds/([^/]+)", lambda s, m, p: s.retrieve_refund(m[1])),
-    ("GET", r"/v1/charges/([^/]+)", lambda s, m, p: s.retrieve_charge(m[1])),
+ROUTES: list[tuple[str, str, str, Route]] = [
+    ("POST", r"/v1/payment_intents", "create", lambda s, m, p: s.create_payment_intent(p)),
+    ("GET", r"/v1/payment_intents", "list", lambda s, m, p: s.list_payment_intents(p)),
+    ("GET", r"/v1/payment_intents/search", "search", lambda s, m, p: s.search_payment_intents(p)),
+    ("GET", r"/v1/payment_intents/([^/]+)", "retrieve", lambda s, m, p: s.retrieve_payment_intent(m[1])),
+    ("POST", r"/v1/payment_intents/([^/]+)", "update", lambda s, m, p: s.update_payment_intent(m[1], p)),
+    ("POST", r"/v1/payment_intents/([^/]+)/confirm", "confirm", lambda s, m, p: s.confirm_payment_intent(m[1], p)),
+    ("POST", r"/v1/payment_intents/([^/]+)/cancel", "cancel", lambda s, m, p: s.cancel_payment_intent(m[1], p)),
+    ("POST", r"/v1/refunds", "refund", lambda s, m, p: s.create_refund(p)),
+    ("GET", r"/v1/refunds", "list_refunds", lambda s, m, p: s.list_refunds(p)),
+    ("GET", r"/v1/refunds/([^/]+)", "retrieve_refund", lambda s, m, p: s.retrieve_refund(m[1])),
+    ("GET", r"/v1/charges/([^/]+)", "retrieve_charge", lambda s, m, p: s.retrieve_charge(m[1])),
 ]
-FAULT_MODES = ("429", "500", "hang", "slow")
+OPERATIONS = tuple(route[2] for route in ROUTES)
+FAULT_MODES = ("429", "500", "hang", "lost")
+LOCK_TIMEOUT = ("This object cannot be accessed right now because another API request or Stripe process is "
+                "currently accessing it. If you see this error intermittently, retry the request.")
 
 
 @dataclass
@@ -64,11 +71,32 @@ class Reply:
 
 @dataclass
 class Fault:
-    """The next `count` /v1 requests misbehave as `mode` says, for `seconds` where that applies."""
+    """The next `count` /v1 requests (of `operation` only, if set) misbehave as `mode` says, for `seconds`
+    where that applies."""
 
     mode: str
     count: int
     seconds: float = 0.0
+    operation: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One /v1 request, routed."""
+
+    method: str
+    path: str
+    operation: str | None
+    action: Route | None
+    match: re.Match[str] | None
+
+
+def route(method: str, path: str) -> Request:
+    for route_method, pattern, operation, action in ROUTES:
+        match = re.fullmatch(pattern, path)
+        if match and route_method == method:
+            return Request(method, path, operation, action, match)
+    return Request(method, path, None, None, None)
 
 
 def error_reply(err: StripeError) -> Reply:
@@ -76,27 +104,31 @@ def error_reply(err: StripeError) -> Reply:
 
 
 class StripeApp:
-    """The API behind the HTTP handler: authentication, idempotency keys, faults and the request log."""
+    """The API behind the HTTP handler: authentication, idempotency keys, object locks, faults and the
+    request log."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.fault: Fault | None = None
         self.in_progress: set[str] = set()
+        self.locked: set[str] = set()  # ids of objects a hanging request is working on
         self.requests: list[Obj] = []
 
     def handle(self, method: str, target: str, body: bytes, headers: dict[str, str]) -> Reply:
         url = urlsplit(target)
         if url.path.startswith("/_control/"):
             return self.control(method, url.path, body)
+        request = route(method, url.path)
         key = headers.get("idempotency-key")
-        entry: Obj = {"method": method, "path": url.path, "idempotency_key": key, "at": time.time()}
+        entry: Obj = {"method": method, "path": url.path, "operation": request.operation, "idempotency_key": key,
+                      "at": time.time()}
         with self.store.lock:
-            fault = self._take_fault()
+            fault = self._take_fault(request.operation)
             entry["fault"] = fault and fault.mode
             self.requests.append(entry)
         request_id = new_id("req_")
         try:
-            reply = self._answer(method, url.path, url.query, body, headers, key, fault)
+            reply = self._answer(request, url.query, body, headers, key, fault)
         except Exception:  # noqa: BLE001 - any bug must still answer as Stripe does: a 500
             traceback.print_exc()
             reply = error_reply(StripeError(500, "api_error", "An unknown error occurred"))
@@ -106,20 +138,21 @@ class StripeApp:
         if headers.get("stripe-version"):
             reply.headers["Stripe-Version"] = headers["stripe-version"]
         entry["status"], entry["replayed"] = reply.status, "Idempotent-Replayed" in reply.headers
-        if fault and fault.mode == "hang":
+        entry["done_at"] = time.time()
+        if fault and fault.mode == "lost":
             reply.hold = fault.seconds
         return reply
 
-    def _take_fault(self) -> Fault | None:
+    def _take_fault(self, operation: str | None) -> Fault | None:
         fault = self.fault
-        if fault is None:
+        if fault is None or fault.operation not in (None, operation):
             return None
         fault.count -= 1
         if fault.count <= 0:
             self.fault = None
-        return Fault(fault.mode, 1, fault.seconds)
+        return Fault(fault.mode, 1, fault.seconds, fault.operation)
 
-    def _answer(self, method: str, path: str, query: str, body: bytes, headers: dict[str, str],
+    def _answer(self, request: Request, query: str, body: bytes, headers: dict[str, str],
                 key: str | None, fault: Fault | None) -> Reply:
         if fault and fault.mode == "429":
             return error_reply(invalid("Too many requests hit the API too quickly. We recommend an exponential "
@@ -130,17 +163,16 @@ class StripeApp:
         if denied:
             return error_reply(denied)
         pairs = parse_qsl(query, keep_blank_values=True)
-        if method == "POST":
+        if request.method == "POST":
             pairs += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         params = decode_params(pairs)
-        if method != "POST" or not key:
-            if fault and fault.mode == "slow":
-                time.sleep(fault.seconds)
-            return self._run(method, path, params)[0]
-        return self._idempotent(method, path, params, key, fault)
+        hang = fault.seconds if fault and fault.mode == "hang" else 0.0
+        if request.method != "POST" or not key:
+            return self._locked(request, params, hang)[0]
+        return self._idempotent(request, params, key, hang)
 
-    def _idempotent(self, method: str, path: str, params: Obj, key: str, fault: Fault | None) -> Reply:
-        fingerprint = json.dumps([method, path, params], sort_keys=True)
+    def _idempotent(self, request: Request, params: Obj, key: str, hang: float) -> Reply:
+        fingerprint = json.dumps([request.method, request.path, params], sort_keys=True)
         with self.store.lock:
             saved = self.store.data["idempotency"].get(key)
             if saved and saved["fingerprint"] != fingerprint:
@@ -159,9 +191,7 @@ class StripeApp:
                     f"still going through): {key}. Please try again later."))
             self.in_progress.add(key)
         try:
-            if fault and fault.mode == "slow":
-                time.sleep(fault.seconds)
-            reply, stored = self._run(method, path, params)
+            reply, stored = self._locked(request, params, hang)
             if stored:
                 request_id = new_id("req_")
                 reply.headers["Request-Id"] = request_id
@@ -175,24 +205,40 @@ class StripeApp:
             with self.store.lock:
                 self.in_progress.discard(key)
 
-    def _run(self, method: str, path: str, params: Obj) -> tuple[Reply, bool]:
-        """Do what the request asks; returns the reply and whether an idempotency key may keep it."""
-        for route_method, pattern, action in ROUTES:
-            match = re.fullmatch(pattern, path)
-            if match and route_method == method:
+    def _locked(self, request: Request, params: Obj, hang: float) -> tuple[Reply, bool]:
+        """Run the request while holding the object it writes to: a hanging request holds it all along, and
+        another write to it meanwhile gets the `lock_timeout` Stripe answers."""
+        target = _target(request, params)
+        if target is not None:
+            with self.store.lock:
+                if target in self.locked:
+                    return error_reply(invalid(LOCK_TIMEOUT, code="lock_timeout", status=429)), False
+                self.locked.add(target)
+        try:
+            if hang:
+                time.sleep(hang)
+            return self._run(request, params)
+        finally:
+            if target is not None:
                 with self.store.lock:
-                    try:
-                        # A JSON round trip snapshots the objects: later changes must not alter a stored reply.
-                        result = json.loads(json.dumps(action(self.store, match, params)))
-                        return Reply(200, result), True
-                    except StripeError as err:
-                        return Reply(err.status, json.loads(json.dumps(err.body()))), err.stored
-                    finally:
-                        if method == "POST":
-                            self.store.save()
-        return error_reply(invalid(f"Unrecognized request URL ({method}: {path}). Please see "
-                                   "https://stripe.com/docs or we can help at https://support.stripe.com/.",
-                                   status=404)), False
+                    self.locked.discard(target)
+
+    def _run(self, request: Request, params: Obj) -> tuple[Reply, bool]:
+        """Do what the request asks; returns the reply and whether an idempotency key may keep it."""
+        if request.action is None:
+            return error_reply(invalid(f"Unrecognized request URL ({request.method}: {request.path}). Please see "
+                                       "https://stripe.com/docs or we can help at https://support.stripe.com/.",
+                                       status=404)), False
+        with self.store.lock:
+            try:
+                # A JSON round trip snapshots the objects: later changes must not alter a stored reply.
+                result = json.loads(json.dumps(request.action(self.store, request.match, params)))  # type: ignore[arg-type]
+                return Reply(200, result), True
+            except StripeError as err:
+                return Reply(err.status, json.loads(json.dumps(err.body()))), err.stored
+            finally:
+                if request.method == "POST":
+                    self.store.save()
 
     @staticmethod
     def _authenticate(header: str) -> StripeError | None:
@@ -215,11 +261,19 @@ class StripeApp:
         with self.store.lock:
             if (method, path) == ("POST", "/_control/faults"):
                 spec = json.loads(body or b"{}")
-                if spec.get("mode") not in FAULT_MODES or int(spec.get("count", 1)) < 0:
-                    return Reply(400, {"error": {"message": f"mode must be one of {FAULT_MODES}, count >= 0"}})
+                if (spec.get("mode") not in FAULT_MODES or int(spec.get("count", 1)) < 0
+                        or spec.get("operation") not in (None, *OPERATIONS)):
+                    return Reply(400, {"error": {"message": f"mode must be one of {FAULT_MODES}, count >= 0, "
+                                                            f"operation one of {OPERATIONS} or absent"}})
                 count = int(spec.get("count", 1))
-                self.fault = Fault(spec["mode"], count, float(spec.get("seconds", 0))) if count else None
+                self.fault = Fault(spec["mode"], count, float(spec.get("seconds", 0)),
+                                   spec.get("operation")) if count else None
                 return Reply(200, {"fault": self.fault and asdict(self.fault)})
+            if (method, path) == ("POST", "/_control/expire_keys"):
+                expired = len(self.store.data["idempotency"])
+                self.store.data["idempotency"] = {}
+                self.store.save()
+                return Reply(200, {"expired": expired})
             if (method, path) == ("POST", "/_control/reset"):
                 self.store.reset()
                 self.fault, self.requests = None, []
@@ -233,6 +287,17 @@ class StripeApp:
             if (method, path) == ("GET", "/_control/requests"):
                 return Reply(200, {"count": len(self.requests), "requests": self.requests})
         return Reply(404, {"error": {"message": f"no control endpoint {method} {path}"}})
+
+
+def _target(request: Request, params: Obj) -> str | None:
+    """The PaymentIntent a write acts on, if any."""
+    if request.method != "POST" or request.match is None:
+        return None
+    if request.operation in ("update", "confirm", "cancel"):
+        return request.match[1]
+    if request.operation == "refund" and params.get("payment_intent"):
+        return str(params["payment_intent"])
+    return None
 
 
 class Handler(BaseHTTPRequestHandler):

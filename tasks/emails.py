@@ -14,6 +14,14 @@ RETRY = RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay
                     transient=(TransientError,))
 
 
+# Currencies whose smallest unit is the whole unit, as Stripe counts them (of those the job posting takes).
+ZERO_DECIMAL = frozenset({"jpy"})
+
+
+def _amount(smallest_units: int, currency: str) -> str:
+    return str(smallest_units) if currency in ZERO_DECIMAL else f"{smallest_units / 100:.2f}"
+
+
 def message_id(ctx: StepContext[Any]) -> str:
     domain = get_settings().mail_from.rpartition("@")[2] or "localhost"
     return f"<{ctx.saga_id}.{ctx.step}@{domain}>"
@@ -31,7 +39,7 @@ def send_confirmation(ctx: StepContext[Any]) -> dict[str, str]:
     charge = ctx.results.get("charge_payment", {})
     msg.set_content(
         f"Hello {data.company},\n\nyour posting \"{data.title}\" is live.\n"
-        f"We charged {data.amount_cents / 100:.2f} {data.currency.upper()} "
+        f"We charged {_amount(data.amount_cents, data.currency)} {data.currency.upper()} "
         f"(payment {charge.get('payment_intent', '?')}).\n"
     )
     try:

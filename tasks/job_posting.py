@@ -4,32 +4,76 @@ from __future__ import annotations
 
 import base64
 import binascii
+import unicodedata
 from typing import Annotated
 
-from pydantic import BaseModel, EmailStr, Field, StringConstraints, field_validator
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, ValidationInfo, field_validator
 
 from saga import RetryPolicy, SagaType
 from tasks import emails, payments, postings, storage
 
 MAX_LOGO_BYTES = 1024 * 1024
-# Currencies Stripe charges in (ISO 4217, lowercase as Stripe writes them).
-CURRENCIES = frozenset(
-    ["usd", "eur", "gbp", "chf", "sek", "nok", "dkk", "pln", "czk", "huf", "ron", "bgn", "cad", "aud", "nzd", "jpy", "sgd", "hkd", "mxn", "brl", "inr", "zar", "ils", "aed"]
-)
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Currencies Stripe charges in (ISO 4217, lowercase as Stripe writes them), each with the least Stripe charges
+# in it, in its smallest unit (stripe.com/docs/currencies#minimum-and-maximum-charge-amounts; ILS and ZAR,
+# which settle in another currency, at what comes to 50 US cents).
+MINIMUM_CHARGE = {
+    "usd": 50, "eur": 50, "gbp": 30, "chf": 50, "sek": 300, "nok": 300, "dkk": 250, "pln": 200, "czk": 1500,
+    "huf": 17500, "ron": 200, "bgn": 100, "cad": 50, "aud": 50, "nzd": 50, "jpy": 50, "sgd": 50, "hkd": 400,
+    "mxn": 1000, "brl": 50, "inr": 50, "zar": 1000, "ils": 200, "aed": 200,
+}
+# Stripe takes at most eight digits in the smallest unit.
+MAXIMUM_CHARGE = 99_999_999
+# Characters no single-line field may hold: it goes into an email header (the title into the Subject), and
+# a line break there is refused when the message is built, long after the card was charged.
+_LINE_BREAKS = frozenset("\u2028\u2029")
+
+
+def _single_line(value: str) -> str:
+    bad = next((c for c in value if unicodedata.category(c) == "Cc" or c in _LINE_BREAKS), None)
+    if bad is not None:
+        raise ValueError(f"must be one line of text without control characters (found {bad!r})")
+    return value
+
+
+def _plain_text(value: str) -> str:
+    bad = next((c for c in value if unicodedata.category(c) == "Cc" and c not in "\n\r\t"), None)
+    if bad is not None:
+        raise ValueError(f"must not hold control characters other than line breaks and tabs (found {bad!r})")
+    return value
+
+
+Line = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+                 AfterValidator(_single_line)]
+Paragraphs = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000),
+                       AfterValidator(_plain_text)]
 
 
 class JobPosting(BaseModel):
-    """What a client submits; every field is checked before the saga is accepted."""
+    """What a client submits. Every field is checked before the saga is accepted, against what every later
+    step needs of it (S3, the postings table, Stripe, the email), so nothing fails after the charge."""
 
-    company: Text
-    title: Text
-    description: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000)]
-    contact_email: EmailStr
+    company: Line
+    title: Line
+    description: Paragraphs
+    contact_email: str = Field(description="an email address with an ASCII local part")
     logo: str = Field(description="base64 of a PNG or JPEG image, at most 1 MiB")
-    amount_cents: int = Field(gt=0, le=99_999_999)
     currency: str = Field(description="ISO 4217 code, e.g. usd")
+    amount_cents: int = Field(ge=1, le=MAXIMUM_CHARGE, description="in the currency's smallest unit, at least "
+                                                             "Stripe's minimum charge for it (50 for usd)")
     payment_method: Annotated[str, StringConstraints(pattern=r"^pm_[A-Za-z0-9_]+$")]
+
+    @field_validator("contact_email")
+    @classmethod
+    def _deliverable_address(cls, value: str) -> str:
+        try:
+            address = validate_email(value.strip(), check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"is not a valid email address: {exc}") from None
+        if address.ascii_email is None:
+            # Such an address needs SMTPUTF8, which a mail server need not offer: refused now, not after the charge.
+            raise ValueError("must have an ASCII part before the @ (internationalized addresses are not sent)")
+        return address.ascii_email
 
     @field_validator("logo")
     @classmethod
@@ -48,9 +92,18 @@ class JobPosting(BaseModel):
     @classmethod
     def _known_currency(cls, value: str) -> str:
         code = value.strip().lower()
-        if code not in CURRENCIES:
-            raise ValueError(f"{value!r} is not a currency we charge in ({', '.join(sorted(CURRENCIES))})")
+        if code not in MINIMUM_CHARGE:
+            raise ValueError(f"{value!r} is not a currency we charge in ({', '.join(sorted(MINIMUM_CHARGE))})")
         return code
+
+    @field_validator("amount_cents")
+    @classmethod
+    def _at_least_the_minimum_charge(cls, value: int, info: ValidationInfo) -> int:
+        currency = info.data.get("currency")
+        minimum = MINIMUM_CHARGE.get(currency, 1) if currency else 1
+        if value < minimum:
+            raise ValueError(f"is {value}; Stripe charges at least {minimum} in {currency or 'any currency'}")
+        return value
 
 
 job_posting = SagaType(

@@ -1,7 +1,9 @@
-"""Charging the card through Stripe (the pivot) and refunding it when the saga is undone.
+"""Charging the card through Stripe (the pivot), and undoing the charge when the saga is undone.
 
-The charge is two idempotent calls, create then confirm, so that a compensation can always find the
-PaymentIntent by replaying the create (which charges nothing) instead of searching for it.
+The charge is two calls: create the PaymentIntent (which charges nothing), checkpoint its id in the ledger,
+then confirm it. Every later attempt, and the compensation, starts from that id and asks Stripe where the
+payment stands, instead of trusting a reply that may have been lost or an idempotency key that Stripe keeps
+for only 24 hours. A body that lost its claim is stopped at the checkpoint, before it could confirm.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from saga.settings import get_settings
 TIME_LIMIT = 10.0
 RETRY = RetryPolicy(max_attempts=8, initial_delay=0.5, multiplier=2.0, max_delay=8.0,
                     transient=(TransientError,))
+# PaymentIntent statuses from which a confirm may still charge, and from which Stripe lets us cancel.
+CONFIRMABLE = ("requires_payment_method", "requires_confirmation", "requires_action")
+CANCELABLE = (*CONFIRMABLE, "requires_capture")
 
 
 @lru_cache(maxsize=1)
@@ -33,13 +38,18 @@ def _stripe() -> stripe.StripeClient:
 def _classified(exc: stripe.StripeError) -> Exception:
     if isinstance(exc, stripe.CardError):
         return PermanentError(f"card declined: {exc.code}: {exc.user_message or exc}")
-    if isinstance(exc, (stripe.RateLimitError, stripe.APIConnectionError)):
+    if isinstance(exc, (stripe.RateLimitError, stripe.APIConnectionError)):  # 429 includes `lock_timeout`
         return TransientError(f"Stripe {type(exc).__name__}: {exc}")
     if isinstance(exc, stripe.IdempotencyError) and exc.http_status == 409:
         return TransientError("Stripe is still processing an earlier request with this idempotency key")
     if isinstance(exc, stripe.APIError) or (exc.http_status or 0) >= 500:
         return TransientError(f"Stripe {exc.http_status}: {exc}")
     return PermanentError(f"Stripe refused: {type(exc).__name__}: {exc}", effect_unknown=True)
+
+
+def _unexpected_state(exc: stripe.StripeError) -> bool:
+    """Stripe refused because the PaymentIntent moved on (confirmed, canceled) since we last looked."""
+    return getattr(exc, "code", None) == "payment_intent_unexpected_state"
 
 
 def _create_params(ctx: StepContext[Any]) -> dict[str, Any]:
@@ -51,41 +61,81 @@ def _create_params(ctx: StepContext[Any]) -> dict[str, Any]:
     }
 
 
-def _payment_intent(ctx: StepContext[Any], key: str) -> Any:
-    """The saga's PaymentIntent: created unconfirmed on first call, replayed by Stripe after that."""
-    return _stripe().v1.payment_intents.create(_create_params(ctx), {"idempotency_key": f"{key}:create"})
-
-
 def charge_payment(ctx: StepContext[Any]) -> dict[str, Any]:
-    """Create and confirm the PaymentIntent, each call under an idempotency key derived from the step."""
+    """Create the PaymentIntent, checkpoint its id, confirm it; a later attempt resumes from the id."""
+    client, key = _stripe().v1.payment_intents, ctx.idempotency_key
     try:
-        intent = _payment_intent(ctx, ctx.idempotency_key)
-        if intent.status != "succeeded":
-            intent = _stripe().v1.payment_intents.confirm(
-                intent.id, {"payment_method": ctx.input.payment_method},
-                {"idempotency_key": f"{ctx.idempotency_key}:confirm"},
-            )
+        pi_id = ctx.checkpoints.get("payment_intent")
+        if pi_id is None:
+            intent = client.create(_create_params(ctx), {"idempotency_key": f"{key}:create"})
+            ctx.checkpoint(payment_intent=intent.id)  # from here on the compensation can find it
+        else:
+            intent = client.retrieve(pi_id)
+        if intent.status in CONFIRMABLE:
+            try:
+                intent = client.confirm(intent.id, {"payment_method": ctx.input.payment_method},
+                                        {"idempotency_key": f"{key}:confirm"})
+            except stripe.InvalidRequestError as exc:
+                if not _unexpected_state(exc):
+                    raise
+                intent = client.retrieve(intent.id)  # another attempt's confirm got there first
     except stripe.StripeError as exc:
         raise _classified(exc) from exc
+    if intent.status == "canceled":
+        raise PermanentError(f"payment {intent.id} was canceled")
     if intent.status != "succeeded":
         raise PermanentError(f"payment {intent.id} ended {intent.status}", effect_unknown=True)
     return {"payment_intent": intent.id, "amount_cents": intent.amount, "currency": intent.currency}
 
 
 def refund_payment(ctx: StepContext[Any]) -> dict[str, Any]:
-    """Refund the charge if it happened; runs only when its outcome is unknown or the saga was cancelled."""
-    forward_key = ctx.idempotency_key.removesuffix(":compensate")
+    """Undo the charge, whatever became of it: cancel the PaymentIntent while it can still be confirmed,
+    refund it once it succeeded, and finish only when Stripe reports it canceled or fully refunded."""
+    pi_id = ctx.checkpoints.get("payment_intent") or (ctx.result or {}).get("payment_intent")
+    if pi_id is None:
+        # The charge confirms only after checkpointing the id, under a live claim: with no id in the ledger,
+        # no confirm was ever sent, so no money moved (a PaymentIntent the create made stays unconfirmed).
+        return {"payment_intent": None, "outcome": "nothing charged: no PaymentIntent was confirmed"}
+    client = _stripe().v1
     try:
-        intent = _payment_intent(ctx, forward_key)
-        intent = _stripe().v1.payment_intents.retrieve(intent.id)
+        intent = client.payment_intents.retrieve(pi_id)
+        if intent.status in CANCELABLE:
+            try:
+                intent = client.payment_intents.cancel(pi_id, {"cancellation_reason": "abandoned"},
+                                                       {"idempotency_key": f"{ctx.idempotency_key}:cancel"})
+            except stripe.InvalidRequestError as exc:
+                if not _unexpected_state(exc):
+                    raise
+                intent = client.payment_intents.retrieve(pi_id)  # confirmed meanwhile: refund it below
+        if intent.status == "canceled":
+            return {"payment_intent": pi_id, "outcome": "canceled: nothing charged"}
         if intent.status != "succeeded":
-            return {"payment_intent": intent.id, "refund": None, "status": intent.status}
-        refund = _stripe().v1.refunds.create(
-            {"payment_intent": intent.id, "metadata": {"saga_id": str(ctx.saga_id)}},
-            {"idempotency_key": f"{ctx.idempotency_key}:refund"},
-        )
+            raise TransientError(f"payment {pi_id} is {intent.status}; looking again later")
+        return _refund_rest(ctx, pi_id, intent.amount_received)
     except stripe.StripeError as exc:
-        if getattr(exc, "code", None) == "charge_already_refunded":
-            return {"payment_intent": intent.id, "refund": "already refunded"}
         raise _classified(exc) from exc
-    return {"payment_intent": intent.id, "refund": refund.id}
+
+
+def _refund_rest(ctx: StepContext[Any], pi_id: str, received: int) -> dict[str, Any]:
+    """Refund whatever of `received` is not refunded yet, judged from Stripe's own list of refunds."""
+    refunds = _stripe().v1.refunds
+    existing = list(refunds.list({"payment_intent": pi_id, "limit": 100}).auto_paging_iter())
+    succeeded = [r for r in existing if r.status == "succeeded"]
+    pending = [r.id for r in existing if r.status in ("pending", "requires_action")]
+    done = sum(r.amount for r in succeeded)
+    if done < received and not pending:
+        # The key counts the refunds that exist already, so each refund we need gets a key of its own and
+        # nothing relies on Stripe still holding an old one.
+        refund = refunds.create(
+            {"payment_intent": pi_id, "amount": received - done, "metadata": {"saga_id": str(ctx.saga_id)}},
+            {"idempotency_key": f"{ctx.idempotency_key}:refund:{len(existing)}"})
+        ctx.checkpoint(refund=refund.id)
+        if refund.status == "succeeded":
+            succeeded.append(refund)
+            done += refund.amount
+        else:
+            pending.append(refund.id)
+    if pending:
+        raise TransientError(f"refund {', '.join(pending)} of payment {pi_id} is still pending")
+    return {"payment_intent": pi_id, "outcome": "refunded", "amount_refunded": done,
+            "refunds": [r.id for r in succeeded]}

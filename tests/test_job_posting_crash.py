@@ -95,10 +95,10 @@ def test_pool_child_killed_during_each_step(
     elif step == "send_confirmation":
         smtp_proxy.delay = 60
     elif step == "charge_payment":
-        standins.stripe_faults("hang", 1, seconds=60)
+        standins.stripe_faults("lost", 1, seconds=60)
     else:
         if step == "publish_posting":
-            standins.stripe_faults("slow", 1, seconds=1.5)  # time to take the lock between steps 3 and 4
+            standins.stripe_faults("hang", 1, seconds=1.5)  # time to take the lock between steps 3 and 4
         lock = db.engine().connect()
         lock.begin()
     saga_id = submit()

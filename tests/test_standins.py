@@ -119,7 +119,7 @@ def test_declines_are_replayed_too(sc: stripe.StripeClient, standins: StandIns) 
 
 
 def test_concurrent_request_with_same_key_is_409(sc: stripe.StripeClient, standins: StandIns) -> None:
-    standins.stripe_faults("slow", 1, seconds=1.5)
+    standins.stripe_faults("hang", 1, seconds=1.5)
     results: list[stripe.PaymentIntent] = []
     first = threading.Thread(target=lambda: results.append(charge(sc, key="k-busy")))
     first.start()
@@ -191,7 +191,7 @@ def test_sdk_retries_are_visible(standins: StandIns) -> None:
 
 
 def test_hang_charges_then_times_out(sc: stripe.StripeClient, standins: StandIns) -> None:
-    standins.stripe_faults("hang", 1, seconds=3)
+    standins.stripe_faults("lost", 1, seconds=3)
     started = time.monotonic()
     with pytest.raises(stripe.APIConnectionError):
         charge(client(standins, timeout=0.5), key="k-hang")
@@ -204,7 +204,7 @@ def test_hang_charges_then_times_out(sc: stripe.StripeClient, standins: StandIns
 
 def test_sdk_retry_after_a_timeout_gets_the_first_charge(standins: StandIns) -> None:
     standins.stripe_reset()
-    standins.stripe_faults("hang", 1, seconds=3)
+    standins.stripe_faults("lost", 1, seconds=3)
     pi = charge(client(standins, timeout=0.5, retries=1))  # the SDK makes up one key and reuses it
     assert [p["id"] for p in standins.payment_intents()] == [pi.id]
     assert [r["replayed"] for r in standins.stripe_requests()] == [False, True]
