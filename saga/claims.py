@@ -189,12 +189,15 @@ def claim(
 
 def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | None:
     """For a transactional forward step: its input and earlier results if it may run now, else why not;
-    None if the saga or step does not exist. Nothing is taken until `claim_and_commit`."""
+    None if the saga or step does not exist. Nothing is taken until `claim_and_commit`.
+
+    A step still `running` with no live lease was claimed up front by an attempt that never reported (it
+    crashed): that is a refusal, and the caller claims up front too, so every crash is counted.
+    """
     row = _look(conn, saga_id, step)
     why = _refusal(row, "forward")
     if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
-            and why.step_status in ("pending", "running") and why.attempts < step.retry.max_attempts
-            and why.wait == 0):
+            and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
         return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
                      checkpoint=row[8])  # type: ignore[index]
     return why

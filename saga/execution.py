@@ -109,9 +109,10 @@ def _attempt(
 ) -> Refusal | None | str | tuple[str, bool]:
     """Claim, run the body, commit: (saga status, cancel requested), a Refusal, None, or "lost"."""
     deferred = mode == "forward" and conn is not None and not redelivered  # claimed together with its commit
-    if deferred:
-        outcome = claims.preview(saga_id, step, conn)  # type: ignore[arg-type]
-    else:
+    outcome = claims.preview(saga_id, step, conn) if deferred else None  # type: ignore[arg-type]
+    if isinstance(outcome, Refusal) and outcome.step_status == "running" and outcome.wait == 0:
+        deferred = False  # an attempt claimed up front never reported (it crashed): count this one up front too
+    if not deferred:
         outcome = claims.claim(saga_id, step, task.request.id, mode, redelivered=redelivered)
     if not isinstance(outcome, Claim):
         return outcome

@@ -31,9 +31,17 @@ def event_kinds(saga_id: UUID, kind: str) -> list[str | None]:
 def check_invariants(saga_id: UUID, one_pass: bool = True) -> str:
     """Assert I2-I4 for one finished saga from the probes' own tables; returns its status.
 
+    `effects` are what the probes' third party kept (one per idempotency key, as I2 asks of a third party);
+    `runs` are every execution of a body, and each must have been counted by the ledger as an attempt.
     `one_pass` is False when an operator re-ran compensation, so the newest-first order spans two passes.
     """
     record = load(saga_id)
+    started, undo_started = event_kinds(saga_id, "step_started"), event_kinds(saga_id, "compensation_started")
+    for step in record.steps:
+        ran, undid = len(runs(saga_id, step.name)), len(runs(saga_id, step.name, kind="undo"))
+        attempts, undo_attempts = started.count(step.name), undo_started.count(step.name)
+        assert ran <= attempts, f"step {step.name} ran {ran} times in {attempts} attempts"
+        assert undid <= undo_attempts, f"compensation of {step.name} ran {undid} times in {undo_attempts} attempts"
     done, undone = effects(saga_id, "do"), effects(saga_id, "undo")
     succeeded = event_kinds(saga_id, "step_succeeded")
     assert len(succeeded) == len(set(succeeded)), f"a step committed twice: {succeeded}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -33,6 +34,11 @@ class ProbeInput(BaseModel):
     hold: dict[str, float] = Field(default_factory=dict)  # "<step>" / "undo_<step>" -> seconds after the effect
     hold_before: dict[str, float] = Field(default_factory=dict)  # same, before the effect
     hang: str | None = None  # step that ignores its soft time limit, so the hard one kills it
+    # label -> attempts (from the first) that fail transiently *after* the effect: the answer was lost
+    lost_answer: dict[str, int] = Field(default_factory=dict)
+    fail_from: dict[str, int] = Field(default_factory=dict)  # label -> first attempt that fails permanently
+    crash: str | None = None  # label whose body kills its own worker process, every attempt
+    bad_result: str | None = None  # label whose result PostgreSQL's jsonb refuses (a NUL character)
 
 
 def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
@@ -50,7 +56,9 @@ def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
             time.sleep(60)
         except SoftTimeLimitExceeded:
             time.sleep(60)
-    if spec.fail == label:
+    if spec.crash == label:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if spec.fail == label or ctx.attempt >= spec.fail_from.get(label, ctx.attempt + 1):
         raise PermanentError(f"{label} refused")
     if ctx.attempt <= spec.transient.get(label, 0):
         raise TransientError(f"{label} attempt {ctx.attempt} hit a passing failure")
@@ -62,6 +70,10 @@ def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
                      {"key": ctx.idempotency_key, "s": ctx.saga_id, "st": ctx.step, "k": kind})
     if ctx.attempt == 1 and label in spec.hold:
         time.sleep(spec.hold[label])
+    if ctx.attempt <= spec.lost_answer.get(label, 0):
+        raise TimeoutError(f"{label} attempt {ctx.attempt}: no answer (the effect happened)")
+    if spec.bad_result == label:
+        return {"step": ctx.step, "note": "a NUL \u0000 jsonb cannot hold"}
     return {"step": ctx.step, "key": ctx.idempotency_key}
 
 
@@ -87,9 +99,22 @@ probe = _declare("probe", "probe", FAST, time_limit=3)
 probe_idle = _declare("probe_idle", "nobody", FAST, time_limit=3)
 # One attempt with a 1 s limit: a hanging step is killed by the hard time limit.
 probe_limit = _declare("probe_limit", "probe", RetryPolicy(max_attempts=1), time_limit=1)
+# Two attempts with short leases: a body that kills its worker runs out of attempts quickly.
+SHORT = RetryPolicy(max_attempts=2, initial_delay=0.2, max_delay=1.0)
+probe_short = _declare("probe_short", "probe", SHORT, time_limit=2)
 
 
-probe_tx = SagaType("probe_tx", ProbeInput, default_retry=FAST, default_time_limit=3, queue="probe")
+
+def _nothing(ctx: StepContext[ProbeInput]) -> None:
+    return None
+
+
+# Only compensable steps, on the unread queue: a cancel is honoured whichever step it meets.
+probe_undoable = SagaType("probe_undoable", ProbeInput, default_retry=FAST, default_time_limit=3, queue="nobody")
+for _name in ("a", "b"):
+    _step = probe_undoable.step(_nothing, kind="compensable", name=f"tests.probe_undoable.{_name}")
+    _step.name = _name
+    _step.compensate_with(_nothing, name=f"tests.probe_undoable.undo_{_name}")
 
 
 def _tx_act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
@@ -105,25 +130,37 @@ def _tx_act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
     ctx.db.execute(text("INSERT INTO probe_tx_effects (saga_id, step, kind) VALUES (:s, :st, :k)"),
                    {"s": ctx.saga_id, "st": ctx.step, "k": kind})
     label = ctx.step if kind == "do" else f"undo_{ctx.step}"
+    if ctx.input.crash == label:
+        os.kill(os.getpid(), signal.SIGKILL)
     if ctx.input.fail == label:
         raise PermanentError(f"{label} refused")
     if ctx.attempt <= ctx.input.transient.get(label, 0):
         raise TransientError(f"{label} attempt {ctx.attempt} hit a passing failure")
     if first_run and label in ctx.input.hold:
         time.sleep(ctx.input.hold[label])
+    if ctx.input.bad_result == label:
+        return {"step": ctx.step, "note": "a NUL \u0000 jsonb cannot hold"}
     return {"step": ctx.step}
 
 
-@probe_tx.step(kind="compensable", transactional=True, name="tests.probe_tx.a")
-def a(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
-    return _tx_act(ctx, "do")
+def _declare_tx(name: str, retry: RetryPolicy, time_limit: float) -> SagaType[ProbeInput]:
+    """A transactional compensable step `a`, then a transactional pivot `b`."""
+    saga_type = SagaType(name, ProbeInput, default_retry=retry, default_time_limit=time_limit, queue="probe")
+
+    def a(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+        return _tx_act(ctx, "do")
+
+    def undo_a(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+        return _tx_act(ctx, "undo")
+
+    def b(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
+        return _tx_act(ctx, "do")
+
+    step_a = saga_type.step(a, kind="compensable", transactional=True, name=f"tests.{name}.a")
+    step_a.compensate_with(undo_a, name=f"tests.{name}.undo_a", transactional=True)
+    saga_type.step(b, kind="pivot", transactional=True, name=f"tests.{name}.b")
+    return saga_type
 
 
-@a.compensate_with(name="tests.probe_tx.undo_a", transactional=True)
-def undo_a(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
-    return _tx_act(ctx, "undo")
-
-
-@probe_tx.step(kind="pivot", transactional=True, name="tests.probe_tx.b")
-def b(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
-    return _tx_act(ctx, "do")
+probe_tx = _declare_tx("probe_tx", FAST, time_limit=3)
+probe_tx_short = _declare_tx("probe_tx_short", SHORT, time_limit=2)

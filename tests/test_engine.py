@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 import saga
 from saga import claims, db
+from saga.definitions import get_saga_type
 from saga.errors import StepFailed
 from saga.testing import Stack, wait_for_status, wait_until
 from tests.probes import check_invariants, effects, event_kinds, runs
@@ -212,3 +213,63 @@ def test_lost_dispatch_is_healed_by_recovery(workers: Stack) -> None:
                what="recovery to wake the saga")
     # Recovery records the event, then sends the chain.
     wait_until(lambda: queued_for(workers, started.saga.id) >= 1, what="recovery to send the chain again")
+
+
+def worker_log(stack: Stack) -> str:
+    return "".join(p.log_text() for p in stack.processes if p.name.startswith("w"))
+
+
+@pytest.mark.parametrize("type_name, duplicate, busy", [("probe", "b", {"hold_before": {"d": 5}}),
+                                                         ("probe_tx", "a", {"hold": {"b": 5}})])
+def test_a_duplicate_delivery_of_a_step_that_succeeded_does_not_run_it_again(
+    workers: Stack, type_name: str, duplicate: str, busy: dict[str, object],
+) -> None:
+    """Celery may deliver a step twice (a chain publishes the next step before it acks this one); the second
+    delivery finds the step done and lets its chain go on without running the body."""
+    saga_id = saga.start(type_name, busy, idempotency_key=str(uuid4())).saga.id
+    later = next(iter(next(iter(busy.values()))))
+    wait_until(lambda: runs(saga_id, later), what=f"step {later} to start")
+    step = next(s for s in get_saga_type(type_name).steps if s.name == duplicate)
+    task_id = step.task.si(str(saga_id)).set(queue="probe").apply_async().id
+    wait_until(lambda: f"[{task_id}] succeeded" in worker_log(workers), what="the duplicate to be handled")
+    record = wait_for_status(saga_id, FINAL)
+    assert record.status == "completed"
+    assert len(runs(saga_id, duplicate)) == 1, "the duplicate ran the body again"
+    assert event_kinds(saga_id, "step_succeeded").count(duplicate) == 1
+
+
+def test_an_effect_whose_answer_was_lost_is_undone_though_a_later_attempt_fails_for_sure(workers: Stack) -> None:
+    """Attempt 1 of b acts but never hears back; attempt 2 is refused outright. b's effect is still there."""
+    record = run(workers, lost_answer={"b": 1}, fail_from={"b": 2})
+    assert record.status == "compensated"
+    assert [r.attempt for r in runs(record.id, "b")] == [1, 2]
+    assert effects(record.id, "do") == ["a", "b"]
+    assert effects(record.id, "undo") == ["b", "a"], "the effect of the first attempt was left behind"
+    assert check_invariants(record.id) == "compensated"
+
+
+@pytest.mark.parametrize("type_name, step, ends", [("probe", "d", "paused"), ("probe_tx", "b", "compensated")])
+def test_a_result_the_ledger_cannot_store_fails_the_step_at_once(
+    workers: Stack, type_name: str, step: str, ends: str,
+) -> None:
+    record = run(workers, type_name, bad_result=step)
+    assert record.status == ends
+    assert "cannot be stored" in (record.error or ""), record.error
+    assert len(runs(record.id, step)) == 1, "an outcome no retry can store is not retried"
+
+
+@pytest.mark.parametrize("type_name, step, most_runs", [("probe_short", "b", 2), ("probe_tx_short", "a", 3)])
+def test_a_step_whose_body_kills_its_worker_runs_out_of_attempts_instead_of_looping(
+    workers: Stack, type_name: str, step: str, most_runs: int,
+) -> None:
+    """Each attempt SIGKILLs its pool child; the message is requeued every time. The attempts are counted (a
+    transactional step's first one excepted: it leaves no trace) and paced by their leases."""
+    started = saga.start(type_name, {"crash": step}, idempotency_key=str(uuid4()))
+    record = wait_for_status(started.saga.id, FINAL, timeout=90)
+    assert record.status == "compensated"
+    assert "ended without an outcome" in (record.error or ""), record.error
+    ran = runs(record.id, step)
+    assert 2 <= len(ran) <= most_runs, f"{len(ran)} runs"
+    gaps = [(later.at - earlier.at).total_seconds() for earlier, later in itertools.pairwise(ran)]
+    lease = next(s for s in get_saga_type(type_name).steps if s.name == step).lease_seconds
+    assert sum(gap >= lease - 0.5 for gap in gaps) >= len(ran) - 2, f"attempts not paced by the lease: {gaps}"

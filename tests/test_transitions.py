@@ -7,15 +7,17 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from sqlalchemy import exc, text
 
 from saga import claims, compensation, db, events, load
 from saga.claims import Claim, Refusal
 from saga.definitions import Step
 from saga.processes import ROOT
-from saga.testing import Stack
+from saga.testing import Stack, wait_until
 from tests.sagas import probe_idle
 
 A, B, C, D = probe_idle.steps
@@ -188,3 +190,176 @@ def _expire_lease(saga_id: UUID) -> None:
     with db.transaction() as conn:
         conn.execute(text("UPDATE saga_steps SET lease_expires_at = now() - interval '1 second' "
                           "WHERE saga_id = :s AND lease_expires_at IS NOT NULL"), {"s": saga_id})
+
+
+def _claimed(saga_id: UUID, step: Step, task_id: str, mode: claims.Mode = "forward") -> Claim:
+    got = claims.claim(saga_id, step, task_id, mode)
+    assert isinstance(got, Claim), got
+    return got
+
+
+def _run_through(saga_id: UUID, *steps: Step) -> None:
+    for step in steps:
+        got = _claimed(saga_id, step, f"t-{step.name}")
+        assert claims.commit_success(saga_id, step, got.token, "{}", "forward") is not None  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_is_fenced_by_its_attempt_and_seen_by_later_attempts_and_the_compensation(stack: Stack) -> None:
+    saga_id = new_saga()
+    first = _claimed(saga_id, A, "t1")
+    assert first.checkpoint == {}
+    assert claims.checkpoint(saga_id, A, first.token, "forward", '{"payment_intent": "pi_1"}')  # type: ignore[arg-type]
+    assert not claims.checkpoint(saga_id, A, first.token - 1, "forward", '{"payment_intent": "pi_stale"}')  # type: ignore[operator]
+    _expire_lease(saga_id)
+    assert not claims.checkpoint(saga_id, A, first.token, "forward", '{"payment_intent": "pi_late"}'), (  # type: ignore[arg-type]
+        "a body whose lease ended must stop before it acts")
+    second = _claimed(saga_id, A, "t2")
+    assert second.checkpoint == {"payment_intent": "pi_1"} and second.attempt == 2
+    assert load(saga_id).steps[0].effect_unknown, "the attempt before never reported: its effect may exist"
+    assert claims.checkpoint(saga_id, A, second.token, "forward", '{"refund": "re_1"}')  # type: ignore[arg-type]
+    assert compensation.begin(saga_id, probe_idle, "cancelled")
+    undo = _claimed(saga_id, A, "undo", "compensation")
+    assert undo.checkpoint == {"payment_intent": "pi_1", "refund": "re_1"}
+    assert claims.commit_success(saga_id, A, undo.token, '{"refunded": true}', "compensation") is not None  # type: ignore[arg-type]
+    step = load(saga_id).steps[0]
+    assert step.compensation_result == {"refunded": True}
+    assert [e.detail["values"] for e in events(saga_id) if e.kind == "step_checkpoint"] == [
+        {"payment_intent": "pi_1"}, {"refund": "re_1"}]
+    assert [e.detail["result"] for e in events(saga_id) if e.kind == "step_compensated"] == [{"refunded": True}]
+
+
+def test_an_effect_that_may_exist_stays_known_when_a_later_attempt_fails_for_sure(stack: Stack) -> None:
+    saga_id = new_saga()
+    first = _claimed(saga_id, A, "t1")
+    claims.record_failure(saga_id, A, first.token, "forward", "timeout", retry_in=0.0, effect_unknown=True)  # type: ignore[arg-type]
+    second = _claimed(saga_id, A, "t2")
+    claims.record_failure(saga_id, A, second.token, "forward", "refused", retry_in=None, effect_unknown=False)  # type: ignore[arg-type]
+    step = load(saga_id).steps[0]
+    assert step.status == "failed" and step.effect_unknown
+
+
+def test_a_cancel_during_the_pivot_is_refused_once_the_pivot_succeeds(stack: Stack) -> None:
+    import saga
+
+    saga_id = new_saga()
+    _run_through(saga_id, A, B)
+    pivot = _claimed(saga_id, C, "t-c")
+    assert saga.cancel(saga_id).cancel_requested, "asked while the pivot runs: its outcome decides"
+    assert load(saga_id).status == "running"
+    assert claims.commit_success(saga_id, C, pivot.token, "{}", "forward") == ("running", False)  # type: ignore[arg-type]
+    record = load(saga_id)
+    assert not record.cancel_requested and record.status == "running"
+    assert [e.kind for e in events(saga_id)][-2:] == ["step_succeeded", "cancel_refused"]
+    assert isinstance(claims.claim(saga_id, D, "t-d", "forward"), Claim), "past the pivot the saga goes forward"
+
+
+def test_a_cancel_during_a_compensable_step_is_honoured_when_it_ends(stack: Stack) -> None:
+    import saga
+
+    saga_id = new_saga()
+    _run_through(saga_id, A)
+    running = _claimed(saga_id, B, "t-b")
+    saga.cancel(saga_id)
+    assert load(saga_id).status == "running", "the step in flight finishes first"
+    assert claims.commit_success(saga_id, B, running.token, "{}", "forward") == ("running", True)  # type: ignore[arg-type]
+
+
+def test_recovery_undoes_a_cancelled_saga_whose_last_step_committed_before_the_undo_began(stack: Stack) -> None:
+    """The worker died between the final commit and the start of compensation: nothing is left unfinished,
+    but the cancel must still be honoured."""
+    import saga
+    from saga import recovery
+    from tests.sagas import probe_undoable
+
+    saga_id = saga.start("probe_undoable", {}, idempotency_key=str(uuid4())).saga.id
+    first, last = probe_undoable.steps
+    _run_through(saga_id, first)
+    running = _claimed(saga_id, last, "t-last")
+    saga.cancel(saga_id)
+    assert claims.commit_success(saga_id, last, running.token, "{}", "forward") == ("running", True)  # type: ignore[arg-type]
+    recovery.advance(saga_id)
+    record = load(saga_id)
+    assert record.status == "compensating" and record.error == "cancelled"
+
+
+def test_finish_waits_while_the_last_compensation_attempt_holds_its_lease(stack: Stack) -> None:
+    saga_id = new_saga()
+    _run_through(saga_id, A)
+    assert compensation.begin(saga_id, probe_idle, "test")
+    with db.transaction() as conn:  # every attempt but the last was used
+        conn.execute(text("UPDATE saga_steps SET compensation_attempts = :n WHERE saga_id = :s AND idx = 0"),
+                     {"n": A.compensation.retry.max_attempts - 1, "s": saga_id})  # type: ignore[union-attr]
+    last = _claimed(saga_id, A, "undo-last", "compensation")
+    compensation.finish(saga_id)
+    assert load(saga_id).status == "compensating", "the last attempt may still undo its step"
+    with db.transaction() as conn:
+        past_lease = conn.execute(text("SELECT s.deadline >= st.lease_expires_at FROM sagas s JOIN saga_steps st "
+                                       "ON st.saga_id = s.id AND st.idx = 0 WHERE s.id = :s"), {"s": saga_id}).scalar()
+    assert past_lease, "recovery looks again once the lease is over"
+    assert claims.commit_success(saga_id, A, last.token, "{}", "compensation") is not None  # type: ignore[arg-type]
+    compensation.finish(saga_id)
+    assert load(saga_id).status == "compensated"
+
+
+def _ops() -> dict[str, Any]:
+    """Every ledger write that touches a saga and one of its steps, each set up on a fresh saga."""
+
+    def commit(saga_id: UUID) -> Any:
+        got = _claimed(saga_id, A, "t1")
+        return lambda: claims.commit_success(saga_id, A, got.token, "{}", "forward")  # type: ignore[arg-type]
+
+    def retry_later(saga_id: UUID) -> Any:
+        got = _claimed(saga_id, A, "t1")
+        return lambda: claims.record_failure(saga_id, A, got.token, "forward", "x", retry_in=1.0,  # type: ignore[arg-type]
+                                             effect_unknown=True)
+
+    def fail(saga_id: UUID) -> Any:
+        got = _claimed(saga_id, A, "t1")
+        return lambda: claims.record_failure(saga_id, A, got.token, "forward", "x", retry_in=None,  # type: ignore[arg-type]
+                                             effect_unknown=True)
+
+    def compensated(saga_id: UUID) -> Any:
+        _run_through(saga_id, A)
+        compensation.begin(saga_id, probe_idle, "test")
+        got = _claimed(saga_id, A, "undo", "compensation")
+        return lambda: claims.commit_success(saga_id, A, got.token, "{}", "compensation")  # type: ignore[arg-type]
+
+    def give_up(saga_id: UUID) -> Any:
+        with db.transaction() as conn:
+            conn.execute(text("UPDATE saga_steps SET attempts = 99 WHERE saga_id = :s AND idx = 0"), {"s": saga_id})
+        return lambda: claims.give_up(saga_id, A, "forward")
+
+    def claim(saga_id: UUID) -> Any:
+        return lambda: claims.claim(saga_id, A, "t1", "forward")
+
+    def begin(saga_id: UUID) -> Any:
+        _claimed(saga_id, A, "t1")
+        return lambda: compensation.begin(saga_id, probe_idle, "test")
+
+    return {f.__name__: f for f in (commit, retry_later, fail, compensated, give_up, claim, begin)}
+
+
+@pytest.mark.parametrize("op", list(_ops()))
+def test_every_write_locks_the_saga_row_before_its_step_row(stack: Stack, op: str) -> None:
+    """One lock order everywhere, so a commit and the start of compensation never deadlock: while a write
+    waits for the step row, it must already hold the saga row."""
+    saga_id = new_saga()
+    action = _ops()[op](saga_id)
+    outcome: list[object] = []
+    with db.engine().connect() as holder, holder.begin():
+        holder.execute(text("SELECT 1 FROM saga_steps WHERE saga_id = :s AND idx = 0 FOR UPDATE"), {"s": saga_id})
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar()
+        thread = threading.Thread(target=lambda: outcome.append(action()))
+        thread.start()
+        wait_until(lambda: _waits_for(holder_pid), timeout=10, what=f"{op} to wait for the step row")
+        with db.engine().connect() as probe_conn, probe_conn.begin(), pytest.raises(exc.OperationalError) as held:
+            probe_conn.execute(text("SELECT 1 FROM sagas WHERE id = :s FOR NO KEY UPDATE NOWAIT"), {"s": saga_id})
+        assert held.value.orig.sqlstate == "55P03", f"{op} waits for the step row without holding the saga row"
+    thread.join(10)
+    assert outcome, f"{op} did not finish once the step row was free"
+
+
+def _waits_for(pid: int) -> bool:
+    with db.transaction() as conn:
+        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE :p = ANY(pg_blocking_pids(pid))"),
+                                 {"p": pid}).scalar())
