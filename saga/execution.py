@@ -171,9 +171,11 @@ def _durably(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     for delay in (*DURABLE_WRITE_DELAYS, None):
         try:
             return action(*args, **kwargs)
-        except _UNREACHABLE:
+        except _UNREACHABLE as exc:
             if delay is None:
                 raise
+            log.warning("ledger write %s failed (%s); trying again in %.1fs", action.__name__,
+                        type(getattr(exc, "orig", exc)).__name__, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
+from sqlalchemy.engine import make_url
 
 import saga
 from saga.testing import Stack, wait_for_status, wait_until
-from tests.probes import check_invariants, effects, runs
+from tests.probes import check_invariants, effects, event_kinds, runs
+from tests.proxy import Proxy
 
 FINAL = ("completed", "compensated", "paused", "failed")
 
@@ -79,3 +82,40 @@ def test_many_sagas_survive_repeated_child_kills(workers: Stack) -> None:
     for r, status in zip(records, outcomes):
         assert status == ("compensated" if r.input.get("fail") else "completed")
         assert check_invariants(r.id) == status
+
+
+@pytest.fixture()
+def ledger_proxy(workers: Stack) -> Iterator[Proxy]:
+    """The only worker (one pool child) reaches PostgreSQL through a proxy the test can cut."""
+    url = make_url(workers.env["SAGA_DATABASE_URL"])
+    proxy = Proxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    for process in [p for p in workers.processes if p.name.startswith("w")]:
+        process.stop()
+        workers.processes.remove(process)
+    workers.worker("w-ledger", concurrency=1, queues=("probe", "celery"), env={"SAGA_DATABASE_URL": proxied})
+    try:
+        yield proxy
+    finally:
+        proxy.restore()
+        for process in [p for p in workers.processes if p.name.startswith("w")]:
+            process.stop()
+            workers.processes.remove(process)
+        proxy.close()
+
+
+def test_a_commit_that_meets_a_ledger_outage_is_retried_without_running_the_body_again(
+    workers: Stack, ledger_proxy: Proxy,
+) -> None:
+    """The body of d has acted when the ledger becomes unreachable; its result must still be recorded once the
+    ledger is back, without a second run (for an email step, a second email)."""
+    record = start(hold={"d": 2})
+    wait_until(lambda: "d" in effects(record.id, "do"), what="step d to act")
+    ledger_proxy.cut()
+    wait_until(lambda: ledger_proxy.refused >= 1, timeout=30, what="the worker to find the ledger unreachable")
+    ledger_proxy.restore()
+    record = wait_for_status(record.id, FINAL, timeout=60)
+    assert record.status == "completed"
+    assert len(runs(record.id, "d")) == 1, "the body ran again because its commit failed"
+    assert event_kinds(record.id, "step_started").count("d") == 1
+    assert check_invariants(record.id) == "completed"

@@ -15,8 +15,8 @@ from sqlalchemy import text
 from saga import db, load
 from saga.testing import Stack, wait_for_status, wait_until
 from standins import StandIns
-from tests.delay_proxy import DelayProxy
 from tests.jobs import FINAL, assert_clean_end, submit
+from tests.proxy import Proxy
 
 
 def pool_children(stack: Stack) -> list[int]:
@@ -56,10 +56,10 @@ def test_sagas_end_cleanly_while_pool_children_and_a_whole_worker_are_killed(
 
 
 @pytest.fixture()
-def slow_parties(workers: Stack, standins: StandIns) -> Iterator[tuple[DelayProxy, DelayProxy]]:
+def slow_parties(workers: Stack, standins: StandIns) -> Iterator[tuple[Proxy, Proxy]]:
     """The worker reaches S3 and SMTP through proxies the test can slow down."""
     s3 = urlparse(standins.s3_endpoint_url)
-    s3_proxy, smtp_proxy = DelayProxy(s3.hostname or "127.0.0.1", s3.port or 80), DelayProxy(
+    s3_proxy, smtp_proxy = Proxy(s3.hostname or "127.0.0.1", s3.port or 80), Proxy(
         standins.smtp_host, standins.smtp_port)
     workers.replace_workers(kill=False, env={"SAGA_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_proxy.port}",
                                              "SAGA_SMTP_PORT": str(smtp_proxy.port)})
@@ -85,7 +85,7 @@ def _blocked_on_postings() -> bool:
 @pytest.mark.parametrize("step", ["upload_logo", "create_posting", "charge_payment", "publish_posting",
                                   "send_confirmation"])
 def test_pool_child_killed_during_each_step(
-    workers: Stack, standins: StandIns, slow_parties: tuple[DelayProxy, DelayProxy], step: str,
+    workers: Stack, standins: StandIns, slow_parties: tuple[Proxy, Proxy], step: str,
 ) -> None:
     """Hold the saga inside `step` (a slow third party, or a lock on the postings table), SIGKILL the pool."""
     s3_proxy, smtp_proxy = slow_parties
