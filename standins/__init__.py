@@ -87,12 +87,14 @@ class StandIns:
 
     # Stripe
 
-    def stripe_faults(self, mode: str, count: int, seconds: float = 0, operation: str | None = None) -> None:
+    def stripe_faults(self, mode: str, count: int, seconds: float = 0, operation: str | None = None, *,
+                      code: str | None = None, add: bool = False) -> None:
         """Make the next `count` Stripe /v1 requests (of `operation` only, e.g. "confirm", if given) fail:
-        "429", "500", "hang" (hold `seconds`, then do it: it completes after the client gave up) or "lost"
-        (do it, then hold the answer `seconds`)."""
+        "400" (refused with error `code`), "429", "500", "hang" (hold `seconds`, then do it: it completes
+        after the client gave up) or "lost" (do it, then hold the answer `seconds`). Replaces the faults set
+        before, unless `add`."""
         self._stripe("POST", "/_control/faults", {"mode": mode, "count": count, "seconds": seconds,
-                                                   "operation": operation})
+                                                   "operation": operation, "code": code, "add": add})
 
     def stripe_expire_keys(self) -> int:
         """Forget every stored idempotency key, as Stripe does 24 hours after a key's first use."""
@@ -109,6 +111,10 @@ class StandIns:
     def refunds(self) -> list[dict[str, Any]]:
         """Every refund the Stripe stand-in holds, oldest first."""
         return list(self._stripe("GET", "/_control/state")["refunds"])
+
+    def charges(self) -> list[dict[str, Any]]:
+        """Every charge (an attempt to take money) the Stripe stand-in holds, oldest first."""
+        return list(self._stripe("GET", "/_control/state")["charges"])
 
     def stripe_requests(self) -> list[dict[str, Any]]:
         """Every /v1 request the Stripe stand-in received since start or reset: method, path, operation,

@@ -4,12 +4,13 @@ The product reaches it only through the `stripe` SDK pointed at `STRIPE_API_BASE
 protocol (form-encoded parameters, Bearer `sk_test_...` keys, `Idempotency-Key`, Stripe's error shape) and
 has switches under `/_control/` (outside `/v1`, so the SDK never reaches them) for tests to inject faults:
 
-    POST /_control/faults  {"mode": "429"|"500"|"hang"|"lost", "count": N, "seconds": S, "operation": OP}
+    POST /_control/faults  {"mode": "400"|"429"|"500"|"hang"|"lost", "count": N, "seconds": S, "operation": OP,
+                            "code": C, "add": true|false}
     POST /_control/expire_keys   POST /_control/reset   GET /_control/state   GET /_control/requests
 
 A fault applies to the next N `/v1` requests, or with `operation` to the next N of that kind only (create,
-confirm, retrieve, cancel, refund, ...: see ROUTES). `429` and `500` answer that error without doing
-anything. `hang` holds the request S seconds and then does it, as Stripe does with a request that is slow on
+confirm, retrieve, cancel, refund, ...: see ROUTES); a new fault replaces the ones set before unless `add`
+is true. `400` (with error code C), `429` and `500` answer that error without doing anything. `hang` holds the request S seconds and then does it, as Stripe does with a request that is slow on
 its side: a client that gave up meanwhile never hears that its request went through. While it hangs, its
 idempotency key is in use (a retry with it gets Stripe's 409) and the object it acts on is locked (another
 write to that PaymentIntent gets Stripe's 429 `lock_timeout`). `lost` does the work at once and then holds
@@ -54,7 +55,7 @@ ROUTES: list[tuple[str, str, str, Route]] = [
     ("GET", r"/v1/charges/([^/]+)", "retrieve_charge", lambda s, m, p: s.retrieve_charge(m[1])),
 ]
 OPERATIONS = tuple(route[2] for route in ROUTES)
-FAULT_MODES = ("429", "500", "hang", "lost")
+FAULT_MODES = ("400", "429", "500", "hang", "lost")
 LOCK_TIMEOUT = ("This object cannot be accessed right now because another API request or Stripe process is "
                 "currently accessing it. If you see this error intermittently, retry the request.")
 
@@ -78,6 +79,7 @@ class Fault:
     count: int
     seconds: float = 0.0
     operation: str | None = None
+    code: str = "invalid_request"  # the error code a "400" answers with
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class StripeApp:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.fault: Fault | None = None
+        self.faults: list[Fault] = []  # each takes the requests of its operation; the first that fits wins
         self.in_progress: set[str] = set()
         self.locked: set[str] = set()  # ids of objects a hanging request is working on
         self.requests: list[Obj] = []
@@ -144,13 +146,13 @@ class StripeApp:
         return reply
 
     def _take_fault(self, operation: str | None) -> Fault | None:
-        fault = self.fault
-        if fault is None or fault.operation not in (None, operation):
+        fault = next((f for f in self.faults if f.operation in (None, operation)), None)
+        if fault is None:
             return None
         fault.count -= 1
         if fault.count <= 0:
-            self.fault = None
-        return Fault(fault.mode, 1, fault.seconds, fault.operation)
+            self.faults.remove(fault)
+        return Fault(fault.mode, 1, fault.seconds, fault.operation, fault.code)
 
     def _answer(self, request: Request, query: str, body: bytes, headers: dict[str, str],
                 key: str | None, fault: Fault | None) -> Reply:
@@ -159,6 +161,8 @@ class StripeApp:
                                        "backoff of your requests.", code="rate_limit", status=429))
         if fault and fault.mode == "500":
             return error_reply(StripeError(500, "api_error", "An unknown error occurred (injected fault)."))
+        if fault and fault.mode == "400":
+            return error_reply(invalid(f"Your request was refused ({fault.code}; injected fault).", code=fault.code))
         denied = self._authenticate(headers.get("authorization", ""))
         if denied:
             return error_reply(denied)
@@ -266,9 +270,12 @@ class StripeApp:
                     return Reply(400, {"error": {"message": f"mode must be one of {FAULT_MODES}, count >= 0, "
                                                             f"operation one of {OPERATIONS} or absent"}})
                 count = int(spec.get("count", 1))
-                self.fault = Fault(spec["mode"], count, float(spec.get("seconds", 0)),
-                                   spec.get("operation")) if count else None
-                return Reply(200, {"fault": self.fault and asdict(self.fault)})
+                if not spec.get("add"):
+                    self.faults = []
+                if count:
+                    self.faults.append(Fault(spec["mode"], count, float(spec.get("seconds", 0)), spec.get("operation"),
+                                             str(spec.get("code") or "invalid_request")))
+                return Reply(200, {"faults": [asdict(f) for f in self.faults]})
             if (method, path) == ("POST", "/_control/expire_keys"):
                 expired = len(self.store.data["idempotency"])
                 self.store.data["idempotency"] = {}
@@ -276,14 +283,14 @@ class StripeApp:
                 return Reply(200, {"expired": expired})
             if (method, path) == ("POST", "/_control/reset"):
                 self.store.reset()
-                self.fault, self.requests = None, []
+                self.faults, self.requests = [], []
                 return Reply(200, {"reset": True})
             if (method, path) == ("GET", "/_control/state"):
                 data = self.store.data
                 return Reply(200, {
                     "payment_intents": list(data["payment_intents"].values()),
                     "refunds": list(data["refunds"].values()), "charges": list(data["charges"].values()),
-                    "idempotency_keys": list(data["idempotency"]), "fault": self.fault and asdict(self.fault)})
+                    "idempotency_keys": list(data["idempotency"]), "faults": [asdict(f) for f in self.faults]})
             if (method, path) == ("GET", "/_control/requests"):
                 return Reply(200, {"count": len(self.requests), "requests": self.requests})
         return Reply(404, {"error": {"message": f"no control endpoint {method} {path}"}})

@@ -40,8 +40,7 @@ def _classified(exc: stripe.StripeError) -> Exception:
         return PermanentError(f"card declined: {exc.code}: {exc.user_message or exc}")
     if isinstance(exc, (stripe.RateLimitError, stripe.APIConnectionError)):  # 429 includes `lock_timeout`
         return TransientError(f"Stripe {type(exc).__name__}: {exc}")
-    if isinstance(exc, stripe.IdempotencyError) and exc.http_status == 409:
-        return TransientError("Stripe is still processing an earlier request with this idempotency key")
+    # The SDK reports a 409 (a request with the same idempotency key still in progress) as an APIError too.
     if isinstance(exc, stripe.APIError) or (exc.http_status or 0) >= 500:
         return TransientError(f"Stripe {exc.http_status}: {exc}")
     return PermanentError(f"Stripe refused: {type(exc).__name__}: {exc}", effect_unknown=True)

@@ -20,6 +20,7 @@ import pytest
 import stripe
 
 from saga.processes import Process
+from saga.testing import wait_until
 from standins import StandIns, free_port, read_messages, start_standins
 
 PI: dict[str, Any] = {"amount": 1200, "currency": "usd", "confirm": True, "payment_method_types": ["card"],
@@ -190,7 +191,7 @@ def test_sdk_retries_are_visible(standins: StandIns) -> None:
     assert [p["id"] for p in standins.payment_intents()] == [pi.id]
 
 
-def test_hang_charges_then_times_out(sc: stripe.StripeClient, standins: StandIns) -> None:
+def test_a_lost_answer_charges_then_times_out(sc: stripe.StripeClient, standins: StandIns) -> None:
     standins.stripe_faults("lost", 1, seconds=3)
     started = time.monotonic()
     with pytest.raises(stripe.APIConnectionError):
@@ -208,6 +209,87 @@ def test_sdk_retry_after_a_timeout_gets_the_first_charge(standins: StandIns) -> 
     pi = charge(client(standins, timeout=0.5, retries=1))  # the SDK makes up one key and reuses it
     assert [p["id"] for p in standins.payment_intents()] == [pi.id]
     assert [r["replayed"] for r in standins.stripe_requests()] == [False, True]
+
+
+def unconfirmed(sc: stripe.StripeClient) -> stripe.PaymentIntent:
+    return sc.v1.payment_intents.create(params={**PI, "confirm": False, "payment_method": "pm_card_visa"})  # type: ignore[arg-type]
+
+
+def test_a_fault_can_target_one_operation(sc: stripe.StripeClient, standins: StandIns) -> None:
+    standins.stripe_faults("500", 1, operation="confirm")
+    pi = unconfirmed(sc)  # the create is not the confirm: it goes through
+    assert pi.status == "requires_confirmation"
+    with pytest.raises(stripe.APIError):
+        sc.v1.payment_intents.confirm(pi.id)
+    assert sc.v1.payment_intents.confirm(pi.id).status == "succeeded"
+    standins.stripe_faults("400", 1, operation="refund", code="balance_insufficient")
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        sc.v1.refunds.create(params={"payment_intent": pi.id})
+    assert caught.value.code == "balance_insufficient"
+    assert sc.v1.refunds.create(params={"payment_intent": pi.id}).status == "succeeded"
+    assert [r["operation"] for r in standins.stripe_requests()] == ["create", "confirm", "confirm", "refund", "refund"]
+
+
+def test_a_hanging_confirm_completes_after_the_client_gave_up_and_locks_the_intent_meanwhile(
+    sc: stripe.StripeClient, standins: StandIns,
+) -> None:
+    pi = unconfirmed(sc)
+    standins.stripe_faults("hang", 1, seconds=2, operation="confirm")
+    with pytest.raises(stripe.APIConnectionError):
+        client(standins, timeout=0.5).v1.payment_intents.confirm(pi.id, options={"idempotency_key": "k-confirm"})
+    assert sc.v1.payment_intents.retrieve(pi.id).status == "requires_confirmation", "not done yet"
+    with pytest.raises(stripe.RateLimitError) as caught:
+        sc.v1.payment_intents.cancel(pi.id)
+    assert caught.value.error is not None and caught.value.error.code == "lock_timeout"
+    with pytest.raises(stripe.APIError) as busy:  # the SDK reports Stripe's 409 as an APIError
+        sc.v1.payment_intents.confirm(pi.id, options={"idempotency_key": "k-confirm"})
+    assert busy.value.http_status == 409
+
+    def confirmed() -> bool:
+        return any(r["operation"] == "confirm" and r.get("status") == 200 for r in standins.stripe_requests())
+
+    wait_until(confirmed, timeout=10, what="the hanging confirm to go through")
+    assert sc.v1.payment_intents.retrieve(pi.id).status == "succeeded", "it went through though nobody heard"
+    assert [c["status"] for c in standins.charges()] == ["succeeded"]
+
+
+def test_cancel_and_confirm_refuse_the_states_stripe_refuses(sc: stripe.StripeClient, standins: StandIns) -> None:
+    done = charge(sc)
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        sc.v1.payment_intents.cancel(done.id)
+    assert caught.value.code == "payment_intent_unexpected_state"
+    canceled = sc.v1.payment_intents.cancel(unconfirmed(sc).id, params={"cancellation_reason": "abandoned"})
+    assert canceled.status == "canceled" and canceled.cancellation_reason == "abandoned"
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        sc.v1.payment_intents.confirm(canceled.id)
+    assert caught.value.code == "payment_intent_unexpected_state"
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        sc.v1.payment_intents.cancel(canceled.id)
+    assert caught.value.code == "payment_intent_unexpected_state"
+    with pytest.raises(stripe.InvalidRequestError):
+        sc.v1.payment_intents.cancel(unconfirmed(sc).id, params={"cancellation_reason": "bored"})
+
+
+def test_idempotency_keys_expire_as_after_24_hours(sc: stripe.StripeClient, standins: StandIns) -> None:
+    first = charge(sc, key="k-day-old")
+    assert charge(sc, key="k-day-old").id == first.id
+    assert standins.stripe_expire_keys() >= 1
+    again = charge(sc, key="k-day-old")
+    assert again.id != first.id, "an expired key is a new request: it charges again"
+    assert len(standins.payment_intents()) == 2
+
+
+@pytest.mark.parametrize("currency, amount, ok", [("usd", 49, False), ("usd", 50, True), ("huf", 17499, False),
+                                                  ("jpy", 50, True), ("gbp", 30, True)])
+def test_the_minimum_charge_depends_on_the_currency(
+    sc: stripe.StripeClient, currency: str, amount: int, ok: bool,
+) -> None:
+    if ok:
+        assert charge(sc, currency=currency, amount=amount).status == "succeeded"
+        return
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        charge(sc, currency=currency, amount=amount)
+    assert caught.value.code == "amount_too_small"
 
 
 def test_state_survives_a_restart(sc: stripe.StripeClient, standins: StandIns) -> None:
