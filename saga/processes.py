@@ -34,12 +34,16 @@ class Process:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def send(self, sig: int) -> None:
         """Signal the whole process group (a worker's main process and its pool children)."""
         try:
             os.killpg(self.popen.pid, sig)
         except ProcessLookupError:
             pass
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group and wait for it to exit."""
+        self.send(sig)
         self.popen.wait(timeout=30)
 
     def stop(self, timeout: float = 15) -> None:

@@ -57,3 +57,10 @@ def check_invariants(saga_id: UUID, one_pass: bool = True) -> str:
         assert set(done) <= set(undone), f"effects {done} but undone {undone}"
         assert set(done) <= set(compensated), f"effects {done} but compensated {compensated}"
     return record.status
+
+
+def waits_for(pid: int) -> bool:
+    """Some session waits for a lock that PostgreSQL backend `pid` holds."""
+    with db.transaction() as conn:
+        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE :p = ANY(pg_blocking_pids(pid))"),
+                                 {"p": pid}).scalar())

@@ -28,6 +28,20 @@ def test_a_posting_is_uploaded_charged_published_and_confirmed(workers: Stack, s
     assert mail["To"] == "hr@acme.example" and "Rocket engineer" in mail["Subject"]
 
 
+def test_what_intake_accepts_goes_through_every_step(workers: Stack, standins: StandIns) -> None:
+    """Non-ASCII text, an internationalized domain and a zero-decimal currency reach S3, Stripe and SMTP."""
+    saga_id = submit(title="Ingénieure fusée — 火箭", company="Bücher & Söhne", contact_email="hr@bücher.example",
+                     currency="jpy", amount_cents=500, description="Line one.\n\tLine two.")
+    record = wait_for_status(saga_id, FINAL)
+    assert record.status == "completed", record.error
+    assert_clean_end(standins, saga_id, "completed")
+    got = third_party_records(standins, saga_id)
+    assert (got["charged"][0]["amount"], got["charged"][0]["currency"]) == (500, "jpy")
+    mail = next(m for m in standins.messages() if m["Message-ID"] in got["message_ids"])
+    assert mail["To"] == "hr@xn--bcher-kva.example" and "火箭" in str(mail["Subject"])
+    assert "500 JPY" in mail.get_content()
+
+
 @pytest.mark.parametrize("card", ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds"])
 def test_a_declined_card_undoes_the_posting_and_the_logo(workers: Stack, standins: StandIns, card: str) -> None:
     saga_id = submit(payment_method=card)
@@ -90,12 +104,19 @@ def test_a_hanging_stripe_call_hits_the_time_limit_and_charges_once(workers: Sta
     ("amount_cents", 0, "amount_cents"),
     ("currency", "doubloons", "not a currency"),
     ("company", None, "company"),
+    # Each of these used to pass intake and fail only after the card was charged (or at the charge):
+    ("title", "Rocket\nengineer", "one line"),  # the title is the email's Subject header
+    ("company", "Acme\u2028Rockets", "one line"),
+    ("description", "Build rockets.\x00", "control characters"),
+    ("contact_email", "jöe@acme.example", "ASCII"),  # would need SMTPUTF8 from the mail server
+    ("amount_cents", 49, "at least 50 in usd"),  # Stripe's minimum charge
+    ("amount_cents", 10_000, "at least 17500 in huf"),
 ])
 def test_bad_input_names_the_field_and_creates_nothing(
     stack: Stack, standins: StandIns, field: str, value: object, message: str,
 ) -> None:
     before = len(standins.s3_keys()), _count("sagas"), _count("job_postings")
-    data = posting(**{field: value})
+    data = posting(**{field: value}, **({"currency": "huf"} if value == 10_000 else {}))
     if value is None:
         del data[field]
     with pytest.raises(saga.InvalidInput, match=message) as info:

@@ -18,6 +18,7 @@ from saga.claims import Claim, Refusal
 from saga.definitions import Step
 from saga.processes import ROOT
 from saga.testing import Stack, wait_until
+from tests.probes import waits_for
 from tests.sagas import probe_idle
 
 A, B, C, D = probe_idle.steps
@@ -351,15 +352,9 @@ def test_every_write_locks_the_saga_row_before_its_step_row(stack: Stack, op: st
         holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar()
         thread = threading.Thread(target=lambda: outcome.append(action()))
         thread.start()
-        wait_until(lambda: _waits_for(holder_pid), timeout=10, what=f"{op} to wait for the step row")
+        wait_until(lambda: waits_for(holder_pid), timeout=10, what=f"{op} to wait for the step row")
         with db.engine().connect() as probe_conn, probe_conn.begin(), pytest.raises(exc.OperationalError) as held:
             probe_conn.execute(text("SELECT 1 FROM sagas WHERE id = :s FOR NO KEY UPDATE NOWAIT"), {"s": saga_id})
         assert held.value.orig.sqlstate == "55P03", f"{op} waits for the step row without holding the saga row"
     thread.join(10)
     assert outcome, f"{op} did not finish once the step row was free"
-
-
-def _waits_for(pid: int) -> bool:
-    with db.transaction() as conn:
-        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE :p = ANY(pg_blocking_pids(pid))"),
-                                 {"p": pid}).scalar())
