@@ -198,8 +198,10 @@ def _action(name: str, summary: str, doc: str) -> None:
 
 
 _action("cancel", "Cancel a saga",
-        "Compensate what was done; a step in flight finishes first. 409 once the saga is past its point of "
-        "no return or over. Repeating a cancel is harmless.")
+        "Compensate what was done; a step in flight finishes first (the answer then shows `cancel_requested`). "
+        "If that step is the pivot and it succeeds, the cancel is refused then (event `cancel_refused`) and the "
+        "saga goes forward; if it fails, the saga is undone with nothing charged. 409 once the saga is past its "
+        "point of no return or over. Repeating a cancel is harmless.")
 _action("resume", "Resume a paused saga",
         "Continue a `paused` saga from its first unfinished step. 409 unless the saga is paused (so a "
         "repeated resume changes nothing).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -219,18 +220,37 @@ def worker_log(stack: Stack) -> str:
     return "".join(p.log_text() for p in stack.processes if p.name.startswith("w"))
 
 
+def send_again(stack: Stack, step: Any, saga_id: UUID, redelivered: bool) -> str:
+    """Deliver the step's task once more. `redelivered` puts the message back the way kombu restores one
+    whose worker died before acking it (flagged `redelivered`), so the worker takes it for a redelivery."""
+    if not redelivered:
+        return str(step.task.si(str(saga_id)).set(queue="probe").apply_async().id)
+    task_id = str(step.task.si(str(saga_id)).set(queue="nobody").apply_async().id)
+    broker = stack.redis()
+    raw = wait_until(lambda: next((m for m in broker.lrange("nobody", 0, -1) if task_id.encode() in m), None),
+                     what="the message on the unread queue")
+    broker.lrem("nobody", 1, raw)
+    message = json.loads(raw)
+    message["headers"]["redelivered"] = True
+    message["properties"]["delivery_info"].update(redelivered=True, routing_key="probe")
+    broker.lpush("probe", json.dumps(message))
+    return task_id
+
+
+@pytest.mark.parametrize("redelivered", [False, True])
 @pytest.mark.parametrize("type_name, duplicate, busy", [("probe", "b", {"hold_before": {"d": 5}}),
                                                          ("probe_tx", "a", {"hold": {"b": 5}})])
 def test_a_duplicate_delivery_of_a_step_that_succeeded_does_not_run_it_again(
-    workers: Stack, type_name: str, duplicate: str, busy: dict[str, object],
+    workers: Stack, type_name: str, duplicate: str, busy: dict[str, object], redelivered: bool,
 ) -> None:
-    """Celery may deliver a step twice (a chain publishes the next step before it acks this one); the second
-    delivery finds the step done and lets its chain go on without running the body."""
+    """Celery may deliver a step twice (a chain publishes the next step before it acks this one; a worker dies
+    after the commit, before the ack); the second delivery finds the step done and lets its chain go on without
+    running the body."""
     saga_id = saga.start(type_name, busy, idempotency_key=str(uuid4())).saga.id
     later = next(iter(next(iter(busy.values()))))
     wait_until(lambda: runs(saga_id, later), what=f"step {later} to start")
     step = next(s for s in get_saga_type(type_name).steps if s.name == duplicate)
-    task_id = step.task.si(str(saga_id)).set(queue="probe").apply_async().id
+    task_id = send_again(workers, step, saga_id, redelivered)
     wait_until(lambda: f"[{task_id}] succeeded" in worker_log(workers), what="the duplicate to be handled")
     record = wait_for_status(saga_id, FINAL)
     assert record.status == "completed"
