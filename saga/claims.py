@@ -46,6 +46,7 @@ class Refusal:
     step_status: str
     attempts: int
     wait: float  # seconds until the holder's lease ends or the backoff elapses; 0 if neither
+    effect_unknown: bool
 
 
 Mode = Literal["forward", "compensation"]
@@ -115,7 +116,7 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_a
     sa.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(st.checkpoint, '{}')
+    coalesce(st.checkpoint, '{}'), st.effect_unknown
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
@@ -160,7 +161,8 @@ def patience(saga_type: SagaType[Any]) -> float:
     return settings.pickup_timeout + settings.lease_margin + saga_type.longest_lease
 
 
-def _policy(step: Step, mode: Mode) -> RetryPolicy:
+def policy_of(step: Step, mode: Mode) -> RetryPolicy:
+    """The retry policy of the step's forward action or of its compensation."""
     return step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
 
 
@@ -174,7 +176,7 @@ def claim(
     redelivered: bool = False,
 ) -> Claim | Refusal | None:
     """Take the step for this execution, or say why not; None if the saga or step does not exist."""
-    policy = _policy(step, mode)
+    policy = policy_of(step, mode)
     lease = step.lease_seconds if mode == "forward" else step.compensation_lease_seconds
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": lease,
@@ -229,17 +231,18 @@ def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
         return None
     return Refusal(
         saga_status=why[0], cancel_requested=why[1], step_status=why[2],
-        attempts=why[3] if mode == "forward" else why[4], wait=float(why[5]),
+        attempts=why[3] if mode == "forward" else why[4], wait=float(why[5]), effect_unknown=why[9],
     )
 
 
-# Only the step row changes, so no saga lock is needed. Unlike a commit, a checkpoint also needs a live lease:
-# it comes before an effect, and a body whose lease ended must not go on to act.
+# Only the step row changes, so no saga lock is needed. Unlike a commit, a checkpoint also needs a live lease
+# (by the clock, when the row is finally updated): it comes before an effect, and a body whose lease ended must
+# not go on to act.
 _CHECKPOINT = text("""
 WITH c AS (
     UPDATE saga_steps SET checkpoint = coalesce(checkpoint, '{}'::jsonb) || CAST(:values AS jsonb)
     WHERE saga_id = :saga_id AND idx = :idx AND status = :held AND fencing_token = :token
-        AND lease_expires_at > now()
+        AND lease_expires_at > clock_timestamp()
     RETURNING saga_id
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
@@ -355,8 +358,9 @@ _FORWARD_FAILED = text("""
 WITH s AS (
     SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
 ), c AS (
-    UPDATE saga_steps st SET status = 'failed', error = CAST(:error AS text), lease_expires_at = NULL, not_before = NULL,
-        effect_unknown = st.effect_unknown OR :effect_unknown, finished_at = now()
+    UPDATE saga_steps st SET status = 'failed', error = CAST(:error AS text), lease_expires_at = NULL,
+        effect_unknown = st.effect_unknown OR :effect_unknown, finished_at = now(),
+        not_before = now() + make_interval(secs => :hold)  -- a body past its hard limit is not dead yet
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = 'running'
         AND st.fencing_token = :token
     RETURNING st.saga_id
@@ -394,29 +398,52 @@ SELECT status, cancel_requested FROM u
 """)
 
 
+def failed_status(mode: Mode, retry_in: float | None) -> str:
+    """The step's status once a failed attempt is recorded."""
+    if retry_in is None:
+        return "failed"
+    return "pending" if mode == "forward" else "compensating"
+
+
 def record_failure(
     saga_id: UUID, step: Step, token: int, mode: Mode, error: str, *, retry_in: float | None,
-    effect_unknown: bool,
+    effect_unknown: bool, hold: float = 0.0,
 ) -> tuple[str, bool] | None:
-    """Record a failed attempt: scheduled for retry after `retry_in` seconds, or final when it is None.
+    """Record a failed attempt: scheduled for retry after `retry_in` seconds, or final when it is None; a final
+    forward failure keeps the step from being undone for `hold` seconds (its process is still being killed).
 
     Returns (saga status, cancel requested), or None if the lease was lost.
     """
     params: dict[str, Any] = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "error": error[:2000],
-        "effect_unknown": effect_unknown, "pickup": patience(step.saga),
+        "effect_unknown": effect_unknown, "pickup": patience(step.saga), "hold": hold,
     }
     if retry_in is not None:
         statement = _RETRY_LATER
-        params |= {"retry_in": retry_in, "held": _held(mode), "next_status": "pending" if mode == "forward"
-                   else "compensating", "event": f"{'step' if mode == 'forward' else 'compensation'}_attempt_failed"}
+        params |= {"retry_in": retry_in, "held": _held(mode), "next_status": failed_status(mode, retry_in),
+                   "event": f"{'step' if mode == 'forward' else 'compensation'}_attempt_failed"}
     elif mode == "forward":
         statement = _FORWARD_FAILED
     else:
         statement = _COMPENSATION_FAILED
-        params["max_attempts"] = _policy(step, mode).max_attempts
+        params["max_attempts"] = policy_of(step, mode).max_attempts
     with db.autocommit() as conn:
         row = db.fetchone(conn, statement, params)
+    return (row[0], row[1]) if row else None
+
+
+_LANDED = text("""
+SELECT sa.status, sa.cancel_requested FROM saga_steps st JOIN sagas sa ON sa.id = st.saga_id
+WHERE st.saga_id = :saga_id AND st.idx = :idx AND st.fencing_token = :token AND st.status = :status
+    AND st.lease_expires_at IS NULL
+""")
+
+
+def landed(saga_id: UUID, step: Step, token: int, status: str) -> tuple[str, bool] | None:
+    """(saga status, cancel requested) if this attempt's own write already put the step in `status`: a write
+    whose answer was lost and whose retry then found nothing left to change. None if someone else moved it."""
+    with db.autocommit() as conn:
+        row = db.fetchone(conn, _LANDED, {"saga_id": saga_id, "idx": step.index, "token": token, "status": status})
     return (row[0], row[1]) if row else None
 
 
@@ -449,7 +476,7 @@ _GIVE_UP = {"forward": _give_up_statement("forward"), "compensation": _give_up_s
 
 def give_up(saga_id: UUID, step: Step, mode: Mode) -> bool:
     """Fail a step whose attempts were all used without a verdict (each crashed or timed out its worker)."""
-    policy = _policy(step, mode)
+    policy = policy_of(step, mode)
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "pickup": patience(step.saga),
         "max_attempts": policy.max_attempts,

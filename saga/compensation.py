@@ -6,11 +6,12 @@ import logging
 from typing import Any
 from uuid import UUID
 
+from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
 from saga import claims, db, dispatch, store
 from saga.claims import patience
-from saga.definitions import TASKS, SagaType, get_saga_type
+from saga.definitions import KILL_GRACE, TASKS, SagaType, Step, get_saga_type
 from saga.errors import StepFailed
 
 log = logging.getLogger("saga.compensation")
@@ -118,30 +119,53 @@ def finish(saga_id: UUID) -> None:
         conn.execute(_SETTLE, params)
 
 
-def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException) -> None:
+def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kwargs: dict[str, Any]) -> None:
     """The chain errback: record a failure the step task could not record itself, then react."""
     if task_name not in TASKS:
         log.error("saga %s: task %s failed: %r; recovery will look at the saga", saga_id, task_name, exc)
         return
     step, mode = TASKS[task_name]
+    if isinstance(exc, Reject):
+        # The task could not send its own retry (the broker is down). The ledger still holds what is owed and
+        # recovery sends it later; a finished body's result is worth one more try to record now.
+        pending = kwargs.get("commit")
+        if pending:
+            try:
+                claims.commit_success(saga_id, step, pending["token"], pending["result"], mode)
+            except Exception as error:  # noqa: BLE001 - the ledger may be down too: the crash window remains
+                log.warning("saga %s %s: result still not recorded (%s)", saga_id, step.name, error)
+        return
     if not isinstance(exc, StepFailed):
-        # Hard time limit or an error outside the step body: the step's outcome is unknown.
-        held = claims.current_token(saga_id, step, task_id, mode)
-        if held is not None:
-            token, attempt = held
-            policy = step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
-            retry_in = policy.delay(attempt) if attempt < policy.max_attempts else None
-            recorded = claims.record_failure(
-                saga_id, step, token, mode, f"{type(exc).__name__}: {exc}", retry_in=retry_in,
-                effect_unknown=True,
-            )
-            if recorded is not None and (retry_in is not None or mode == "compensation"):
-                record = store.load(saga_id)
-                saga_type = get_saga_type(record.type)
-                if mode == "forward":
-                    dispatch.forward(saga_id, saga_type, step.index, countdown=retry_in)
-                else:
-                    dispatch.compensations(record, saga_type, countdown=retry_in)
-                return
+        _record_lost_attempt(saga_id, step, mode, task_id, exc)
     if mode == "forward":
         react(saga_id)
+
+
+def _record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: str, exc: BaseException) -> None:
+    """A hard time limit or an error outside the step body: count the attempt, with its outcome unknown."""
+    part = step if mode == "forward" else step.compensation
+    held = claims.current_token(saga_id, step, task_id, mode)
+    if held is None and mode == "forward" and step.transactional:
+        # Taken only with its commit, the attempt left no trace: take the step now, to count it.
+        taken = claims.claim(saga_id, step, task_id, mode)
+        held = (taken.token, taken.attempt) if isinstance(taken, claims.Claim) else None  # type: ignore[assignment]
+    if held is None:
+        return
+    token, attempt = held
+    policy = claims.policy_of(step, mode)
+    # Celery runs this errback before it kills a body past its hard limit: nothing retries or undoes the step
+    # until the process is surely gone.
+    hold = KILL_GRACE if isinstance(exc, TimeLimitExceeded) else 0.0
+    retry_in = max(policy.delay(attempt), hold) if attempt < policy.max_attempts else None
+    recorded = claims.record_failure(
+        saga_id, step, token, mode, f"{type(exc).__name__}: {exc}", retry_in=retry_in,
+        effect_unknown=not part.transactional, hold=hold,  # type: ignore[union-attr]
+    )
+    if recorded is None:
+        return
+    if mode == "forward" and recorded[1]:
+        begin(saga_id, step.saga, "cancelled", after_leases=True)
+    elif mode == "forward" and retry_in is not None:
+        dispatch.forward(saga_id, step.saga, step.index, countdown=retry_in, claim_first=True)
+    elif mode == "compensation":
+        dispatch.compensations(store.load(saga_id), step.saga, countdown=retry_in)

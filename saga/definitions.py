@@ -21,6 +21,8 @@ StepFn = Callable[["StepContext[Any]"], Any]
 
 # Seconds between a step's soft time limit (raised inside the body) and the hard one (kills the process).
 HARD_LIMIT_GRACE = 5.0
+# Seconds a body may live on past its hard limit: Celery runs the errback first, then kills the process.
+KILL_GRACE = 2.0
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 REGISTRY: dict[str, SagaType[Any]] = {}
@@ -39,6 +41,9 @@ class StepContext(Generic[InputT]):
     results: Mapping[str, Any]
     idempotency_key: str
     attempt: int
+    # Unique to this attempt (never reused, not even by an operator's re-run): for calls whose repeat the third
+    # party's own rules make harmless, so no attempt is answered with an earlier attempt's saved error.
+    attempt_key: str
     compensating: bool = False
     # Transactional steps only: the connection whose transaction also claims and commits the step.
     db: Connection | None = None
@@ -97,11 +102,12 @@ class Step:
 
     @property
     def lease_seconds(self) -> float:
-        return self.time_limit + HARD_LIMIT_GRACE
+        """How long an attempt holds the step: until its process is surely dead."""
+        return self.time_limit + HARD_LIMIT_GRACE + KILL_GRACE
 
     @property
     def compensation_lease_seconds(self) -> float:
-        return (self.compensation.time_limit if self.compensation else self.time_limit) + HARD_LIMIT_GRACE
+        return (self.compensation.time_limit if self.compensation else self.time_limit) + HARD_LIMIT_GRACE + KILL_GRACE
 
     def compensate_with(
         self, fn: StepFn | None = None, *, name: str | None = None, retry: RetryPolicy | None = None,
@@ -215,12 +221,12 @@ def get_saga_type(name: str) -> SagaType[Any]:
 def _make_task(task_name: str, time_limit: float, step: Step, *, compensating: bool) -> Any:
     """Register the Celery task that runs one step (or its compensation) for a given saga id."""
 
-    def run(task: Any, saga_id: str, commit: dict[str, Any] | None = None) -> Any:
+    def run(task: Any, saga_id: str, commit: dict[str, Any] | None = None, claim_first: bool = False) -> Any:
         from saga import execution
 
         if compensating:
-            return execution.run_compensation(task, step, saga_id, commit)
-        return execution.run_step(task, step, saga_id, commit)
+            return execution.run_compensation(task, step, saga_id, commit, claim_first)
+        return execution.run_step(task, step, saga_id, commit, claim_first)
 
     if task_name in TASKS:
         raise ValueError(f"task name {task_name!r} is used by two steps")

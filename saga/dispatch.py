@@ -11,9 +11,16 @@ from saga.store import SagaRecord, StepRecord
 from workers.app import app
 
 
-def forward(saga_id: UUID, saga_type: SagaType, start: int, countdown: float | None = None) -> None:
-    """Chain the steps from index `start` on; each carries only the saga id, the ledger holds the rest."""
+def forward(saga_id: UUID, saga_type: SagaType, start: int, countdown: float | None = None,
+            claim_first: bool = False) -> None:
+    """Chain the steps from index `start` on; each carries only the saga id, the ledger holds the rest.
+
+    `claim_first` (recovery, the errback) makes the first step claim up front even if transactional: an earlier
+    attempt of it may have crashed without a trace.
+    """
     steps = [s.task.si(str(saga_id)).set(queue=saga_type.queue) for s in saga_type.steps[start:]]
+    if claim_first:
+        steps[0] = saga_type.steps[start].task.si(str(saga_id), claim_first=True).set(queue=saga_type.queue)
     chain(*steps).on_error(_errback(saga_id)).apply_async(countdown=countdown)
 
 

@@ -12,7 +12,7 @@ from workers.app import app
 @app.task(name="saga.on_error")
 def on_error(request: Any, exc: BaseException, traceback: str, saga_id: str) -> None:
     """Errback of every chain; Celery calls it inline in the failing process, possibly twice."""
-    compensation.on_error(UUID(saga_id), request.task, request.id, exc)
+    compensation.on_error(UUID(saga_id), request.task, request.id, exc, request.kwargs or {})
 
 
 @app.task(name="saga.finish_compensation")

@@ -34,34 +34,39 @@ CONFLICT_RETRY_DELAY = 0.2
 DURABLE_WRITE_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
 
 
-def run_step(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None) -> Any:
+def run_step(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None,
+             claim_first: bool = False) -> Any:
     """Execute a forward step for the saga; the chain continues only when this returns.
 
     `commit` is set on a retry whose body already ran: only its result is still to be recorded.
+    `claim_first` is set by recovery and the errback: an earlier attempt may have crashed.
     """
-    return _run(task, step, UUID(saga_id), "forward", commit)
+    return _run(task, step, UUID(saga_id), "forward", commit, claim_first)
 
 
-def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None) -> Any:
+def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None,
+                     claim_first: bool = False) -> Any:
     """Undo a step's effect; the compensation chain continues even when this one gives up."""
-    return _run(task, step, UUID(saga_id), "compensation", commit)
+    return _run(task, step, UUID(saga_id), "compensation", commit, claim_first)
 
 
-def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None) -> Any:
+def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
+         claim_first: bool) -> Any:
     if pending is not None:
         return _settle(task, step, saga_id, mode, _commit(task, step, saga_id, mode, pending["token"],
                                                             pending["result"]))
     part = step if mode == "forward" else step.compensation
     transactional = part.transactional  # type: ignore[union-attr]
-    # A redelivered message may follow an attempt that crashed its worker: it is claimed (and counted) up
-    # front, even for a transactional step, so a body that always crashes runs out of attempts.
-    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    # A message redelivered, or re-sent by recovery, may follow an attempt that crashed its worker: it is
+    # claimed (and counted) up front, even for a transactional step, so a body that always crashes runs out of
+    # attempts.
+    suspect = claim_first or bool((task.request.delivery_info or {}).get("redelivered"))
     try:
         if transactional:
             with db.engine().connect() as conn, conn.begin():
-                outcome = _attempt(task, step, saga_id, mode, conn, redelivered)
+                outcome = _attempt(task, step, saga_id, mode, conn, suspect)
         else:
-            outcome = _attempt(task, step, saga_id, mode, None, redelivered)
+            outcome = _attempt(task, step, saga_id, mode, None, suspect)
     except _UNREACHABLE as exc:
         raise _ledger_unreachable(task, exc) from exc
     except _Overtaken:
@@ -105,15 +110,15 @@ class _Overtaken(Exception):
 
 
 def _attempt(
-    task: Any, step: Step, saga_id: UUID, mode: Mode, conn: Connection | None, redelivered: bool,
+    task: Any, step: Step, saga_id: UUID, mode: Mode, conn: Connection | None, suspect: bool,
 ) -> Refusal | None | str | tuple[str, bool]:
     """Claim, run the body, commit: (saga status, cancel requested), a Refusal, None, or "lost"."""
-    deferred = mode == "forward" and conn is not None and not redelivered  # claimed together with its commit
+    deferred = mode == "forward" and conn is not None and not suspect  # claimed together with its commit
     outcome = claims.preview(saga_id, step, conn) if deferred else None  # type: ignore[arg-type]
     if isinstance(outcome, Refusal) and outcome.step_status == "running" and outcome.wait == 0:
         deferred = False  # an attempt claimed up front never reported (it crashed): count this one up front too
     if not deferred:
-        outcome = claims.claim(saga_id, step, task.request.id, mode, redelivered=redelivered)
+        outcome = claims.claim(saga_id, step, task.request.id, mode, redelivered=suspect)
     if not isinstance(outcome, Claim):
         return outcome
     body = step.fn if mode == "forward" else step.compensation.fn  # type: ignore[union-attr]
@@ -145,10 +150,12 @@ def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connecti
         if not _durably(claims.checkpoint, saga_id, step, claim.token, mode, values_json):
             raise LeaseLost(f"saga {saga_id} {mode} {step.name}: the attempt no longer holds the step")
 
+    key = f"{saga_id}:{step.name}" + (":compensate" if mode == "compensation" else "")
     return StepContext(
         saga_id=saga_id, saga_type=step.saga.name, step=step.name,
-        input=step.saga.input_model.model_validate(claim.input), results=claim.results,
-        idempotency_key=f"{saga_id}:{step.name}" + (":compensate" if mode == "compensation" else ""),
+        input=step.saga.input_model.model_validate(claim.input), results=claim.results, idempotency_key=key,
+        # The fencing token grows with every claim of the step, forward or back, so it names this attempt alone.
+        attempt_key=f"{key}:{claim.token}" if claim.token is not None else f"{key}:attempt-{claim.attempt}",
         attempt=claim.attempt, compensating=mode == "compensation", db=conn, checkpoints=dict(claim.checkpoint),
         _save=None if conn is not None else save,
     )
@@ -157,8 +164,10 @@ def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connecti
 def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result: str) -> str | tuple[str, bool]:
     """Record a finished body's result under its token. If the ledger cannot take it, the commit alone is
     retried (in this process, then by a message carrying the result): the body never runs again for it."""
+    done = "succeeded" if mode == "forward" else "compensated"
     try:
-        committed = _durably(claims.commit_success, saga_id, step, token, result, mode)
+        committed = _durably(claims.commit_success, saga_id, step, token, result, mode,
+                             landed=lambda: claims.landed(saga_id, step, token, done))
     except (*_UNREACHABLE, SoftTimeLimitExceeded) as exc:
         log.warning("saga %s %s %s: result not recorded yet (%s); retrying the commit in %.0fs", saga_id, mode,
                     step.name, type(exc).__name__, LEDGER_RETRY_DELAY)
@@ -166,11 +175,15 @@ def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result
     return committed if committed is not None else "lost"
 
 
-def _durably(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`action(...)`, tried again after short waits while the ledger is unreachable or a write conflicts."""
+def _durably(action: Callable[..., T | None], *args: Any, landed: Callable[[], T | None] | None = None,
+             **kwargs: Any) -> T | None:
+    """`action(...)`, a fenced write, tried again after short waits while the ledger is unreachable or a write
+    conflicts. When it changes nothing, `landed()` tells whether that is because an earlier try (whose answer
+    was lost) already did it, or because the attempt lost its claim (None)."""
     for delay in (*DURABLE_WRITE_DELAYS, None):
         try:
-            return action(*args, **kwargs)
+            result = action(*args, **kwargs)
+            return landed() if result is None and landed is not None else result
         except _UNREACHABLE as exc:
             if delay is None:
                 raise
@@ -182,6 +195,7 @@ def _durably(action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | None) -> Any:
     """Decide what a message does with a step it could not claim: go on, wait, fail, or stop its chain."""
+    exhausted = why is not None and why.attempts >= claims.policy_of(step, mode).max_attempts
     if mode == "forward":
         if why is not None and why.cancel_requested and why.saga_status in ("pending", "running"):
             _cancel(saga_id, step)  # undo now, unless a step is still in flight (its end will)
@@ -192,14 +206,19 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
             return None  # done by an earlier delivery: let the chain go on
         if why.wait > 0:
             raise _wait(task, why.wait)
-        if why.step_status == "failed" or claims.give_up(saga_id, step, mode):
+        if why.step_status == "failed" or (exhausted and claims.give_up(saga_id, step, mode)):
             raise StepFailed(f"step {step.name} failed")  # the errback reacts, idempotently
-        raise Ignore()
+        if exhausted:
+            raise Ignore()
+        raise _wait(task, 0)  # the claim met a lease or a backoff just as it ended: look again
     if why is None or why.saga_status != "compensating":
         raise Ignore()
     if why.wait > 0:
         raise _wait(task, why.wait)
-    if why.step_status in ("succeeded", "compensating"):
+    owed = why.step_status in ("succeeded", "compensating") or (why.step_status == "failed" and why.effect_unknown)
+    if owed and not exhausted:
+        raise _wait(task, 0)  # as above: never move on to an older step while this one is still to be undone
+    if owed and why.step_status != "failed":
         claims.give_up(saga_id, step, mode)
     return None  # compensated, nothing to undo, or given up: the older steps are still undone
 
@@ -218,14 +237,16 @@ def _wait(task: Any, seconds: float) -> Retry:
 
 
 def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc: Exception) -> Any:
-    policy = step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
+    policy = claims.policy_of(step, mode)
     error = f"{type(exc).__name__}: {exc}"
     retry_in = policy.delay(claim.attempt) if policy.may_retry(exc, claim.attempt) else None
     # Only a body that says so (PermanentError without effect_unknown) vouches that nothing happened.
     effect_unknown = not isinstance(exc, PermanentError) or exc.effect_unknown
+    after = claims.failed_status(mode, retry_in)
     try:
         recorded = _durably(claims.record_failure, saga_id, step, claim.token, mode, error, retry_in=retry_in,
-                             effect_unknown=effect_unknown)
+                             effect_unknown=effect_unknown,
+                             landed=lambda: claims.landed(saga_id, step, claim.token, after))  # type: ignore[arg-type]
     except _UNREACHABLE as unreachable:
         raise _ledger_unreachable(task, unreachable) from unreachable
     if recorded is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from uuid import UUID
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from saga import compensation, db, dispatch, store
 from saga.claims import patience
@@ -18,8 +19,19 @@ from saga.store import SagaRecord
 log = logging.getLogger("saga.operator")
 
 
-def _locked(conn, saga_id: UUID, tenant: str | None) -> SagaRecord:
-    conn.execute(select(sagas.c.id).where(sagas.c.id == saga_id).with_for_update())
+# How long an operator action waits for a saga row a worker holds (it may be frozen mid-commit).
+LOCK_WAIT = "5s"
+
+
+def _locked(conn: Connection, saga_id: UUID, tenant: str | None) -> SagaRecord:
+    conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+    try:
+        conn.execute(select(sagas.c.id).where(sagas.c.id == saga_id).with_for_update())
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":
+            raise
+        raise ActionRefused(f"saga {saga_id} is busy: a worker has held it for over {LOCK_WAIT}; try again shortly",
+                            {"status": "busy"}) from None
     return store.load(saga_id, tenant, conn)
 
 

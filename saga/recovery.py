@@ -74,4 +74,4 @@ def advance(saga_id: UUID) -> None:
     with db.transaction() as conn:
         # Room for the step to be picked up and run before recovery looks again.
         conn.execute(_WAIT, {"saga_id": saga_id, "patience": patience(saga_type)})
-    dispatch.forward(saga_id, saga_type, nxt.index)
+    dispatch.forward(saga_id, saga_type, nxt.index, claim_first=True)

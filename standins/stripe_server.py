@@ -10,7 +10,8 @@ has switches under `/_control/` (outside `/v1`, so the SDK never reaches them) f
 
 A fault applies to the next N `/v1` requests, or with `operation` to the next N of that kind only (create,
 confirm, retrieve, cancel, refund, ...: see ROUTES); a new fault replaces the ones set before unless `add`
-is true. `400` (with error code C), `429` and `500` answer that error without doing anything. `hang` holds the request S seconds and then does it, as Stripe does with a request that is slow on
+is true. `400` (with error code C), `429` and `500` answer that error without doing anything; like Stripe,
+an idempotency key keeps a 500 or a 400 (they come up while executing) and replays it, but not a 429. `hang` holds the request S seconds and then does it, as Stripe does with a request that is slow on
 its side: a client that gave up meanwhile never hears that its request went through. While it hangs, its
 idempotency key is in use (a retry with it gets Stripe's 409) and the object it acts on is locked (another
 write to that PaymentIntent gets Stripe's 429 `lock_timeout`). `lost` does the work at once and then holds
@@ -156,13 +157,9 @@ class StripeApp:
 
     def _answer(self, request: Request, query: str, body: bytes, headers: dict[str, str],
                 key: str | None, fault: Fault | None) -> Reply:
-        if fault and fault.mode == "429":
+        if fault and fault.mode == "429":  # the rate limiter answers before the idempotency layer: nothing is kept
             return error_reply(invalid("Too many requests hit the API too quickly. We recommend an exponential "
                                        "backoff of your requests.", code="rate_limit", status=429))
-        if fault and fault.mode == "500":
-            return error_reply(StripeError(500, "api_error", "An unknown error occurred (injected fault)."))
-        if fault and fault.mode == "400":
-            return error_reply(invalid(f"Your request was refused ({fault.code}; injected fault).", code=fault.code))
         denied = self._authenticate(headers.get("authorization", ""))
         if denied:
             return error_reply(denied)
@@ -170,12 +167,23 @@ class StripeApp:
         if request.method == "POST":
             pairs += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         params = decode_params(pairs)
-        hang = fault.seconds if fault and fault.mode == "hang" else 0.0
         if request.method != "POST" or not key:
-            return self._locked(request, params, hang)[0]
-        return self._idempotent(request, params, key, hang)
+            return self._execute(request, params, fault)[0]
+        return self._idempotent(request, params, key, fault)
 
-    def _idempotent(self, request: Request, params: Obj, key: str, hang: float) -> Reply:
+    def _execute(self, request: Request, params: Obj, fault: Fault | None) -> tuple[Reply, bool]:
+        """The request's answer once it began executing, and whether an idempotency key keeps it: a 500 or a
+        400 that came up while executing is kept like any other answer, as Stripe keeps it."""
+        if fault and fault.mode == "500":
+            reply = error_reply(StripeError(500, "api_error", "An unknown error occurred (injected fault)."))
+            reply.headers["Stripe-Should-Retry"] = "false"  # what Stripe says of a 500 it keeps for the key
+            return reply, True
+        if fault and fault.mode == "400":
+            return error_reply(invalid(f"Your request was refused ({fault.code}; injected fault).",
+                                       code=fault.code)), True
+        return self._locked(request, params, fault.seconds if fault and fault.mode == "hang" else 0.0)
+
+    def _idempotent(self, request: Request, params: Obj, key: str, fault: Fault | None) -> Reply:
         fingerprint = json.dumps([request.method, request.path, params], sort_keys=True)
         with self.store.lock:
             saved = self.store.data["idempotency"].get(key)
@@ -187,7 +195,8 @@ class StripeApp:
             if saved:
                 return Reply(saved["status"], saved["body"], {"Idempotent-Replayed": "true",
                                                               "Original-Request": saved["request_id"],
-                                                              "Request-Id": saved["request_id"]})
+                                                              "Request-Id": saved["request_id"],
+                                                              **saved.get("headers", {})})
             if key in self.in_progress:
                 return error_reply(StripeError(
                     409, "idempotency_error", "There is currently another in-progress request using this "
@@ -195,14 +204,15 @@ class StripeApp:
                     f"still going through): {key}. Please try again later."))
             self.in_progress.add(key)
         try:
-            reply, stored = self._locked(request, params, hang)
+            reply, stored = self._execute(request, params, fault)
             if stored:
                 request_id = new_id("req_")
                 reply.headers["Request-Id"] = request_id
                 with self.store.lock:
                     self.store.data["idempotency"][key] = {
                         "fingerprint": fingerprint, "status": reply.status, "body": reply.body,
-                        "request_id": request_id, "created": int(time.time())}
+                        "request_id": request_id, "created": int(time.time()),
+                        "headers": {k: v for k, v in reply.headers.items() if k == "Stripe-Should-Retry"}}
                     self.store.save()
             return reply
         finally:

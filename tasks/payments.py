@@ -4,6 +4,13 @@ The charge is two calls: create the PaymentIntent (which charges nothing), check
 then confirm it. Every later attempt, and the compensation, starts from that id and asks Stripe where the
 payment stands, instead of trusting a reply that may have been lost or an idempotency key that Stripe keeps
 for only 24 hours. A body that lost its claim is stopped at the checkpoint, before it could confirm.
+
+Idempotency keys: Stripe keeps the first answer to a key, a 500 included, and replays it. The create, the one
+call that would make a second object, keeps its key across attempts (so a create whose answer was lost is
+replayed, not repeated) and moves to a new one only after Stripe answered it with a 5xx. Confirm, cancel and
+refund are harmless to repeat by Stripe's own rules (a PaymentIntent succeeds once, a charge is never refunded
+beyond its amount), so each attempt sends them under a key of its own and no attempt inherits an earlier
+attempt's saved error.
 """
 
 from __future__ import annotations
@@ -62,18 +69,18 @@ def _create_params(ctx: StepContext[Any]) -> dict[str, Any]:
 
 def charge_payment(ctx: StepContext[Any]) -> dict[str, Any]:
     """Create the PaymentIntent, checkpoint its id, confirm it; a later attempt resumes from the id."""
-    client, key = _stripe().v1.payment_intents, ctx.idempotency_key
+    client = _stripe().v1.payment_intents
     try:
         pi_id = ctx.checkpoints.get("payment_intent")
         if pi_id is None:
-            intent = client.create(_create_params(ctx), {"idempotency_key": f"{key}:create"})
+            intent = _create(ctx)
             ctx.checkpoint(payment_intent=intent.id)  # from here on the compensation can find it
         else:
             intent = client.retrieve(pi_id)
         if intent.status in CONFIRMABLE:
             try:
                 intent = client.confirm(intent.id, {"payment_method": ctx.input.payment_method},
-                                        {"idempotency_key": f"{key}:confirm"})
+                                        {"idempotency_key": f"{ctx.attempt_key}:confirm"})
             except stripe.InvalidRequestError as exc:
                 if not _unexpected_state(exc):
                     raise
@@ -85,6 +92,20 @@ def charge_payment(ctx: StepContext[Any]) -> dict[str, Any]:
     if intent.status != "succeeded":
         raise PermanentError(f"payment {intent.id} ended {intent.status}", effect_unknown=True)
     return {"payment_intent": intent.id, "amount_cents": intent.amount, "currency": intent.currency}
+
+
+def _create(ctx: StepContext[Any]) -> Any:
+    """The PaymentIntent, created under the step's create key of the current generation."""
+    generation = int(ctx.checkpoints.get("create_generation", 0))
+    key = f"{ctx.idempotency_key}:create" + (f":{generation}" if generation else "")
+    try:
+        return _stripe().v1.payment_intents.create(_create_params(ctx), {"idempotency_key": key})
+    except stripe.StripeError as exc:
+        if (exc.http_status or 0) >= 500:
+            # Stripe keeps this answer for the key: the next attempt asks under a new one. If the 5xx hid a
+            # create that happened, that PaymentIntent is never confirmed (only the checkpointed one is).
+            ctx.checkpoint(create_generation=generation + 1)
+        raise
 
 
 def refund_payment(ctx: StepContext[Any]) -> dict[str, Any]:
@@ -101,7 +122,7 @@ def refund_payment(ctx: StepContext[Any]) -> dict[str, Any]:
         if intent.status in CANCELABLE:
             try:
                 intent = client.payment_intents.cancel(pi_id, {"cancellation_reason": "abandoned"},
-                                                       {"idempotency_key": f"{ctx.idempotency_key}:cancel"})
+                                                       {"idempotency_key": f"{ctx.attempt_key}:cancel"})
             except stripe.InvalidRequestError as exc:
                 if not _unexpected_state(exc):
                     raise
@@ -123,11 +144,15 @@ def _refund_rest(ctx: StepContext[Any], pi_id: str, received: int) -> dict[str, 
     pending = [r.id for r in existing if r.status in ("pending", "requires_action")]
     done = sum(r.amount for r in succeeded)
     if done < received and not pending:
-        # The key counts the refunds that exist already, so each refund we need gets a key of its own and
-        # nothing relies on Stripe still holding an old one.
-        refund = refunds.create(
-            {"payment_intent": pi_id, "amount": received - done, "metadata": {"saga_id": str(ctx.saga_id)}},
-            {"idempotency_key": f"{ctx.idempotency_key}:refund:{len(existing)}"})
+        try:
+            refund = refunds.create(
+                {"payment_intent": pi_id, "amount": received - done, "metadata": {"saga_id": str(ctx.saga_id)}},
+                {"idempotency_key": f"{ctx.attempt_key}:refund:{len(existing)}"})
+        except stripe.InvalidRequestError as exc:
+            if getattr(exc, "code", None) not in ("charge_already_refunded", "amount_too_large"):
+                raise
+            # A refund we did not see yet (an earlier attempt's, whose answer was lost) got there first.
+            raise TransientError(f"payment {pi_id} was refunded meanwhile; counting the refunds again") from exc
         ctx.checkpoint(refund=refund.id)
         if refund.status == "succeeded":
             succeeded.append(refund)

@@ -169,26 +169,29 @@ def test_authentication(sc: stripe.StripeClient, standins: StandIns) -> None:
     assert caught.value.code == 401 and "error" in json.load(caught.value)
 
 
-def test_rate_limit_and_server_error_do_nothing(sc: stripe.StripeClient, standins: StandIns) -> None:
+def test_rate_limits_are_not_kept_for_a_key_but_server_errors_are(sc: stripe.StripeClient, standins: StandIns) -> None:
     standins.stripe_faults("429", 1)
     with pytest.raises(stripe.RateLimitError):
         charge(sc, key="k-429")
+    assert charge(sc, key="k-429").status == "succeeded", "the rate limiter answers before the idempotency layer"
     standins.stripe_faults("500", 1)
     with pytest.raises(stripe.APIError) as caught:
         charge(sc, key="k-500")
     assert caught.value.http_status == 500
-    assert standins.payment_intents() == []
-    assert charge(sc, key="k-500").status == "succeeded"  # a 500 is not kept for the key
+    with pytest.raises(stripe.APIError) as again:
+        charge(sc, key="k-500")
+    assert (again.value.headers or {}).get("Idempotent-Replayed") == "true", "Stripe replays a 500 it kept"
+    assert [p["amount"] for p in standins.payment_intents()] == [1200], "only the 429's retry charged"
+    assert charge(sc, key="k-500-next").status == "succeeded"
 
 
-def test_sdk_retries_are_visible(standins: StandIns) -> None:
+def test_the_sdk_does_not_retry_a_500_stripe_keeps(standins: StandIns) -> None:
     standins.stripe_reset()
-    standins.stripe_faults("500", 2)
-    pi = charge(client(standins, retries=2), key="k-retried")
-    requests = standins.stripe_requests()
-    assert [(r["status"], r["idempotency_key"]) for r in requests] == [(500, "k-retried")] * 2 + [
-        (200, "k-retried")]
-    assert [p["id"] for p in standins.payment_intents()] == [pi.id]
+    standins.stripe_faults("500", 1)
+    with pytest.raises(stripe.APIError):
+        charge(client(standins, retries=2), key="k-500-kept")
+    assert [(r["status"], r["replayed"]) for r in standins.stripe_requests()] == [(500, False)], (
+        "Stripe-Should-Retry: false tells the SDK that a retry would only replay the 500")
 
 
 def test_a_lost_answer_charges_then_times_out(sc: stripe.StripeClient, standins: StandIns) -> None:
