@@ -41,6 +41,14 @@ class ProbeInput(BaseModel):
     bad_result: str | None = None  # label whose result PostgreSQL's jsonb refuses (a NUL character)
 
 
+def _hang() -> None:
+    """Ignore the soft time limit, so the hard one kills the process."""
+    try:
+        time.sleep(60)
+    except SoftTimeLimitExceeded:
+        time.sleep(60)
+
+
 def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
     label = ctx.step if kind == "do" else f"undo_{ctx.step}"
     spec = ctx.input
@@ -52,10 +60,7 @@ def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
     if ctx.attempt == 1 and label in spec.hold_before:
         time.sleep(spec.hold_before[label])
     if spec.hang == label:
-        try:
-            time.sleep(60)
-        except SoftTimeLimitExceeded:
-            time.sleep(60)
+        _hang()
     if spec.crash == label:
         os.kill(os.getpid(), signal.SIGKILL)
     if spec.fail == label or ctx.attempt >= spec.fail_from.get(label, ctx.attempt + 1):
@@ -132,6 +137,8 @@ def _tx_act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
     label = ctx.step if kind == "do" else f"undo_{ctx.step}"
     if ctx.input.crash == label:
         os.kill(os.getpid(), signal.SIGKILL)
+    if ctx.input.hang == label:
+        _hang()
     if ctx.input.fail == label:
         raise PermanentError(f"{label} refused")
     if ctx.attempt <= ctx.input.transient.get(label, 0):

@@ -278,16 +278,18 @@ def test_a_result_the_ledger_cannot_store_fails_the_step_at_once(
     assert len(runs(record.id, step)) == 1, "an outcome no retry can store is not retried"
 
 
-@pytest.mark.parametrize("type_name, step, most_runs", [("probe_short", "b", 2), ("probe_tx_short", "a", 3)])
+@pytest.mark.parametrize("type_name, step, most_runs, how", [
+    ("probe_short", "b", 2, "crash"), ("probe_tx_short", "a", 3, "crash"), ("probe_tx_short", "a", 2, "hang")])
 def test_a_step_whose_body_kills_its_worker_runs_out_of_attempts_instead_of_looping(
-    workers: Stack, type_name: str, step: str, most_runs: int,
+    workers: Stack, type_name: str, step: str, most_runs: int, how: str,
 ) -> None:
-    """Each attempt SIGKILLs its pool child; the message is requeued every time. The attempts are counted (a
-    transactional step's first one excepted: it leaves no trace) and paced by their leases."""
-    started = saga.start(type_name, {"crash": step}, idempotency_key=str(uuid4()))
+    """Each attempt SIGKILLs its pool child (or hangs past the hard time limit, so Celery kills it); the message
+    is requeued or acked every time. The attempts are counted (a transactional step's first crash excepted: it
+    leaves no trace) and paced by their leases."""
+    started = saga.start(type_name, {how: step}, idempotency_key=str(uuid4()))
     record = wait_for_status(started.saga.id, FINAL, timeout=90)
     assert record.status == "compensated"
-    assert "ended without an outcome" in (record.error or ""), record.error
+    assert ("ended without an outcome" if how == "crash" else "TimeLimitExceeded") in (record.error or ""), record.error
     ran = runs(record.id, step)
     assert 2 <= len(ran) <= most_runs, f"{len(ran)} runs"
     gaps = [(later.at - earlier.at).total_seconds() for earlier, later in itertools.pairwise(ran)]

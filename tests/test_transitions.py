@@ -358,3 +358,21 @@ def test_every_write_locks_the_saga_row_before_its_step_row(stack: Stack, op: st
         assert held.value.orig.sqlstate == "55P03", f"{op} waits for the step row without holding the saga row"
     thread.join(10)
     assert outcome, f"{op} did not finish once the step row was free"
+
+
+def test_a_write_retried_after_its_answer_was_lost_is_known_for_this_attempts_own(stack: Stack) -> None:
+    """The commit reached PostgreSQL but its answer did not come back; the retry finds nothing left to change.
+    That is this attempt's own commit, not a lost lease: the chain must go on."""
+    from saga import execution
+
+    saga_id = new_saga()
+    got = _claimed(saga_id, A, "t1")
+    assert claims.commit_success(saga_id, A, got.token, "{}", "forward") == ("running", False)  # type: ignore[arg-type]
+    again = execution._durably(claims.commit_success, saga_id, A, got.token, "{}", "forward",
+                               landed=lambda: claims.landed(saga_id, A, got.token, "succeeded"))  # type: ignore[arg-type]
+    assert again == ("running", False)
+    assert [e.kind for e in events(saga_id)].count("step_succeeded") == 1, "nothing is recorded twice"
+    later = _claimed(saga_id, B, "t2")
+    assert claims.landed(saga_id, B, got.token, "succeeded") is None, "another attempt's token is not ours"
+    claims.record_failure(saga_id, B, later.token, "forward", "x", retry_in=1.0, effect_unknown=True)  # type: ignore[arg-type]
+    assert claims.landed(saga_id, B, later.token, claims.failed_status("forward", 1.0)) == ("running", False)
