@@ -4,6 +4,7 @@ through real workers, counted in the Stripe stand-in's own records."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -173,7 +174,9 @@ def test_a_worker_frozen_inside_the_charge_past_its_lease_commits_nothing_and_ch
         frozen.send(signal.SIGCONT)
         task_id = next(e.detail["task_id"] for e in saga.events(saga_id)
                        if e.kind == "step_started" and e.step == "charge_payment")
-        wait_until(lambda: f"charge_payment[{task_id}] ignored" in frozen.log_text(), what="the zombie to give up")
+        # Its overdue soft time limit may interrupt what is left of it; either way it ends without an outcome.
+        ended = re.compile(rf"charge_payment\[{task_id}\] (ignored|raised|succeeded)")
+        wait_until(lambda: ended.search(frozen.log_text()), what="the zombie to end")
         assert saga.events(saga_id)[-1].kind == "saga_compensated", "the zombie recorded something"
         assert "step_succeeded" not in [e.kind for e in saga.events(saga_id) if e.step == "charge_payment"]
         got = third_party_records(standins, saga_id)
