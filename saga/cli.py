@@ -365,11 +365,14 @@ def render(record: Any) -> str:
     lines = [f"saga {data['id']}  type={data['type']}  status={data['status']}  progress={progress}"]
     if data["error"]:
         lines.append(f"  reason: {data['error']}")
-    lines.append(f"  {'#':<3}{'step':<22}{'kind':<13}{'status':<14}{'tries':<7}error")
+    if data.get("cancel_requested"):
+        lines.append("  cancel requested: the step in flight decides (a pivot that succeeds refuses it)")
+    lines.append(f"  {'#':<3}{'step':<22}{'kind':<13}{'status':<14}{'tries':<7}error, or what the undo reported")
     for number, s in enumerate(data["steps"], 1):
         tries = f"{s['attempts']}" + (f"+{s['compensation_attempts']}u" if s["compensation_attempts"] else "")
-        lines.append(f"  {number:<3}{s['name']:<22}{s['kind']:<13}{s['status']:<14}{tries:<7}"
-                     f"{(s['error'] or '')[:60]}")
+        undone = s.get("compensation_result")
+        note = s["error"] or (f"undone: {json.dumps(undone)}" if undone is not None else "")
+        lines.append(f"  {number:<3}{s['name']:<22}{s['kind']:<13}{s['status']:<14}{tries:<7}{note[:60]}")
     return "\n".join(lines)
 
 
