@@ -8,6 +8,7 @@ from saga.errors import (
     ActionRefused,
     IdempotencyConflict,
     InvalidInput,
+    LeaseLost,
     PermanentError,
     SagaError,
     SagaNotFound,
@@ -21,7 +22,7 @@ from saga.states import SagaStatus, StepKind, StepStatus
 from saga.store import Event, SagaRecord, StepRecord, events, list_sagas, load
 
 __all__ = [
-    "ActionRefused", "Event", "IdempotencyConflict", "InvalidInput", "PermanentError", "RetryPolicy", "SagaError",
+    "ActionRefused", "Event", "IdempotencyConflict", "InvalidInput", "LeaseLost", "PermanentError", "RetryPolicy", "SagaError",
     "SagaNotFound", "SagaRecord", "SagaStatus", "SagaType", "Started", "Step", "StepContext", "StepKind",
     "StepRecord", "StepStatus", "TransientError", "UnknownSagaType", "cancel", "compensate", "events",
     "list_sagas", "load", "resume", "start",
