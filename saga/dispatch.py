@@ -43,10 +43,14 @@ def owed(record: SagaRecord, saga_type: SagaType) -> list[Step]:
     ]
 
 
+def effect_may_exist(status: str, effect_unknown: bool) -> bool:
+    """Whether a step in this state may have left an effect its compensation must undo."""
+    return status in ("succeeded", "compensating") or (status == "failed" and effect_unknown)
+
+
 def needs_undo(rec: StepRecord, saga_type: SagaType) -> bool:
     comp = saga_type.steps[rec.index].compensation
-    may_exist = rec.status in ("succeeded", "compensating") or (rec.status == "failed" and rec.effect_unknown)
-    return comp is not None and may_exist
+    return comp is not None and effect_may_exist(rec.status, rec.effect_unknown)
 
 
 def undo_exhausted(rec: StepRecord, saga_type: SagaType) -> bool:

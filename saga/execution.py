@@ -13,7 +13,7 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from saga import claims, compensation, db
+from saga import claims, compensation, db, dispatch
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
 from saga.errors import LeaseLost, PermanentError, StepFailed
@@ -215,7 +215,7 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
         raise Ignore()
     if why.wait > 0:
         raise _wait(task, why.wait)
-    owed = why.step_status in ("succeeded", "compensating") or (why.step_status == "failed" and why.effect_unknown)
+    owed = dispatch.effect_may_exist(why.step_status, why.effect_unknown)
     if owed and not exhausted:
         raise _wait(task, 0)  # as above: never move on to an older step while this one is still to be undone
     if owed and why.step_status != "failed":

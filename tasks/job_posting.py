@@ -29,18 +29,20 @@ MAXIMUM_CHARGE = 99_999_999
 _LINE_BREAKS = frozenset("\u2028\u2029")
 
 
-def _single_line(value: str) -> str:
-    bad = next((c for c in value if unicodedata.category(c) == "Cc" or c in _LINE_BREAKS), None)
+def _refuse_control(value: str, allowed: str, rule: str) -> str:
+    bad = next((c for c in value if (unicodedata.category(c) == "Cc" or c in _LINE_BREAKS) and c not in allowed),
+               None)
     if bad is not None:
-        raise ValueError(f"must be one line of text without control characters (found {bad!r})")
+        raise ValueError(f"{rule} (found {bad!r})")
     return value
+
+
+def _single_line(value: str) -> str:
+    return _refuse_control(value, "", "must be one line of text without control characters")
 
 
 def _plain_text(value: str) -> str:
-    bad = next((c for c in value if unicodedata.category(c) == "Cc" and c not in "\n\r\t"), None)
-    if bad is not None:
-        raise ValueError(f"must not hold control characters other than line breaks and tabs (found {bad!r})")
-    return value
+    return _refuse_control(value, "\n\r\t\u2028\u2029", "must not hold control characters other than line breaks and tabs")
 
 
 Line = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
@@ -100,7 +102,7 @@ class JobPosting(BaseModel):
     @classmethod
     def _at_least_the_minimum_charge(cls, value: int, info: ValidationInfo) -> int:
         currency = info.data.get("currency")
-        minimum = MINIMUM_CHARGE.get(currency, 1) if currency else 1
+        minimum = MINIMUM_CHARGE.get(currency or "", 1)
         if value < minimum:
             raise ValueError(f"is {value}; Stripe charges at least {minimum} in {currency or 'any currency'}")
         return value
