@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Only what the package needs, so local .venv/ and .saga/ never enter the image.
-COPY pyproject.toml celeryconfig.py /tmp/src/
+COPY pyproject.toml README.md celeryconfig.py cli.py /tmp/src/
 COPY saga /tmp/src/saga
 COPY api /tmp/src/api
 COPY tasks /tmp/src/tasks

@@ -1,6 +1,6 @@
 # Needs only python3 with venv. Every target installs into .venv first (once per pyproject.toml change).
 # Servers: SAGA_DATABASE_URL / SAGA_BROKER_URL if set, else local ones on 5432/6379 if they answer,
-# else embedded ones from pip wheels with data under .saga/ (see saga/local_services.py).
+# else embedded ones from pip wheels with data under .saga/ (see devstack/servers.py).
 
 PYTHON ?= python3
 VENV := .venv

@@ -1,12 +1,16 @@
-"""Celery settings, in one place. Postgres holds the truth; these settings make messages reliable wake-ups."""
+"""The service's Celery settings, in one place. Postgres holds the truth; these make messages reliable wake-ups.
 
-from saga.settings import get_settings
+`saga.Sagas` (in `workers/app.py`) adds the engine's tasks, recovery on beat, and a check at worker start that
+refuses settings its guarantees cannot live with (prefetch, visibility timeout, pool, ...).
+"""
 
-_settings = get_settings()
+from workers.settings import service_settings
+
+_settings = service_settings()
 
 broker_url = _settings.broker_url
-# Engine tasks (errbacks, compensation finish, recovery) and every module declaring saga types.
-imports = ("saga.engine_tasks", "workers.signals", *_settings.module_list)
+# Every module declaring saga types.
+imports = tuple(_settings.module_list)
 
 # Ack after the step ran, so a message whose worker dies mid-step is delivered again.
 task_acks_late = True
@@ -18,7 +22,8 @@ task_acks_on_failure = True
 task_acks_on_timeout = True
 # Take one message at a time, so a busy or dying worker holds no backlog of unacked steps.
 worker_prefetch_multiplier = 1
-# Redis redelivers unacked messages after this; the worker refuses to start if a step can outlast it.
+# Redis redelivers unacked messages after this (SAGA_VISIBILITY_TIMEOUT); the worker refuses to start if a step
+# can outlast it.
 # The socket timeouts keep a broker that accepts connections but never answers from hanging a publish.
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout, "socket_connect_timeout": 2, "socket_timeout": 5,
@@ -44,7 +49,3 @@ result_serializer = "json"
 timezone = "UTC"
 enable_utc = True
 worker_hijack_root_logger = False
-
-beat_schedule = {
-    "saga-recovery": {"task": "saga.recover", "schedule": _settings.recovery_interval},
-}

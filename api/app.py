@@ -13,12 +13,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from api import errors, health, metrics
+from api import keys as apikeys
 from api.auth import KeyRing
 from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
 from api.routes import router
 from api.schemas import Health
 from api.watch import ChangeWatcher
-from saga import apikeys
 from workers.app import load_modules
 
 DESCRIPTION = """

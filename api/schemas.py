@@ -1,7 +1,5 @@
-"""The HTTP API's wire format: request and response bodies, as the OpenAPI document shows them.
-
-The Python client (`saga.client`) parses responses with the same models.
-"""
+"""The HTTP API's wire format: request, error and health bodies; a saga and its events are `saga.models`,
+which the Python client (`saga.client`) parses responses with."""
 
 from __future__ import annotations
 
@@ -9,8 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from saga.states import SagaStatus, StepKind, StepStatus
+from saga.models import Event, EventPage, Progress, Saga, SagaPage, Step
 from saga.storable import storable
+
+__all__ = ["ErrorDetail", "ErrorResponse", "Event", "EventPage", "FieldProblem", "Health", "Progress", "Saga",
+           "SagaPage", "StartSaga", "Step"]
 
 
 class StartSaga(BaseModel):
@@ -25,74 +26,6 @@ class StartSaga(BaseModel):
     @classmethod
     def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
         return storable(value)
-
-
-class Progress(BaseModel):
-    done: int = Field(description="Steps that succeeded.")
-    total: int = Field(description="Steps the saga has.")
-
-
-class Step(BaseModel):
-    """One step of a saga, in order."""
-
-    name: str
-    kind: StepKind
-    status: StepStatus
-    attempts: int
-    compensation_attempts: int
-    effect_unknown: bool = Field(default=False, description=(
-        "An attempt ended without a definite answer (timeout, crash, lost reply), so the step's effect may "
-        "exist: its compensation runs if the saga is undone, and finds out what happened first."))
-    result: Any = None
-    checkpoint: dict[str, Any] | None = Field(default=None, description=(
-        "What the step recorded while it ran, before its effect was finished (e.g. a PaymentIntent id)."))
-    compensation_result: Any = Field(default=None, description=(
-        "What the compensation reported when it finished (e.g. the refund id)."))
-    error: str | None = None
-    task_id: str | None = Field(default=None, description="Celery task id of the latest execution (Flower).")
-    started_at: str | None = None
-    finished_at: str | None = None
-    compensated_at: str | None = None
-
-
-class Saga(BaseModel):
-    """A saga with its steps; `progress` counts the steps done."""
-
-    id: str
-    type: str
-    status: SagaStatus
-    input: dict[str, Any]
-    idempotency_key: str | None = None
-    cancel_requested: bool = False
-    error: str | None = Field(default=None, description="Why the saga compensated, paused or failed.")
-    progress: Progress
-    steps: list[Step]
-    created_at: str
-    updated_at: str
-
-
-class SagaPage(BaseModel):
-    """A page of sagas, newest first; pass `next_cursor` as `cursor` for the next page."""
-
-    items: list[Saga]
-    next_cursor: str | None = None
-
-
-class Event(BaseModel):
-    """One entry of a saga's audit log."""
-
-    id: int
-    step: str | None = None
-    kind: str
-    detail: dict[str, Any]
-    created_at: str
-
-
-class EventPage(BaseModel):
-    """Events oldest first; pass `next_after` as `after` for the next page."""
-
-    items: list[Event]
-    next_after: int | None = None
 
 
 class FieldProblem(BaseModel):

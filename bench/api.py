@@ -17,7 +17,7 @@ BENCH_KEY = "bench-key-0123456789abcdef"
 
 def measure(stack: Stack, requests: int, clients: int, background: Any) -> dict[str, Any]:
     """Start one API process; `background()` keeps workers busy; returns latency and requests/s figures."""
-    from api.server import spawn
+    from devstack.api_process import spawn
 
     env = {"SAGA_API_KEYS": f"bench:{BENCH_KEY}"}
     stack.env.update(env)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu
+from devstack.servers import start_services
 from saga.testing import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n, --concurrency and --rounds must be positive; --warmup and --solo not negative")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    stack = Stack(data_dir=DATA_DIR, modules="tasks.demo,bench.sagas")
+    servers = start_services(DATA_DIR / "services")
+    stack = Stack(data_dir=DATA_DIR, database_server_url=servers.database_url, broker_url=servers.broker_url,
+                  broker_env="SAGA_BROKER_URL", settings={"SAGA_MODULES": "tasks.demo,bench.sagas"}, cwd=ROOT)
     (DATA_DIR / "bench.log").unlink(missing_ok=True)  # the worker's log, appended to by each start: this run only
     try:
         stack.start()
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             logging.getLogger("bench").error("stopping the stack failed: %s", exc)
             code = 1
+        servers.stop()
     if code == 0:
         report(result)
         out = DATA_DIR / "result.json"

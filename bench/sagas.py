@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from saga import SagaType, StepContext, db
 from saga.definitions import HARD_LIMIT_GRACE
-from workers.app import app
+from workers.app import app, sagas
 
 QUEUE = "bench"
 TIME_LIMIT = 60.0  # the saga type's default step time limit, given to the plain tasks too
@@ -51,7 +51,7 @@ def _declare(name: str, transactional: bool) -> SagaType[BenchInput]:
     Transactional: the row goes through `ctx.db`, committed with the step's outcome (exactly once).
     Otherwise: the body writes in a transaction of its own, as a body calling a third party would.
     """
-    saga_type = SagaType(name, BenchInput, queue=QUEUE, default_time_limit=TIME_LIMIT)
+    saga_type = sagas.saga_type(name, BenchInput, queue=QUEUE, default_time_limit=TIME_LIMIT)
     for number, kind in enumerate(("compensable", "compensable", "pivot", "retriable"), start=1):
         def body(ctx: StepContext[BenchInput], number: int = number) -> None:
             if ctx.db is not None:

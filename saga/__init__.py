@@ -1,9 +1,13 @@
-"""Durable sagas on Celery: declare a saga type, start it, watch it, and act on it.
+"""Durable sagas on Celery: bind the engine to your Celery app, declare saga types, start them, act on them.
 
-    from saga import SagaType, StepContext, RetryPolicy
+    from saga import Sagas, StepContext, RetryPolicy
+
+    sagas = Sagas(app, database_url="postgresql+psycopg://...")
+    orders = sagas.saga_type("order", Order)
 """
 
 from saga.definitions import SagaType, Step, StepContext
+from saga.engine import Sagas
 from saga.errors import (
     ActionRefused,
     IdempotencyConflict,
@@ -22,8 +26,32 @@ from saga.states import SagaStatus, StepKind, StepStatus
 from saga.store import Event, SagaRecord, StepRecord, events, list_sagas, load
 
 __all__ = [
-    "ActionRefused", "Event", "IdempotencyConflict", "InvalidInput", "LeaseLost", "PermanentError", "RetryPolicy", "SagaError",
-    "SagaNotFound", "SagaRecord", "SagaStatus", "SagaType", "Started", "Step", "StepContext", "StepKind",
-    "StepRecord", "StepStatus", "TransientError", "UnknownSagaType", "cancel", "compensate", "events",
-    "list_sagas", "load", "resume", "start",
+    "ActionRefused",
+    "Event",
+    "IdempotencyConflict",
+    "InvalidInput",
+    "LeaseLost",
+    "PermanentError",
+    "RetryPolicy",
+    "SagaError",
+    "SagaNotFound",
+    "SagaRecord",
+    "SagaStatus",
+    "SagaType",
+    "Sagas",
+    "Started",
+    "Step",
+    "StepContext",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "TransientError",
+    "UnknownSagaType",
+    "cancel",
+    "compensate",
+    "events",
+    "list_sagas",
+    "load",
+    "resume",
+    "start",
 ]

@@ -22,8 +22,8 @@ from typing import Any, Self
 
 import httpx
 
-from api.schemas import EventPage, Saga, SagaPage
 from saga.errors import SagaError
+from saga.models import EventPage, Saga, SagaPage
 
 # Statuses after which a saga waits for nobody but an operator.
 FINAL = frozenset({"completed", "compensated", "paused", "failed"})

@@ -5,16 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection
 
-from saga.errors import InvalidInput, StepFailed, UnknownSagaType
+from saga.errors import InvalidInput, UnknownSagaType
 from saga.retry import RetryPolicy
 from saga.states import StepKind
-from workers.app import app
 
 InputT = TypeVar("InputT", bound=BaseModel)
 StepFn = Callable[["StepContext[Any]"], Any]
@@ -28,6 +27,15 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 REGISTRY: dict[str, SagaType[Any]] = {}
 # Celery task name -> the step it runs, and whether it runs the step or its compensation.
 TASKS: dict[str, tuple[Step, Literal["forward", "compensation"]]] = {}
+
+
+class Engine(Protocol):
+    """What a saga type needs from the engine it is declared on (`saga.Sagas`)."""
+
+    app: Any  # the Celery app its tasks are registered on
+
+    def task_for(self, step: Step, *, compensating: bool) -> Any:
+        """Register and return the Celery task that runs `step` (or its compensation)."""
 
 
 @dataclass(frozen=True)
@@ -126,23 +134,27 @@ class Step:
                 transactional=transactional,
             )
             self.compensation = comp
-            comp.task = _make_task(comp.task_name, comp.time_limit, self, compensating=True)
+            comp.task = self.saga.engine.task_for(self, compensating=True)
             return fn
 
         return register(fn) if fn is not None else register
 
 
 class SagaType(Generic[InputT]):
-    """A kind of business operation: `compensable` steps, then at most one `pivot`, then `retriable` ones."""
+    """A kind of business operation: `compensable` steps, then at most one `pivot`, then `retriable` ones.
+
+    Declared with `Sagas.saga_type(...)`, which registers its steps' tasks on that engine's Celery app.
+    """
 
     def __init__(
-        self, name: str, input_model: type[InputT], *, default_retry: RetryPolicy | None = None,
+        self, engine: Engine, name: str, input_model: type[InputT], *, default_retry: RetryPolicy | None = None,
         default_time_limit: float = 60.0, queue: str = "celery",
     ) -> None:
         if not _NAME.match(name):
             raise ValueError(f"saga type name {name!r} must be lowercase letters, digits and underscores")
         if name in REGISTRY:
             raise ValueError(f"saga type {name!r} is declared twice")
+        self.engine = engine
         self.name = name
         self.input_model = input_model
         self.default_retry = default_retry or RetryPolicy()
@@ -165,7 +177,7 @@ class SagaType(Generic[InputT]):
                 time_limit=time_limit or self.default_time_limit, transactional=transactional,
             )
             self._check_order(step)
-            step.task = _make_task(step.task_name, step.time_limit, step, compensating=False)
+            step.task = self.engine.task_for(step, compensating=False)
             self.steps.append(step)
             return step
 
@@ -207,7 +219,6 @@ class SagaType(Generic[InputT]):
         return max((max(s.lease_seconds, s.compensation_lease_seconds) for s in self.steps), default=0.0)
 
 
-
 def get_saga_type(name: str) -> SagaType[Any]:
     try:
         saga_type = REGISTRY[name]
@@ -216,25 +227,3 @@ def get_saga_type(name: str) -> SagaType[Any]:
         raise UnknownSagaType(f"unknown saga type {name!r} (known: {known})") from None
     saga_type.check()
     return saga_type
-
-
-def _make_task(task_name: str, time_limit: float, step: Step, *, compensating: bool) -> Any:
-    """Register the Celery task that runs one step (or its compensation) for a given saga id."""
-
-    def run(task: Any, saga_id: str, commit: dict[str, Any] | None = None, claim_first: bool = False) -> Any:
-        from saga import execution
-
-        if compensating:
-            return execution.run_compensation(task, step, saga_id, commit, claim_first)
-        return execution.run_step(task, step, saga_id, commit, claim_first)
-
-    if task_name in TASKS:
-        raise ValueError(f"task name {task_name!r} is used by two steps")
-    TASKS[task_name] = (step, "compensation" if compensating else "forward")
-    run.__name__ = task_name.rsplit(".", 1)[-1]
-    run.__doc__ = (step.compensation.fn if compensating and step.compensation else step.fn).__doc__
-    return app.task(
-        run, name=task_name, bind=True, soft_time_limit=time_limit, time_limit=time_limit + HARD_LIMIT_GRACE,
-        throws=(StepFailed,), typing=False,
-        max_retries=None,  # attempts are counted in the ledger, not by Celery
-    )

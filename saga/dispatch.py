@@ -8,7 +8,11 @@ from celery import chain
 
 from saga.definitions import SagaType, Step
 from saga.store import SagaRecord, StepRecord
-from workers.app import app
+
+# The engine's own tasks (`saga.engine_tasks`), by name.
+ON_ERROR = "saga.on_error"
+FINISH_COMPENSATION = "saga.finish_compensation"
+RECOVER = "saga.recover"
 
 
 def forward(saga_id: UUID, saga_type: SagaType, start: int, countdown: float | None = None,
@@ -21,7 +25,7 @@ def forward(saga_id: UUID, saga_type: SagaType, start: int, countdown: float | N
     steps = [s.task.si(str(saga_id)).set(queue=saga_type.queue) for s in saga_type.steps[start:]]
     if claim_first:
         steps[0] = saga_type.steps[start].task.si(str(saga_id), claim_first=True).set(queue=saga_type.queue)
-    chain(*steps).on_error(_errback(saga_id)).apply_async(countdown=countdown)
+    chain(*steps).on_error(_errback(saga_type, saga_id)).apply_async(countdown=countdown)
 
 
 def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | None = None) -> None:
@@ -30,9 +34,9 @@ def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | No
         step.compensation.task.si(str(record.id)).set(queue=saga_type.queue)  # type: ignore[union-attr]
         for step in owed(record, saga_type)
     ]
-    sigs.append(app.signature("saga.finish_compensation", args=(str(record.id),), immutable=True,
-                              queue=saga_type.queue))
-    chain(*sigs).on_error(_errback(record.id)).apply_async(countdown=countdown)
+    sigs.append(saga_type.engine.app.signature(FINISH_COMPENSATION, args=(str(record.id),), immutable=True,
+                                               queue=saga_type.queue))
+    chain(*sigs).on_error(_errback(saga_type, record.id)).apply_async(countdown=countdown)
 
 
 def owed(record: SagaRecord, saga_type: SagaType) -> list[Step]:
@@ -58,5 +62,5 @@ def undo_exhausted(rec: StepRecord, saga_type: SagaType) -> bool:
     return comp is not None and rec.compensation_attempts >= comp.retry.max_attempts
 
 
-def _errback(saga_id: UUID):
-    return app.signature("saga.on_error", args=(str(saga_id),))
+def _errback(saga_type: SagaType, saga_id: UUID):
+    return saga_type.engine.app.signature(ON_ERROR, args=(str(saga_id),))

@@ -6,22 +6,23 @@ from typing import Any
 from uuid import UUID
 
 from saga import compensation, recovery
-from workers.app import app
+from saga.dispatch import FINISH_COMPENSATION, ON_ERROR, RECOVER
 
 
-@app.task(name="saga.on_error")
-def on_error(request: Any, exc: BaseException, traceback: str, saga_id: str) -> None:
-    """Errback of every chain; Celery calls it inline in the failing process, possibly twice."""
-    compensation.on_error(UUID(saga_id), request.task, request.id, exc, request.kwargs or {})
+def register(app: Any) -> None:
+    """Register the engine's tasks on `app` (registering them again is harmless)."""
 
+    @app.task(name=ON_ERROR, shared=False)
+    def on_error(request: Any, exc: BaseException, traceback: str, saga_id: str) -> None:
+        """Errback of every chain; Celery calls it inline in the failing process, possibly twice."""
+        compensation.on_error(UUID(saga_id), request.task, request.id, exc, request.kwargs or {})
 
-@app.task(name="saga.finish_compensation")
-def finish_compensation(saga_id: str) -> None:
-    """Last link of a compensation chain: settles the saga as `compensated` or `failed`."""
-    compensation.finish(UUID(saga_id))
+    @app.task(name=FINISH_COMPENSATION, shared=False)
+    def finish_compensation(saga_id: str) -> None:
+        """Last link of a compensation chain: settles the saga as `compensated` or `failed`."""
+        compensation.finish(UUID(saga_id))
 
-
-@app.task(name="saga.recover")
-def recover() -> int:
-    """Run by beat: wakes sagas whose progress deadline passed."""
-    return recovery.run_once()
+    @app.task(name=RECOVER, shared=False)
+    def recover() -> int:
+        """Run by beat: wakes sagas whose progress deadline passed."""
+        return recovery.run_once()

@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Self
 
-from saga.processes import Process
+from saga.testing.processes import Process
 from standins.smtp_sink import read_messages
 
 __all__ = ["DUMMY_CREDENTIALS", "StandIns", "free_port", "read_messages", "start_standins"]

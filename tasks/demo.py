@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from saga import PermanentError, RetryPolicy, SagaType, StepContext
+from saga import PermanentError, RetryPolicy, StepContext
+from workers.app import sagas
 
 
 class DemoOrder(BaseModel):
@@ -17,7 +18,7 @@ class DemoOrder(BaseModel):
     step_seconds: float = Field(default=1.0, ge=0, le=30)
 
 
-demo = SagaType("demo", DemoOrder, default_retry=RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=5))
+demo = sagas.saga_type("demo", DemoOrder, default_retry=RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=5))
 
 
 @demo.step(kind="compensable", time_limit=40)

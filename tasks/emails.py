@@ -8,7 +8,7 @@ from email.utils import formatdate
 from typing import Any
 
 from saga import PermanentError, RetryPolicy, StepContext, TransientError
-from saga.settings import get_settings
+from tasks.settings import job_posting_settings
 
 RETRY = RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay=8.0,
                     transient=(TransientError,))
@@ -23,13 +23,13 @@ def _amount(smallest_units: int, currency: str) -> str:
 
 
 def message_id(ctx: StepContext[Any]) -> str:
-    domain = get_settings().mail_from.rpartition("@")[2] or "localhost"
+    domain = job_posting_settings().mail_from.rpartition("@")[2] or "localhost"
     return f"<{ctx.saga_id}.{ctx.step}@{domain}>"
 
 
 def send_confirmation(ctx: StepContext[Any]) -> dict[str, str]:
     """Send the receipt. At least once: a crash between send and commit sends it again, same Message-ID."""
-    settings, data = get_settings(), ctx.input
+    settings, data = job_posting_settings(), ctx.input
     msg = EmailMessage()
     msg["From"] = settings.mail_from
     msg["To"] = data.contact_email

@@ -10,8 +10,9 @@ from typing import Annotated
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, ValidationInfo, field_validator
 
-from saga import RetryPolicy, SagaType
+from saga import RetryPolicy
 from tasks import emails, payments, postings, storage
+from workers.app import sagas
 
 MAX_LOGO_BYTES = 1024 * 1024
 # Currencies Stripe charges in (ISO 4217, lowercase as Stripe writes them), each with the least Stripe charges
@@ -108,7 +109,7 @@ class JobPosting(BaseModel):
         return value
 
 
-job_posting = SagaType(
+job_posting = sagas.saga_type(
     "job_posting", JobPosting,
     default_retry=RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay=10.0),
     default_time_limit=15,

@@ -21,7 +21,7 @@ from typing import Any
 import stripe
 
 from saga import PermanentError, RetryPolicy, StepContext, TransientError
-from saga.settings import get_settings
+from tasks.settings import job_posting_settings
 
 TIME_LIMIT = 10.0
 RETRY = RetryPolicy(max_attempts=8, initial_delay=0.5, multiplier=2.0, max_delay=8.0,
@@ -33,7 +33,7 @@ CANCELABLE = (*CONFIRMABLE, "requires_capture")
 
 @lru_cache(maxsize=1)
 def _stripe() -> stripe.StripeClient:
-    settings = get_settings()
+    settings = job_posting_settings()
     # Our retry policy decides about retries (always with the same idempotency key), so the SDK makes one
     # attempt; its timeout is above the step's time limit, which is what cuts a hanging call short.
     return stripe.StripeClient(

@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from saga import PermanentError, RetryPolicy, StepContext, TransientError
-from saga.settings import get_settings
+from tasks.settings import job_posting_settings
 
 # S3 error codes worth another try; any other client error (AccessDenied, NoSuchBucket...) is permanent.
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
@@ -32,7 +32,7 @@ def image_type(data: bytes) -> str | None:
 
 @lru_cache(maxsize=1)
 def _client() -> Any:
-    settings = get_settings()
+    settings = job_posting_settings()
     # Our retry policy decides about retries, so boto3 makes one attempt per call.
     config = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=20)
     return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
@@ -58,7 +58,7 @@ def upload_logo(ctx: StepContext[Any]) -> dict[str, str]:
     """Put the logo under a key derived from the saga, so a retry overwrites instead of adding one."""
     data = base64.b64decode(ctx.input.logo)
     kind = image_type(data) or "png"
-    key, bucket = logo_key(ctx, kind), get_settings().s3_bucket
+    key, bucket = logo_key(ctx, kind), job_posting_settings().s3_bucket
     try:
         _client().put_object(Bucket=bucket, Key=key, Body=data, ContentType=f"image/{kind}",
                              Metadata={"saga-id": str(ctx.saga_id)})
@@ -69,7 +69,7 @@ def upload_logo(ctx: StepContext[Any]) -> dict[str, str]:
 
 def delete_logo(ctx: StepContext[Any]) -> None:
     """Delete the logo; deleting a key that was never written is not an error in S3."""
-    bucket = get_settings().s3_bucket
+    bucket = job_posting_settings().s3_bucket
     keys = [ctx.result["key"]] if ctx.result else [f"logos/{ctx.saga_id}.png", f"logos/{ctx.saga_id}.jpg"]
     try:
         for key in keys:

@@ -1,4 +1,4 @@
-"""One private database and Redis DB per test session, with real worker and beat processes."""
+"""One private database and Redis DB per test session, with real worker and beat processes of the service."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from saga.processes import ROOT
-from saga.settings import get_settings
+from devstack.servers import Services, start_services
 from saga.testing import Stack
 from standins import StandIns, start_standins
+from tasks.settings import job_posting_settings
+
+# The crash-test kit's fixtures (saga_crashes), on this session's stack (saga_stack below).
+pytest_plugins = ["saga.testing.plugin"]
+ROOT = Path(__file__).resolve().parent.parent
 
 SETTINGS = {
     "SAGA_PICKUP_TIMEOUT": "4",
@@ -23,9 +27,20 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    s = Stack(data_dir=ROOT / ".saga" / "test", modules="tasks.demo,tasks.job_posting,tests.sagas",
-              settings=SETTINGS).start()
+def servers() -> Iterator[Services]:
+    """PostgreSQL and Redis: local ones if they answer, else embedded ones (devstack.servers)."""
+    found = start_services(ROOT / ".saga" / "test" / "services")
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Services) -> Iterator[Stack]:
+    s = Stack(data_dir=ROOT / ".saga" / "test", database_server_url=servers.database_url,
+              broker_url=servers.broker_url, broker_env="SAGA_BROKER_URL", queues=("probe", "celery"),
+              settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting,tests.sagas", **SETTINGS}, cwd=ROOT).start()
     from saga import db
     from tests.sagas import PROBE_TABLES
     from workers.app import load_modules
@@ -45,7 +60,7 @@ def standins(stack: Stack) -> Iterator[StandIns]:
     running = start_standins(stack.data_dir / "standins")
     stack.env.update(running.env)
     os.environ.update(running.env)
-    get_settings.cache_clear()
+    job_posting_settings.cache_clear()
     try:
         yield running
     finally:
@@ -57,10 +72,9 @@ def workers(stack: Stack, standins: StandIns) -> Stack:
     """A live worker (restarted if a crash test killed it) and beat running recovery."""
     alive = [p for p in stack.processes if p.popen.poll() is None]
     stack.processes[:] = alive
-    names = {p.name for p in alive}
-    if not any(n.startswith("w") for n in names):
-        stack.worker("w1", concurrency=2, queues=("probe", "celery"))
-    if "beat" not in names:
+    if not stack.workers():
+        stack.worker("w1", concurrency=2)
+    if "beat" not in {p.name for p in alive}:
         stack.beat()
     return stack
 
@@ -79,3 +93,9 @@ def api(stack: Stack) -> Iterator[object]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def saga_stack(stack: Stack, standins: StandIns) -> Stack:
+    """The kit's crash tests run on this session's stack, with the stand-ins."""
+    return stack

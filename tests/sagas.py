@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from saga import PermanentError, RetryPolicy, SagaType, StepContext, TransientError, db
+from workers.app import sagas
 
 PROBE_TABLES = """
 CREATE TABLE IF NOT EXISTS probe_runs (
@@ -83,7 +84,7 @@ def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
 
 
 def _declare(name: str, queue: str, retry: RetryPolicy, time_limit: float) -> SagaType[ProbeInput]:
-    saga_type = SagaType(name, ProbeInput, default_retry=retry, default_time_limit=time_limit, queue=queue)
+    saga_type = sagas.saga_type(name, ProbeInput, default_retry=retry, default_time_limit=time_limit, queue=queue)
     for step_name, kind in (("a", "compensable"), ("b", "compensable"), ("c", "pivot"), ("d", "retriable")):
         def body(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
             return _act(ctx, "do")
@@ -115,7 +116,7 @@ def _nothing(ctx: StepContext[ProbeInput]) -> None:
 
 
 # Only compensable steps, on the unread queue: a cancel is honoured whichever step it meets.
-probe_undoable = SagaType("probe_undoable", ProbeInput, default_retry=FAST, default_time_limit=3, queue="nobody")
+probe_undoable = sagas.saga_type("probe_undoable", ProbeInput, default_retry=FAST, default_time_limit=3, queue="nobody")
 for _name in ("a", "b"):
     _step = probe_undoable.step(_nothing, kind="compensable", name=f"tests.probe_undoable.{_name}")
     _step.name = _name
@@ -152,7 +153,7 @@ def _tx_act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
 
 def _declare_tx(name: str, retry: RetryPolicy, time_limit: float) -> SagaType[ProbeInput]:
     """A transactional compensable step `a`, then a transactional pivot `b`."""
-    saga_type = SagaType(name, ProbeInput, default_retry=retry, default_time_limit=time_limit, queue="probe")
+    saga_type = sagas.saga_type(name, ProbeInput, default_retry=retry, default_time_limit=time_limit, queue="probe")
 
     def a(ctx: StepContext[ProbeInput]) -> dict[str, Any]:
         return _tx_act(ctx, "do")

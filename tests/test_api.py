@@ -20,11 +20,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
-from api.server import spawn
-from saga import apikeys, db
+from api import keys as apikeys
+from devstack.api_process import spawn
+from saga import db
 from saga.ledger import sagas
-from saga.processes import Process
-from saga.testing import Stack, wait_until
+from saga.testing import Process, Stack, wait_until
 
 FINAL = ("completed", "compensated", "paused", "failed")
 NOWHERE = "00000000-0000-4000-8000-000000000000"

@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from saga import apikeys, db
-from saga.cli import main
+from api import keys as apikeys
+from cli import main
+from saga import db
 from saga.client import ApiError, ApiUnreachable, SagaClient
 from saga.ledger import sagas
 from saga.testing import Stack

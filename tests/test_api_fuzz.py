@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from saga import apikeys
+from api import keys as apikeys
 from saga.testing import Stack
 from tests.test_api import serve, settle, start
 

@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import saga
-from saga.testing import Stack, wait_for_status, wait_until
+from saga.testing import CrashPoint, CrashTester, Stack, crash_points, wait_for_status, wait_until
 from tests.probes import check_invariants, effects, event_kinds, runs
 from tests.proxy import Proxy
+from tests.sagas import probe
 
 FINAL = ("completed", "compensated", "paused", "failed")
 
@@ -26,16 +27,26 @@ def first_run(saga_id: object, step: str, kind: str = "do") -> object:
     return wait_until(lambda: runs(saga_id, step, kind), timeout=30, what=f"{kind} {step} to start")[0]
 
 
-@pytest.mark.parametrize("step, when", [("a", "after"), ("b", "before"), ("c", "after"), ("d", "before")])
-def test_pool_child_killed_mid_step(workers: Stack, step: str, when: str) -> None:
-    """The message is requeued; the step runs again once the dead attempt's lease ends."""
-    hold = "hold" if when == "after" else "hold_before"
-    record = start(**{hold: {step: 30}})
-    os.kill(first_run(record.id, step).pid, signal.SIGKILL)
-    record = wait_for_status(record.id, FINAL, timeout=90)
-    assert record.status == "completed"
-    assert [r.attempt for r in runs(record.id, step)] == [1, 2]
-    assert check_invariants(record.id) == "completed"
+@pytest.mark.parametrize("point", crash_points(probe), ids=str)
+def test_pool_child_killed_at_each_step_boundary(workers: Stack, saga_crashes: CrashTester, point: CrashPoint) -> None:
+    """The crash-test kit SIGKILLs the pool child just before or just after a body: the message is requeued, the
+    step runs again once the dead attempt's lease ends, and every effect happens once."""
+    outcome = saga_crashes.run(probe, {}, point)
+    assert outcome.record.status == "completed", outcome.record.error
+    assert outcome.runs[point.body] == 2
+    # The probe's own record of every execution: the crashed one acted only if it was killed after acting.
+    assert [r.attempt for r in runs(outcome.record.id, point.step)] == ([1, 2] if point.when == "after" else [2])
+    assert check_invariants(outcome.record.id) == "completed"
+
+
+@pytest.mark.parametrize("point", [p for p in crash_points(probe, undo=True) if p.step in ("a", "b")], ids=str)
+def test_pool_child_killed_at_each_boundary_of_an_undo(workers: Stack, saga_crashes: CrashTester,
+                                                       point: CrashPoint) -> None:
+    outcome = saga_crashes.run(probe, {"fail": "c"}, point)
+    assert outcome.record.status == "compensated", outcome.record.error
+    assert outcome.runs[point.body] == 2
+    assert effects(outcome.record.id, "undo") == ["b", "a"]
+    assert check_invariants(outcome.record.id) == "compensated"
 
 
 @pytest.mark.parametrize("step, when", [("b", "after"), ("c", "before")])

@@ -9,7 +9,7 @@ from pydantic import BaseModel, EmailStr
 
 from saga import InvalidInput, RetryPolicy, SagaType, StepContext, UnknownSagaType
 from saga.definitions import REGISTRY, TASKS, get_saga_type
-from workers.app import app
+from workers.app import app, sagas
 
 
 class Order(BaseModel):
@@ -33,7 +33,7 @@ def fresh() -> object:
 
 
 def declare(name: str, kinds: list[str], compensate: bool = True) -> SagaType[Order]:
-    saga_type = SagaType(name, Order, default_retry=RetryPolicy(max_attempts=2), default_time_limit=7)
+    saga_type = sagas.saga_type(name, Order, default_retry=RetryPolicy(max_attempts=2), default_time_limit=7)
     for i, kind in enumerate(kinds):
         step = saga_type.step(noop, kind=kind, name=f"t.{name}.s{i}")
         step.name = f"s{i}"
@@ -43,7 +43,7 @@ def declare(name: str, kinds: list[str], compensate: bool = True) -> SagaType[Or
 
 
 def test_a_saga_type_is_a_few_lines_and_each_step_is_a_named_celery_task(fresh: object) -> None:
-    shop = SagaType("shop", Order)
+    shop = sagas.saga_type("shop", Order)
 
     @shop.step(kind="compensable", retry=RetryPolicy(max_attempts=9), time_limit=12)
     def reserve(ctx: StepContext[Order]) -> dict[str, str]:
@@ -91,9 +91,9 @@ def test_retriable_step_cannot_be_compensated(fresh: object) -> None:
 def test_names_are_checked(fresh: object) -> None:
     declare("twice", ["pivot"])
     with pytest.raises(ValueError, match="declared twice"):
-        SagaType("twice", Order)
+        sagas.saga_type("twice", Order)
     with pytest.raises(ValueError, match="lowercase"):
-        SagaType("Bad Name", Order)
+        sagas.saga_type("Bad Name", Order)
     with pytest.raises(UnknownSagaType, match="unknown saga type 'missing'"):
         get_saga_type("missing")
 

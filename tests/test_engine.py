@@ -171,8 +171,9 @@ def test_errback_called_twice_compensates_once(stack: Stack) -> None:
     claims.record_failure(saga_id, b, claim_b.token, "forward", "boom", retry_in=None, effect_unknown=False)
     queued_before = queued_for(stack, saga_id)
 
-    from saga.engine_tasks import on_error
+    from workers.app import app
 
+    on_error = app.tasks["saga.on_error"]
     request = Context(task=b.task_name, id="task-b")
     on_error(request, StepFailed("boom"), "", str(saga_id))
     on_error(request, StepFailed("boom"), "", str(saga_id))

@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from saga.local_services import (
+from devstack.servers import (
     create_database,
     drop_database,
     start_services,

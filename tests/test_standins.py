@@ -19,8 +19,7 @@ import boto3
 import pytest
 import stripe
 
-from saga.processes import Process
-from saga.testing import wait_until
+from saga.testing import Process, wait_until
 from standins import StandIns, free_port, read_messages, start_standins
 
 PI: dict[str, Any] = {"amount": 1200, "currency": "usd", "confirm": True, "payment_method_types": ["card"],

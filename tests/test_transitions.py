@@ -16,8 +16,8 @@ from sqlalchemy import exc, text
 from saga import claims, compensation, db, events, load
 from saga.claims import Claim, Refusal
 from saga.definitions import Step
-from saga.processes import ROOT
 from saga.testing import Stack, wait_until
+from tests.conftest import ROOT
 from tests.probes import waits_for
 from tests.sagas import probe_idle
 
@@ -180,7 +180,7 @@ def test_worker_refuses_a_visibility_timeout_a_step_could_outlast(stack: Stack) 
         cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode != 0
-    assert "SAGA_VISIBILITY_TIMEOUT=5s is not above" in result.stdout + result.stderr
+    assert "saga: broker_transport_options['visibility_timeout']=5s is not above" in result.stdout + result.stderr
 
 
 def _expire_lease(saga_id: UUID) -> None:

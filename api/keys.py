@@ -19,7 +19,7 @@ from sqlalchemy import RowMapping, func, insert, select, update
 
 from saga import db
 from saga.ledger import api_keys
-from saga.settings import get_settings
+from workers.settings import service_settings
 
 KEY_PREFIX = "saga_"
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -81,7 +81,7 @@ def revoke_key(key_id: int) -> bool:
 
 def configured_keys() -> dict[str, str]:
     """Key hash -> tenant for the keys in the `SAGA_API_KEYS` setting."""
-    return {hash_key(key): tenant for tenant, key in get_settings().api_key_pairs}
+    return {hash_key(key): tenant for tenant, key in service_settings().api_key_pairs}
 
 
 def stored_tenant(key_hash: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The PostgreSQL and Redis servers that ``make test`` and ``make run`` use.
+"""The PostgreSQL and Redis servers that ``make test`` and ``make run`` use (local ones, else embedded).
 
 :func:`start_services` picks, for each of PostgreSQL and Redis, the first of:
 
@@ -26,7 +26,7 @@
    start from the same ``data_dir`` adopts it (and stops it later). One that another live process
    started is shared and left to that process.
 
-One ``INFO`` line per service on the ``saga.local_services`` logger says which server is used.
+One ``INFO`` line per service on the ``devstack.servers`` logger says which server is used.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ from typing import Any
 
 import psycopg
 import redis
-from psycopg import sql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from saga.testing.databases import create_database, drop_database, libpq_url, with_database
 
 __all__ = [
     "ServiceError",
@@ -64,7 +65,7 @@ __all__ = [
     "with_database",
 ]
 
-log = logging.getLogger("saga.local_services")
+log = logging.getLogger("devstack.servers")
 
 DATABASE_ENV = "SAGA_DATABASE_URL"
 BROKER_ENV = "SAGA_BROKER_URL"
@@ -140,32 +141,6 @@ def start_services(data_dir: Path, *, force_embedded: bool = False) -> Services:
     return services
 
 
-def with_database(url: str, name: str) -> str:
-    """The same server URL (user, password, host, options kept) naming database ``name`` instead."""
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-def create_database(server_url: str, name: str) -> None:
-    """Create database ``name`` on the server of ``server_url``, unless it exists already.
-
-    Connects to the database named in ``server_url`` (e.g. the ``postgres`` maintenance database).
-    """
-    with psycopg.connect(_libpq_url(server_url), autocommit=True, connect_timeout=10) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            return
-        with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # created meanwhile by someone else
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_database(server_url: str, name: str) -> None:
-    """Drop database ``name`` if it exists, terminating its other connections first (``WITH (FORCE)``).
-
-    Connects to the database named in ``server_url``, which must not be ``name``.
-    """
-    with psycopg.connect(_libpq_url(server_url), autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 # --------------------------------------------------------------------------- choosing a server
 
 
@@ -220,7 +195,7 @@ def _resolve(
 
 def _probe_postgres(url: str) -> None:
     """Raise unless ``SELECT 1`` works on ``url`` within about :data:`PROBE_TIMEOUT` (libpq minimum 2 s)."""
-    with psycopg.connect(_libpq_url(url), connect_timeout=max(2, int(PROBE_TIMEOUT))) as conn:
+    with psycopg.connect(libpq_url(url), connect_timeout=max(2, int(PROBE_TIMEOUT))) as conn:
         conn.execute("SELECT 1")
 
 
@@ -239,11 +214,6 @@ def _normalize_database_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
-
-
-def _libpq_url(url: str) -> str:
-    """A SQLAlchemy ``postgresql+psycopg://`` URL as a libpq URI."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _safe(url: str) -> str:

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-from saga.local_services import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
-from saga.processes import ROOT, Process
+from devstack.servers import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
+from saga.testing.processes import Process
 
 if TYPE_CHECKING:
     from standins import StandIns
 
-log = logging.getLogger("saga.dev")
+log = logging.getLogger("devstack.supervisor")
 FINAL = ("completed", "compensated", "paused", "failed")
+ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 API_PORT = 8000
 API_URL = f"http://127.0.0.1:{API_PORT}"
 
 
-def run(data_dir: Path, workers: int = 2, demo: bool = True) -> None:
-    """Start servers, migrate, start workers and beat, optionally run the demo sagas; Ctrl-C stops it all."""
+def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bool = True) -> None:
+    """Start servers, migrate, start workers and beat, optionally run the demo sagas; Ctrl-C stops it all.
+
+    `render` shows a saga as text (the CLI's table), for the demo's progress.
+    """
+    missing = [m for m in ("moto", "aiosmtpd") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"saga dev: the S3 and SMTP stand-ins need {', '.join(missing)}: "
+                         "pip install 'celery-sagas[local]'")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -55,28 +65,28 @@ def run(data_dir: Path, workers: int = 2, demo: bool = True) -> None:
         env |= standins.env | {"SAGA_TENANT": "dev"}  # the tenant of the dev API key, so CLI and API agree
         os.environ.update(env)
         env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        from saga import migrate
-        from saga.settings import get_settings
+        from saga import migrate, settings
 
-        get_settings.cache_clear()
+        settings.configure(database_url=env[DATABASE_ENV])
         migrate.upgrade(env[DATABASE_ENV])
         logs = data_dir / "logs"
-        saga_cmd = [sys.executable, "-m", "saga.cli"]
+        saga_cmd = [sys.executable, "-m", "cli"]
         for n in range(1, workers + 1):
-            processes.append(Process.spawn(f"worker-{n}", [*saga_cmd, "worker", "-n", f"worker{n}@%h"], env, logs))
+            processes.append(Process.spawn(f"worker-{n}", [*saga_cmd, "worker", "-n", f"worker{n}@%h"], env, logs,
+                                           cwd=ROOT))
         processes.append(Process.spawn("beat", [*saga_cmd, "beat", "-s", str(data_dir / "beat-schedule")],
-                                       env, logs))
-        from saga.apikeys import ensure_dev_key
+                                       env, logs, cwd=ROOT))
+        from api.keys import ensure_dev_key
 
         api_key = ensure_dev_key(data_dir / "api-key")
         processes.append(_api(env, logs))
         # Flower is watched by nobody: if its port is taken the rest of the stack still runs.
         extras.append(Process.spawn("flower", [*saga_cmd, "flower", "--port=5555"],
-                                    {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logs))
+                                    {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logs, cwd=ROOT))
         _wait_ready(processes[:workers])
         _banner(env, logs, env_file, api_key)
         if demo:
-            _demo(standins)
+            _demo(standins, render)
         print("\nRunning. Ctrl-C stops every process started here.", flush=True)
         while all(p.alive() for p in processes):
             time.sleep(0.5)
@@ -106,7 +116,7 @@ def _wait_ready(workers: list[Process], timeout: float = 60) -> None:
 
 
 def _api(env: dict[str, str], logs: Path) -> Process:
-    from api.server import spawn
+    from devstack.api_process import spawn
 
     try:
         return spawn("api", env, logs, port=API_PORT)
@@ -135,10 +145,9 @@ SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in .saga/standins/mai
 """, flush=True)
 
 
-def _demo(standins: StandIns) -> None:
+def _demo(standins: StandIns, render: Callable[[Any], str]) -> None:
     """Post one job that completes and one whose card is declined; show their steps, then the evidence."""
     import saga
-    from saga.cli import render
     from workers.app import load_modules
 
     load_modules()

@@ -1,8 +1,9 @@
-"""The `saga` command: run the service's processes and act on sagas as an operator."""
+"""The `saga` command: run the service's processes and act on sagas as an operator (`python -m cli`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -17,6 +18,8 @@ from saga.errors import SagaError
 FINAL = ("completed", "compensated", "paused", "failed")
 # Where `make run` keeps a development API key, which `--api` uses when no other key is given.
 DEV_KEY_FILE = Path(".saga") / "api-key"
+# Written by `saga dev` while it runs, so other commands in the same directory find its servers.
+DEV_ENV_FILE = Path(".saga") / "env"
 
 
 def _boot() -> None:
@@ -26,6 +29,15 @@ def _boot() -> None:
 
     get_settings()
     load_modules()
+
+
+def _dev_env() -> None:
+    """Take the running `saga dev` stack's servers from its env file, where the environment names none."""
+    if DEV_ENV_FILE.exists():
+        for line in DEV_ENV_FILE.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep:
+                os.environ.setdefault(name, value)
 
 
 def _uuid(value: str) -> UUID:
@@ -47,6 +59,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 def main() -> None:
     """Durable sagas on Celery."""
+    _dev_env()
 
 
 @main.command()
@@ -65,10 +78,10 @@ def migrate() -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int, hostname: str | None) -> None:
     """Run a Celery worker that executes steps (extra options go to `celery worker`)."""
-    from saga.settings import get_settings
     from workers.app import app
+    from workers.settings import service_settings
 
-    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={get_settings().log_level}", *ctx.args]
+    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={service_settings().log_level}", *ctx.args]
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
@@ -78,10 +91,10 @@ def worker(ctx: click.Context, concurrency: int, hostname: str | None) -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Run Celery beat, which schedules recovery."""
-    from saga.settings import get_settings
     from workers.app import app
+    from workers.settings import service_settings
 
-    app.start(["beat", f"--loglevel={get_settings().log_level}", *ctx.args])
+    app.start(["beat", f"--loglevel={service_settings().log_level}", *ctx.args])
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -100,9 +113,9 @@ def flower(ctx: click.Context, port: int, address: str) -> None:
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Submit the demo sagas.")
 def dev(workers: int, demo: bool) -> None:
     """Start the whole stack locally (what `make run` does); Ctrl-C stops it."""
-    from saga.dev import run
+    from devstack.supervisor import run
 
-    run(Path(".saga"), workers=workers, demo=demo)
+    run(Path(".saga"), render, workers=workers, demo=demo)
 
 
 @main.command(name="api")
@@ -113,9 +126,9 @@ def dev(workers: int, demo: bool) -> None:
 def api_(host: str, port: int, workers: int, access_log: bool) -> None:
     """Run the HTTP API (FastAPI on uvicorn; OpenAPI at /openapi.json, docs at /docs)."""
     from api.server import serve
-    from saga.settings import get_settings
+    from workers.settings import service_settings
 
-    serve(host, port, workers=workers, access_log=access_log, log_level=get_settings().log_level)
+    serve(host, port, workers=workers, access_log=access_log, log_level=service_settings().log_level)
 
 
 @main.group()
@@ -128,7 +141,7 @@ def keys() -> None:
 @click.option("--name", default=None, help="What the key is for (shown by `saga keys list`).")
 def keys_create(tenant: str, name: str | None) -> None:
     """Create a key and print it (only now: it is stored hashed)."""
-    from saga import apikeys
+    from api import keys as apikeys
 
     _boot()
     try:
@@ -146,7 +159,7 @@ def keys_list(tenant: str | None, as_json: bool) -> None:
     """List stored keys (not the keys themselves: who they belong to, and whether they are revoked)."""
     from dataclasses import asdict
 
-    from saga import apikeys
+    from api import keys as apikeys
 
     _boot()
     found = apikeys.list_keys(tenant)
@@ -162,7 +175,7 @@ def keys_list(tenant: str | None, as_json: bool) -> None:
 @click.argument("key_id", type=int)
 def keys_revoke(key_id: int) -> None:
     """Revoke a stored key (the API stops taking it within seconds)."""
-    from saga import apikeys
+    from api import keys as apikeys
 
     _boot()
     if not apikeys.revoke_key(key_id):
@@ -184,12 +197,12 @@ def _client(use_api: bool, api_url: str | None, api_key: str | None) -> Any:
     if not (use_api or api_url or api_key):
         return None
     from saga.client import SagaClient
-    from saga.settings import get_settings
+    from workers.settings import service_settings
 
     key = api_key or (DEV_KEY_FILE.read_text().strip() if DEV_KEY_FILE.exists() else None)
     if not key:
         raise click.UsageError(f"--api needs a key: --api-key, $SAGA_API_KEY or {DEV_KEY_FILE}")
-    return SagaClient(api_url or get_settings().api_url, key)
+    return SagaClient(api_url or service_settings().api_url, key)
 
 
 @main.command()

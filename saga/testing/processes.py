@@ -1,4 +1,5 @@
-"""Child processes of `saga dev` and of test stacks: each in its own process group, logging to a file."""
+"""Child processes (workers, beat, servers) for tests and local stacks: each in its own process group, logging
+to a file, so one signal reaches a worker and its pool children."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -20,11 +19,13 @@ class Process:
     log: Path
 
     @classmethod
-    def spawn(cls, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Process:
+    def spawn(cls, name: str, argv: list[str], env: dict[str, str], log_dir: Path,
+              cwd: Path | None = None) -> Process:
+        """Start `argv` (in `cwd`, default this process's) with `env` added to this process's environment."""
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{name}.log"
         with log.open("ab") as out:
-            popen = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            popen = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         return cls(name, popen, log)
 

@@ -1,4 +1,4 @@
-"""Running sagas for real in tests and benchmarks: a private database, a Redis DB, and worker processes."""
+"""A stack to run sagas for real in tests: a private database and Redis DB, worker and beat processes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from saga.local_services import Services, create_database, drop_database, start_services, with_database
-from saga.processes import Process
+from saga.testing.databases import create_database, drop_database, with_database
+from saga.testing.processes import Process
 
 T = TypeVar("T")
 
@@ -33,41 +33,52 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 30.0, interval: f
 
 @dataclass
 class Stack:
-    """A throwaway database and Redis DB, with worker and beat processes pointed at them."""
+    """A throwaway database and Redis DB on servers you already run, with workers and beat of your Celery app.
+
+    `database_server_url` names a PostgreSQL server (any database on it: the stack creates its own) and
+    `broker_url` a Redis server (the stack claims an empty database number on it). Worker and beat processes
+    run `celery -A <app>` and find both through the environment: `database_env` (read by `Sagas(app)` when
+    it is given no `database_url`) and `broker_env` (Celery itself lets `CELERY_BROKER_URL` win over the
+    app's configuration). `settings` adds other variables.
+    """
 
     data_dir: Path
-    modules: str = "tasks.demo"
+    database_server_url: str
+    broker_url: str
+    app: str = "workers.app"
+    # The queues a worker consumes unless told otherwise.
+    queues: tuple[str, ...] = ("celery",)
     settings: dict[str, str] = field(default_factory=dict)
-    services: Services | None = None
+    database_env: str = "SAGA_DATABASE_URL"
+    broker_env: str = "CELERY_BROKER_URL"
+    cwd: Path | None = None
     database: str = ""
     redis_db: int = -1
     env: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    worker_names: set[str] = field(default_factory=set)
 
     def start(self) -> Stack:
-        """Create the database and claim an empty Redis DB; exports the settings to this process too."""
+        """Create and migrate the database, claim an empty Redis DB; points this process at them too."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.services = start_services(self.data_dir / "services")
         self.database = f"saga_test_{uuid.uuid4().hex[:10]}"
-        server = self.services.database_url
-        create_database(server, self.database)
-        self.redis_db = self._claim_redis_db(self.services.broker_url)
-        broker = self.services.broker_url.rstrip("/").rsplit("/", 1)
-        base = self.services.broker_url.rstrip("/") if not broker[-1].isdigit() else broker[0]
-        self.env = {
-            "SAGA_DATABASE_URL": with_database(server, self.database),
-            "SAGA_BROKER_URL": f"{base}/{self.redis_db}",
-            "SAGA_MODULES": self.modules,
-            **self.settings,
-        }
+        create_database(self.database_server_url, self.database)
+        self.redis_db = self._claim_redis_db(self.broker_url)
+        broker = self.broker_url.rstrip("/").rsplit("/", 1)
+        base = self.broker_url.rstrip("/") if not broker[-1].isdigit() else broker[0]
+        database_url = with_database(self.database_server_url, self.database)
+        self.env = {self.database_env: database_url, self.broker_env: f"{base}/{self.redis_db}", **self.settings}
         os.environ.update(self.env)
-        from saga import migrate
-        from saga.settings import get_settings
+        from saga import db, migrate, settings
 
-        get_settings.cache_clear()
-
-        migrate.upgrade(self.env["SAGA_DATABASE_URL"])
+        settings.configure(database_url=database_url)
+        db.dispose()
+        migrate.upgrade(database_url)
         return self
+
+    @property
+    def database_url(self) -> str:
+        return self.env[self.database_env]
 
     def _claim_redis_db(self, url: str) -> int:
         for number in range(15, 0, -1):
@@ -77,21 +88,22 @@ class Stack:
         raise RuntimeError("no empty Redis database (1-15) to run in")
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.env["SAGA_BROKER_URL"])
+        return redis.Redis.from_url(self.env[self.broker_env])
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
-        process = Process.spawn(name, argv, {**self.env, **(env or {})}, self.data_dir)
+        process = Process.spawn(name, argv, {**self.env, **(env or {})}, self.data_dir, cwd=self.cwd)
         self.processes.append(process)
         return process
 
-    def worker(self, name: str = "w1", concurrency: int = 2, queues: Iterable[str] = ("celery",),
+    def worker(self, name: str = "w1", concurrency: int = 2, queues: Iterable[str] | None = None,
                extra: Iterable[str] = (), env: dict[str, str] | None = None) -> Process:
         """Start a Celery worker in its own process group and wait until it consumes."""
+        self.worker_names.add(name)
         start = self._read_size(name)
         process = self._spawn(name, [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker", f"--concurrency={concurrency}",
+            sys.executable, "-m", "celery", "-A", self.app, "worker", f"--concurrency={concurrency}",
             f"--hostname={name}@%h", "--loglevel=INFO", "--without-gossip", "--without-mingle",
-            f"--queues={','.join(queues)}", *extra,
+            f"--queues={','.join(queues or self.queues)}", *extra,
         ], env)
         wait_until(lambda: process.popen.poll() is not None or " ready." in process.log_text()[start:],
                    timeout=60, what=f"worker {name} to be ready")
@@ -99,20 +111,28 @@ class Stack:
             raise RuntimeError(f"worker {name} exited: {process.log_text()[-2000:]}")
         return process
 
-    def replace_workers(self, *, kill: bool, queues: Iterable[str] = ("probe", "celery"),
+    def replace_workers(self, *, kill: bool, queues: Iterable[str] | None = None,
                         env: dict[str, str] | None = None) -> Process:
         """SIGKILL (or stop) every worker, then start a fresh one, optionally with other settings."""
-        for process in [p for p in self.processes if p.name.startswith("w")]:
+        self.stop_workers(kill=kill)
+        return self.worker("w1", concurrency=2, queues=queues, env=env)
+
+    def workers(self) -> list[Process]:
+        """The worker processes started here that still run."""
+        return [p for p in self.processes if p.name in self.worker_names and p.alive()]
+
+    def stop_workers(self, *, kill: bool = False, keep: Iterable[str] = ()) -> None:
+        """Stop (or SIGKILL) every worker but those named in `keep`."""
+        for process in [p for p in self.processes if p.name in self.worker_names and p.name not in keep]:
             if kill:
                 process.kill()
             else:
                 process.stop()
             self.processes.remove(process)
-        return self.worker("w1", concurrency=2, queues=queues, env=env)
 
     def beat(self) -> Process:
         return self._spawn("beat", [
-            sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--loglevel=INFO",
+            sys.executable, "-m", "celery", "-A", self.app, "beat", "--loglevel=INFO",
             f"--schedule={self.data_dir / 'beat-schedule'}",
         ])
 
@@ -126,16 +146,15 @@ class Stack:
         self.processes.clear()
 
     def stop(self) -> None:
-        """Stop processes, drop the database, empty the Redis DB, stop embedded servers."""
+        """Stop processes, drop the database, empty the Redis DB."""
         self.stop_processes()
         from saga import db
 
         db.dispose()
-        if self.services is not None:
-            drop_database(self.services.database_url, self.database)
-            if self.redis_db > 0:
-                self.redis().flushdb()
-            self.services.stop()
+        if self.database:
+            drop_database(self.database_server_url, self.database)
+        if self.redis_db > 0:
+            self.redis().flushdb()
 
 
 def wait_for_status(saga_id: Any, statuses: Iterable[str], timeout: float = 60.0) -> Any:

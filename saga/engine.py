@@ -1,0 +1,77 @@
+"""`Sagas`: the engine bound to a Celery app a team already runs.
+
+    app = Celery("shop", broker="redis://127.0.0.1:6379/0")
+    sagas = Sagas(app, database_url="postgresql+psycopg://postgres@127.0.0.1:5432/shop")
+    orders = sagas.saga_type("order", Order)
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from saga import db, engine_tasks, execution, settings, worker_checks
+from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
+from saga.dispatch import RECOVER
+from saga.errors import StepFailed
+
+InputT = TypeVar("InputT", bound=BaseModel)
+
+
+class Sagas:
+    """Registers the engine's tasks on `app`, a recovery run on its beat, and a check of its settings at worker
+    start; saga types declared with `saga_type` get one Celery task per step and compensation on `app`.
+
+    `database_url` and the other keyword arguments are engine settings (`saga.settings.Settings`); any left
+    out come from `SAGA_*` environment variables (`SAGA_DATABASE_URL`, ...).
+    """
+
+    def __init__(self, app: Any, *, database_url: str | None = None, **options: Any) -> None:
+        self.app = app
+        configured = settings.configure(database_url=database_url, **options)
+        db.dispose()
+        engine_tasks.register(app)
+        worker_checks.install(app)
+        app.add_periodic_task(configured.recovery_interval, app.signature(RECOVER), name="saga-recovery")
+
+    @property
+    def settings(self) -> settings.Settings:
+        """The engine's settings in this process."""
+        return settings.get_settings()
+
+    def migrate(self) -> None:
+        """Create or upgrade the ledger's tables in the database (what `saga migrate` does)."""
+        from saga import migrate
+
+        migrate.upgrade(self.settings.database_url)
+
+    def saga_type(self, name: str, input_model: type[InputT], **options: Any) -> SagaType[InputT]:
+        """Declare a saga type (see `SagaType` for the options); declare its steps with `@<type>.step`."""
+        return SagaType(self, name, input_model, **options)
+
+    def task_for(self, step: Step, *, compensating: bool) -> Any:
+        """Register the Celery task that runs one step (or its compensation) for a given saga id."""
+        comp = step.compensation if compensating else None
+        task_name = comp.task_name if comp else step.task_name
+        time_limit = comp.time_limit if comp else step.time_limit
+        if task_name in TASKS:
+            raise ValueError(f"task name {task_name!r} is used by two steps")
+
+        def run(task: Any, saga_id: str, commit: dict[str, Any] | None = None, claim_first: bool = False) -> Any:
+            if compensating:
+                return execution.run_compensation(task, step, saga_id, commit, claim_first)
+            return execution.run_step(task, step, saga_id, commit, claim_first)
+
+        TASKS[task_name] = (step, "compensation" if compensating else "forward")
+        run.__name__ = task_name.rsplit(".", 1)[-1]
+        run.__doc__ = (comp.fn if comp else step.fn).__doc__
+        return self.app.task(
+            run, name=task_name, bind=True, shared=False, typing=False,
+            soft_time_limit=time_limit, time_limit=time_limit + HARD_LIMIT_GRACE,
+            throws=(StepFailed,),
+            max_retries=None,  # attempts are counted in the ledger, not by Celery
+            # Whatever the app's defaults: a step's message is acked only once the step ran, a worker that
+            # dies mid-step requeues it, and a failed or timed-out one is acked (the ledger decides what next).
+            acks_late=True, reject_on_worker_lost=True, acks_on_failure=True, acks_on_timeout=True,
+        )

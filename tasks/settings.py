@@ -1,0 +1,30 @@
+"""The job-posting saga's settings: its third parties (S3, SMTP, Stripe), from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from saga.settings import load
+
+
+class JobPostingSettings(BaseSettings):
+    """Read from `SAGA_*` (and `STRIPE_*`) variables; the stand-ins in `standins/` speak the same protocols."""
+
+    model_config = SettingsConfigDict(env_prefix="SAGA_", env_file=".env", extra="ignore")
+
+    s3_endpoint_url: str | None = None  # None: AWS itself
+    s3_bucket: str = "saga-logos"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    mail_from: str = "jobs@example.com"
+    stripe_api_key: str = Field(default="sk_test_local", validation_alias="STRIPE_API_KEY")
+    stripe_api_base: str = Field(default="https://api.stripe.com", validation_alias="STRIPE_API_BASE")
+
+
+@lru_cache(maxsize=1)
+def job_posting_settings() -> JobPostingSettings:
+    """The process-wide settings of the job-posting saga; a bad one stops start-up naming it."""
+    return load(JobPostingSettings)

@@ -1,0 +1,58 @@
+"""The service's settings: its broker, the saga types it loads, and its HTTP API, from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from saga.settings import load
+
+
+class ServiceSettings(BaseSettings):
+    """Read from `SAGA_*` variables (and `.env`); the engine's own (`SAGA_DATABASE_URL`...) are `saga.settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="SAGA_", env_file=".env", extra="ignore")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Comma-separated modules that declare saga types; workers, beat, the API and the CLI import them.
+    modules: str = "tasks.demo,tasks.job_posting"
+    # Redis redelivers an unacked message after this many seconds; must exceed any step's run plus backoff.
+    visibility_timeout: int = 3600
+    log_level: str = "INFO"
+    # HTTP API: development keys as "tenant:key,tenant:key" (production keys live hashed in the database).
+    api_keys: str = ""
+    api_url: str = "http://127.0.0.1:8000"
+    flower_basic_auth: str | None = Field(default=None, validation_alias="FLOWER_BASIC_AUTH")
+
+    @property
+    def module_list(self) -> list[str]:
+        return [m.strip() for m in self.modules.split(",") if m.strip()]
+
+    @property
+    def api_key_pairs(self) -> list[tuple[str, str]]:
+        """(tenant, key) pairs from SAGA_API_KEYS."""
+        return [tuple(i.strip().split(":", 1)) for i in self.api_keys.split(",") if i.strip()]  # type: ignore[misc]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _tenant_key_pairs(cls, value: str) -> str:
+        for item in filter(None, (i.strip() for i in value.split(","))):
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError(f"entry {item!r} is not tenant:key")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "amqp://", "pyamqp://")):
+            raise ValueError("must be a redis:// or amqp:// URL")
+        return url
+
+
+@lru_cache(maxsize=1)
+def service_settings() -> ServiceSettings:
+    """The process-wide service settings; a bad one stops start-up with one line naming it."""
+    return load(ServiceSettings)
