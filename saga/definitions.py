@@ -129,7 +129,7 @@ class Step:
             if self.compensation is not None:
                 raise ValueError(f"step {self.name!r} already has a compensation")
             comp = Compensation(
-                fn=fn, task_name=name or f"{fn.__module__}.{fn.__name__}",
+                fn=fn, task_name=name or self.saga.task_name(fn),
                 retry=retry or self.saga.default_retry, time_limit=time_limit or self.time_limit,
                 transactional=transactional,
             )
@@ -173,7 +173,7 @@ class SagaType(Generic[InputT]):
         def register(fn: StepFn) -> Step:
             step = Step(
                 saga=self, name=fn.__name__, index=len(self.steps), kind=StepKind(kind), fn=fn,
-                task_name=name or f"{fn.__module__}.{fn.__name__}", retry=retry or self.default_retry,
+                task_name=name or self.task_name(fn), retry=retry or self.default_retry,
                 time_limit=time_limit or self.default_time_limit, transactional=transactional,
             )
             self._check_order(step)
@@ -182,6 +182,10 @@ class SagaType(Generic[InputT]):
             return step
 
         return register(fn) if fn is not None else register
+
+    def task_name(self, fn: StepFn) -> str:
+        """`module.function`, as Celery names tasks (a script run as `__main__` is named for its app)."""
+        return str(self.engine.app.gen_task_name(fn.__name__, fn.__module__))
 
     def _check_order(self, new: Step) -> None:
         if any(s.name == new.name for s in self.steps):

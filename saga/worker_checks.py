@@ -41,7 +41,7 @@ def problems(app: Any, pool: Any = "prefork", prefetch: int | None = None) -> li
                      "set it to False")
     module = concurrency.get_implementation(pool).__module__.rsplit(".", 1)[-1]
     if module != "prefork":
-        found.append(f"the {module} pool does not enforce hard time limits, so a hung step could outlive its "
+        found.append(f"the {pool if isinstance(pool, str) else module} pool does not enforce hard time limits, so a hung step could outlive its "
                      "lease and act twice; run the worker with --pool=prefork")
     prefetch = conf.worker_prefetch_multiplier if prefetch is None else prefetch
     if prefetch != 1:
