@@ -40,6 +40,9 @@ _overrides: dict[str, Any] = {}
 
 def configure(**values: Any) -> Settings:
     """Set engine settings in code (what `Sagas(...)` does); they win over the environment."""
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise TypeError(f"unknown engine setting {unknown[0]!r} (known: {', '.join(Settings.model_fields)})")
     _overrides.update({k: v for k, v in values.items() if v is not None})
     get_settings.cache_clear()
     return get_settings()

@@ -68,6 +68,19 @@ def standins(stack: Stack) -> Iterator[StandIns]:
 
 
 @pytest.fixture()
+def fresh() -> Iterator[None]:
+    """Forget the saga types (and their tasks) a test declares."""
+    from saga.definitions import REGISTRY, TASKS
+
+    names, tasks = set(REGISTRY), set(TASKS)
+    yield
+    for name in set(REGISTRY) - names:
+        del REGISTRY[name]
+    for name in set(TASKS) - tasks:
+        del TASKS[name]
+
+
+@pytest.fixture()
 def workers(stack: Stack, standins: StandIns) -> Stack:
     """A live worker (restarted if a crash test killed it) and beat running recovery."""
     alive = [p for p in stack.processes if p.popen.poll() is None]

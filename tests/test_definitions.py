@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, EmailStr
 
 from saga import InvalidInput, RetryPolicy, SagaType, StepContext, UnknownSagaType
-from saga.definitions import REGISTRY, TASKS, get_saga_type
+from saga.definitions import get_saga_type
 from workers.app import app, sagas
 
 
@@ -19,17 +19,6 @@ class Order(BaseModel):
 
 def noop(ctx: StepContext[Order]) -> None:
     return None
-
-
-@pytest.fixture()
-def fresh() -> object:
-    """Forget the saga types a test declares."""
-    names, tasks = set(REGISTRY), set(TASKS)
-    yield
-    for name in set(REGISTRY) - names:
-        del REGISTRY[name]
-    for name in set(TASKS) - tasks:
-        del TASKS[name]
 
 
 def declare(name: str, kinds: list[str], compensate: bool = True) -> SagaType[Order]:

@@ -5,29 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from celery import Celery
 from pydantic import BaseModel
 
 from saga import Sagas, StepContext, worker_checks
-from saga.definitions import REGISTRY, TASKS
 from tests.conftest import ROOT
 
 
 class Item(BaseModel):
     n: int
-
-
-@pytest.fixture()
-def fresh() -> Iterator[None]:
-    names, tasks = set(REGISTRY), set(TASKS)
-    yield
-    for name in set(REGISTRY) - names:
-        del REGISTRY[name]
-    for name in set(TASKS) - tasks:
-        del TASKS[name]
 
 
 def safe_app(**conf: object) -> Celery:
@@ -100,3 +88,8 @@ def test_a_real_worker_refuses_to_start_with_prefetch_above_one() -> None:
     )
     assert result.returncode != 0
     assert "saga: worker_prefetch_multiplier=4: a worker would hold steps" in result.stdout + result.stderr
+
+
+def test_a_misspelt_setting_is_refused_by_name() -> None:
+    with pytest.raises(TypeError, match="unknown engine setting 'recovery_intervl'"):
+        Sagas(safe_app(), recovery_intervl=1)
