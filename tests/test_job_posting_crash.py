@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import text
 
 from saga import db, load
-from saga.testing import Stack, wait_for_status, wait_until
+from saga.testing import CrashPoint, CrashTester, Stack, wait_for_status, wait_until
 from standins import StandIns
-from tests.jobs import FINAL, assert_clean_end, submit
+from tests.jobs import FINAL, assert_clean_end, posting, submit
 from tests.proxy import Proxy
 
 
@@ -53,6 +53,19 @@ def test_sagas_end_cleanly_while_pool_children_and_a_whole_worker_are_killed(
     assert all(outcomes[i] == "compensated" for i in declined)
     assert "charge_payment" in hit, f"kills landed only in {hit}"
     print(f"steps running when kills landed: {sorted(hit)}")
+
+
+@pytest.mark.parametrize("point", [CrashPoint("upload_logo", "after"), CrashPoint("charge_payment", "after")],
+                         ids=str)
+def test_a_worker_killed_right_after_a_third_party_acted_leaves_one_effect(
+    workers: Stack, standins: StandIns, saga_crashes: CrashTester, point: CrashPoint,
+) -> None:
+    """The crash-test kit kills the pool process after the body's call succeeded, before the ledger heard of it:
+    the next attempt must find the logo (or the charge) already there and not make a second one."""
+    outcome = saga_crashes.run("job_posting", posting(), point)
+    assert outcome.record.status == "completed", outcome.record.error
+    assert outcome.runs[point.body] == 2
+    assert_clean_end(standins, outcome.record.id, "completed")
 
 
 @pytest.fixture()
