@@ -49,6 +49,20 @@ def test_pool_child_killed_at_each_boundary_of_an_undo(workers: Stack, saga_cras
     assert check_invariants(outcome.record.id) == "compensated"
 
 
+def test_whole_worker_killed_by_the_kit_right_after_the_pivot_acted(workers: Stack) -> None:
+    """`kill="worker"`: main process and pool die together after c acted; the kit starts another worker and
+    recovery re-dispatches c once its lease ends; c's effect stays single."""
+    tester = CrashTester(workers, kill="worker")
+    try:
+        outcome = tester.run(probe, {}, CrashPoint("c", "after"))
+    finally:
+        tester.close()
+    assert outcome.record.status == "completed", outcome.record.error
+    assert outcome.runs["c"] == 2
+    assert "recovered" in [e.kind for e in saga.events(outcome.record.id)]
+    assert check_invariants(outcome.record.id) == "completed"
+
+
 @pytest.mark.parametrize("step, when", [("b", "after"), ("c", "before")])
 def test_whole_worker_killed_mid_step(workers: Stack, step: str, when: str) -> None:
     """Main process and pool die together; recovery re-dispatches once the saga's deadline passes."""
