@@ -111,11 +111,13 @@ def flower(ctx: click.Context, port: int, address: str) -> None:
 @main.command()
 @click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Submit the demo sagas.")
-def dev(workers: int, demo: bool) -> None:
-    """Start the whole stack locally (what `make run` does); Ctrl-C stops it."""
+@click.option("--api-port", default=8000, show_default=True)
+@click.option("--flower-port", default=5555, show_default=True)
+def dev(workers: int, demo: bool, api_port: int, flower_port: int) -> None:
+    """Start the whole stack locally (what `make run` does); Ctrl-C or SIGTERM stops it within seconds."""
     from devstack.supervisor import run
 
-    run(Path(".saga"), render, workers=workers, demo=demo)
+    run(Path(".saga"), render, workers=workers, demo=demo, api_port=api_port, flower_port=flower_port)
 
 
 @main.command(name="api")

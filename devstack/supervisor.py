@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from devstack.servers import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
-from saga.testing.processes import Process
+from saga.testing.processes import Process, die_with_parent, stop_all
 
 if TYPE_CHECKING:
     from standins import StandIns
@@ -24,15 +24,18 @@ log = logging.getLogger("devstack.supervisor")
 FINAL = ("completed", "compensated", "paused", "failed")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-API_PORT = 8000
-API_URL = f"http://127.0.0.1:{API_PORT}"
+# Seconds the stack's processes get to exit after SIGTERM before they are killed.
+STOP_GRACE = 1.5
 
 
-def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bool = True) -> None:
+def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bool = True,
+        api_port: int = 8000, flower_port: int = 5555) -> None:
     """Start servers, migrate, start workers and beat, optionally run the demo sagas; Ctrl-C stops it all.
 
     `render` shows a saga as text (the CLI's table), for the demo's progress.
     """
+    # Killed outright, `make` (our parent) takes us down too: SIGTERM, so we stop what we started.
+    die_with_parent(signal.SIGTERM)
     missing = [m for m in ("moto", "aiosmtpd") if importlib.util.find_spec(m) is None]
     if missing:
         raise SystemExit(f"saga dev: the S3 and SMTP stand-ins need {', '.join(missing)}: "
@@ -79,12 +82,12 @@ def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bo
         from api.keys import ensure_dev_key
 
         api_key = ensure_dev_key(data_dir / "api-key")
-        processes.append(_api(env, logs))
+        processes.append(_api(env, logs, api_port))
         # Flower is watched by nobody: if its port is taken the rest of the stack still runs.
-        extras.append(Process.spawn("flower", [*saga_cmd, "flower", "--port=5555"],
+        extras.append(Process.spawn("flower", [*saga_cmd, "flower", f"--port={flower_port}"],
                                     {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logs, cwd=ROOT))
         _wait_ready(processes[:workers])
-        _banner(env, logs, env_file, api_key)
+        _banner(env, logs, env_file, api_key, f"http://127.0.0.1:{api_port}", flower_port)
         if demo:
             _demo(standins, render)
         print("\nRunning. Ctrl-C stops every process started here.", flush=True)
@@ -95,11 +98,10 @@ def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bo
     except KeyboardInterrupt:
         print("\nStopping...", flush=True)
     finally:
-        for p in reversed(processes + extras):
-            p.stop()
+        # All at once, so the whole stack is down within about three seconds of Ctrl-C or SIGTERM; a step cut
+        # short here is a crash the ledger recovers from at the next start.
+        stop_all([*processes, *extras, *(standins.processes.values() if standins else ())], grace=STOP_GRACE)
         env_file.unlink(missing_ok=True)
-        if standins is not None:
-            standins.stop()
         services.stop()
         print("Stopped.", flush=True)
 
@@ -115,21 +117,22 @@ def _wait_ready(workers: list[Process], timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _api(env: dict[str, str], logs: Path) -> Process:
+def _api(env: dict[str, str], logs: Path, port: int) -> Process:
     from devstack.api_process import spawn
 
     try:
-        return spawn("api", env, logs, port=API_PORT)
+        return spawn("api", env, logs, port=port)
     except (RuntimeError, TimeoutError) as exc:
-        raise SystemExit(f"saga dev: the API could not start on port {API_PORT} ({exc}); is it in use?") from exc
+        raise SystemExit(f"saga dev: the API could not start on port {port} ({exc}); is it in use?") from exc
 
 
-def _banner(env: dict[str, str], logs: Path, env_file: Path, api_key: str) -> None:
+def _banner(env: dict[str, str], logs: Path, env_file: Path, api_key: str, api_url: str,
+            flower_port: int) -> None:
     print(f"""
-  API        {API_URL}  (docs {API_URL}/docs; dev key in .saga/api-key: {api_key})
+  API        {api_url}  (docs {api_url}/docs; dev key in .saga/api-key: {api_key})
   database   {env[DATABASE_ENV]}
   broker     {env[BROKER_ENV]}
-  flower     http://127.0.0.1:5555  (Celery's live view of workers and tasks)
+  flower     http://127.0.0.1:{flower_port}  (Celery's live view of workers and tasks)
   stand-ins  S3 {env["SAGA_S3_ENDPOINT_URL"]} (bucket {env["SAGA_S3_BUCKET"]}), Stripe {env["STRIPE_API_BASE"]}, \
 SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in .saga/standins/maildir)
   logs       {logs}/
@@ -139,7 +142,7 @@ SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in .saga/standins/mai
     .venv/bin/saga submit job_posting --input @examples/job_posting_declined.json --wait
     .venv/bin/saga list            .venv/bin/saga status <id>      .venv/bin/saga events <id>
   or over HTTP:
-    curl -s {API_URL}/v1/sagas -H "Authorization: Bearer $(cat .saga/api-key)" \\
+    curl -s {api_url}/v1/sagas -H "Authorization: Bearer $(cat .saga/api-key)" \\
       -H "Idempotency-Key: first-posting" -H "Content-Type: application/json" \\
       -d "{{\\"type\\": \\"job_posting\\", \\"input\\": $(cat examples/job_posting.json)}}"
 """, flush=True)

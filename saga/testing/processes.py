@@ -3,11 +3,26 @@ to a file, so one signal reaches a worker and its pool children."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` to this process when the thread that started it dies (Linux; elsewhere
+    nothing). Children get SIGKILL before exec, so a supervisor or test killed outright leaves no worker
+    behind (and a worker's pool children die with it)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, sig)
 
 
 @dataclass
@@ -26,7 +41,8 @@ class Process:
         log = log_dir / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         return cls(name, popen, log)
 
     def alive(self) -> bool:
@@ -58,3 +74,16 @@ class Process:
             self.kill()
         except ProcessLookupError:
             pass
+
+
+def stop_all(processes: Iterable[Process], grace: float = 2.0) -> None:
+    """SIGTERM every process group at once, then SIGKILL whatever still runs after `grace` seconds."""
+    running = [p for p in processes if p.alive()]
+    for process in running:
+        process.send(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(p.alive() for p in running) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for process in running:
+        if process.alive():
+            process.kill()
