@@ -42,7 +42,7 @@ class Process:
         with log.open("ab") as out:
             popen = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=die_with_parent)  # noqa: PLW1509 - one prctl, no locks
         return cls(name, popen, log)
 
     def alive(self) -> bool:
