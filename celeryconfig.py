@@ -1,7 +1,9 @@
 """The service's Celery settings, in one place. Postgres holds the truth; these make messages reliable wake-ups.
 
-`saga.Sagas` (in `workers/app.py`) adds the engine's tasks, recovery on beat, and a check at worker start that
-refuses settings its guarantees cannot live with (prefetch, visibility timeout, pool, ...).
+`saga.Sagas` (in `workers/app.py`) adds the engine's tasks, recovery inside beat's process (a thread, not a
+task beat sends, so Flower's task list shows the sagas' steps rather than a `saga.recover` row every few
+seconds), and a check at worker start that refuses settings its guarantees cannot live with (prefetch,
+visibility timeout, pool, ...).
 """
 
 from workers.settings import service_settings

@@ -1,4 +1,5 @@
-"""The FastAPI application: `/v1/sagas`, `/healthz`, `/metrics`, OpenAPI at `/openapi.json`, docs at `/docs`.
+"""The FastAPI application: `/v1/sagas`, `/healthz`, `/metrics`, OpenAPI at `/openapi.json`, docs at `/docs`
+(served with their scripts and styles, so they work without internet).
 
 `create_app()` loads every saga type (the `SAGA_MODULES` setting) once, so the API knows them all.
 """
@@ -12,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from api import errors, health, metrics
+from api import docs, errors, health, metrics
 from api import keys as apikeys
 from api.auth import KeyRing
 from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
@@ -41,7 +42,9 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         yield
         await app.state.watcher.stop()
 
-    app = FastAPI(title="Durable sagas", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Durable sagas", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    docs.install(app)
     app.state.keyring = KeyRing(apikeys.configured_keys())
     app.state.watcher = ChangeWatcher()
     errors.install(app)

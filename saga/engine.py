@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from celery.signals import beat_init
 from pydantic import BaseModel
 
-from saga import db, engine_tasks, execution, settings, worker_checks
+from saga import db, engine_tasks, execution, recovery, settings, worker_checks
 from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
-from saga.dispatch import RECOVER
 from saga.errors import StepFailed
 
 InputT = TypeVar("InputT", bound=BaseModel)
 
 
 class Sagas:
-    """Registers the engine's tasks on `app`, a recovery run on its beat, and a check of its settings at worker
-    start; saga types declared with `saga_type` get one Celery task per step and compensation on `app`.
+    """Registers the engine's tasks on `app`, recovery in its beat process, and a check of its settings at
+    worker start; saga types declared with `saga_type` get one Celery task per step and compensation on `app`.
 
     `database_url` and the other keyword arguments are engine settings (`saga.settings.Settings`); any left
     out come from `SAGA_*` environment variables (`SAGA_DATABASE_URL`, ...).
@@ -29,11 +29,18 @@ class Sagas:
 
     def __init__(self, app: Any, *, database_url: str | None = None, **options: Any) -> None:
         self.app = app
-        configured = settings.configure(database_url=database_url, **options)
+        settings.configure(database_url=database_url, **options)
         db.dispose()
         engine_tasks.register(app)
         worker_checks.install(app)
-        app.add_periodic_task(configured.recovery_interval, app.signature(RECOVER), name="saga-recovery")
+
+        # Recovery runs in beat's own process, not as a task beat sends: a task every few seconds would fill
+        # Flower's task list with `saga.recover` rows and cost a broker round trip each time.
+        def start_recovery(sender: Any = None, **_: Any) -> None:
+            if getattr(sender, "app", None) is app:
+                recovery.start_loop(settings.get_settings().recovery_interval)
+
+        beat_init.connect(start_recovery, weak=False)
 
     @property
     def settings(self) -> settings.Settings:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from uuid import UUID
 
 from sqlalchemy import text
@@ -30,6 +32,23 @@ SELECT id FROM u
 """)
 
 _WAIT = text("UPDATE sagas SET deadline = now() + make_interval(secs => :patience) WHERE id = :saga_id")
+
+
+def start_loop(interval: float) -> threading.Thread:
+    """Run recovery every `interval` seconds in a daemon thread of this process (beat's), until it exits."""
+
+    def loop() -> None:
+        while True:
+            try:
+                run_once()
+            except Exception:  # noqa: BLE001 - a database or broker outage: the next pass tries again
+                log.exception("recovery pass failed; next in %.1f s", interval)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, name="saga-recovery", daemon=True)
+    thread.start()
+    log.info("recovery runs in this process every %.1f s", interval)
+    return thread
 
 
 def run_once() -> int:

@@ -6,6 +6,7 @@ The helpers at the top (`ApiServer`, `serve`, `TcpProxy`) are shared with the ot
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -536,3 +537,16 @@ def test_health_and_metrics(api: ApiServer) -> None:
              "/v1/sagas/{saga_id}/cancel", "/v1/sagas/{saga_id}/resume", "/v1/sagas/{saga_id}/compensate",
              "/healthz", "/metrics"}
     assert set(docs["paths"]) == paths
+
+
+def test_docs_need_no_internet(api: ApiServer) -> None:
+    """/docs references only the API's own scripts, styles and document, and each of them answers."""
+    page = httpx.get(f"{api.url}/docs", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert re.findall(r"https?://", page.text) == [], "the page reaches for another host"
+    refs = set(re.findall(r'(?:src|href|url:)\s*=?\s*"([^"]+)"', page.text))
+    assert {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/openapi.json"} <= refs, refs
+    for ref in refs:
+        answer = httpx.get(api.url + ref, timeout=10)
+        assert answer.status_code == 200 and len(answer.content) > 100, ref
+    assert httpx.get(f"{api.url}/redoc", timeout=10).status_code == 404  # its CDN-only page is gone
