@@ -41,7 +41,7 @@ def start_loop(interval: float) -> threading.Thread:
         while True:
             try:
                 run_once()
-            except Exception:  # noqa: BLE001 - a database or broker outage: the next pass tries again
+            except Exception:
                 log.exception("recovery pass failed; next in %.1f s", interval)
             time.sleep(interval)
 
