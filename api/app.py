@@ -1,5 +1,5 @@
 """The FastAPI application: `/v1/sagas`, `/healthz`, `/metrics`, OpenAPI at `/openapi.json`, docs at `/docs`
-(served with their scripts and styles, so they work without internet).
+and `/redoc` (with their scripts and styles, so they work without internet).
 
 `create_app()` loads every saga type (the `SAGA_MODULES` setting) once, so the API knows them all.
 """
@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 
-from api import docs, errors, health, metrics
+from api import errors, health, metrics
 from api import keys as apikeys
 from api.auth import KeyRing
 from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
@@ -42,9 +43,9 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         yield
         await app.state.watcher.stop()
 
-    app = FastAPI(title="Durable sagas", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
-    docs.install(app)
+    # /docs and /redoc with their scripts and styles served from the package, not a CDN.
+    app = FastAPIOffline(title="Durable sagas", version="1", description=DESCRIPTION, lifespan=lifespan,
+                         static_url="/docs-assets")
     app.state.keyring = KeyRing(apikeys.configured_keys())
     app.state.watcher = ChangeWatcher()
     errors.install(app)
