@@ -1,0 +1,66 @@
+"""Real Flower against real workers: its own HTTP API finds every step and compensation task of a saga, with its
+state and the saga id in its arguments, and no recovery task crowds its list."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import saga
+from saga.testing import Process, Stack, wait_for_status, wait_until
+from standins import free_port
+from tests.sagas import probe
+
+FINAL = ("completed", "compensated", "paused", "failed")
+
+
+@pytest.fixture()
+def flower(workers: Stack) -> Iterator[str]:
+    port = free_port()
+    process = Process.spawn("flower", [sys.executable, "-m", "cli", "flower", f"--port={port}"],
+                            {**workers.env, "FLOWER_UNAUTHENTICATED_API": "true"}, workers.data_dir, cwd=workers.cwd)
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/api/workers", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return process.alive() is False and pytest.fail(process.log_text()[-2000:])  # type: ignore[return-value]
+
+    try:
+        wait_until(answers, timeout=60, what="Flower to answer")
+        yield url
+    finally:
+        process.stop()
+
+
+def tasks_of(url: str, saga_id: Any) -> dict[str, dict[str, Any]]:
+    """Flower's tasks whose arguments name the saga, by task id."""
+    found = httpx.get(f"{url}/api/tasks", params={"limit": 1000}, timeout=10).json()
+    return {tid: t for tid, t in found.items() if str(saga_id) in (t.get("args") or "")}
+
+
+def test_flower_shows_every_step_and_compensation_of_a_saga(workers: Stack, flower: str) -> None:
+    record = saga.start("probe", {"fail": "c"}, idempotency_key=f"flower-{free_port()}").saga
+    record = wait_for_status(record.id, FINAL)
+    assert record.status == "compensated"
+    expected = {"tests.probe.a", "tests.probe.b", "tests.probe.c", "tests.probe.undo_b", "tests.probe.undo_a",
+                "saga.finish_compensation"}
+
+    def all_seen() -> dict[str, dict[str, Any]] | None:
+        seen = tasks_of(flower, record.id)
+        names = {t["name"] for t in seen.values() if t.get("state") in ("SUCCESS", "FAILURE")}
+        return seen if expected <= names else None
+
+    seen = wait_until(all_seen, timeout=30, what="Flower to have seen every task of the saga")
+    states = {t["name"]: t["state"] for t in seen.values()}
+    assert states["tests.probe.c"] == "FAILURE" and states["tests.probe.a"] == "SUCCESS", states
+    # The ledger's task id of each step is Flower's (the console links one to the other).
+    for step in record.steps[:3]:
+        assert step.task_id in seen, f"{step.name}: task {step.task_id} not in Flower"
+    everything = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}, timeout=10).json()
+    assert not [t for t in everything.values() if t.get("name") == "saga.recover"], "recovery floods the list"
