@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv test run bench lint clean
+.PHONY: venv test test-rabbitmq run bench lint clean
 
 venv: $(VENV)/.installed
 
@@ -17,8 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
+# The whole suite on Redis, then the integration and crash tests again on RabbitMQ (a vhost of their own).
+RABBITMQ_TESTS := tests/test_crash.py tests/test_job_posting.py
+
 test: venv
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-rabbitmq
+
+test-rabbitmq: venv
+	SAGA_TEST_BROKER=rabbitmq $(BIN)/pytest -q $(RABBITMQ_TESTS)
 
 run: venv
 	$(BIN)/saga dev

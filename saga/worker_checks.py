@@ -13,10 +13,13 @@ from celery import concurrency
 from celery.signals import worker_init
 
 from saga.definitions import REGISTRY, TASKS
+from saga.settings import get_settings
 
 # Brokers that redeliver an unacked message after a visibility timeout, measured from delivery.
 _VISIBILITY_BROKERS = ("redis", "rediss", "sqs", "sentinel")
 _DEFAULT_VISIBILITY = 3600
+# Brokers that close a consumer's channel when it holds a message unacked past consumer_timeout.
+_AMQP_BROKERS = ("amqp", "amqps", "pyamqp")
 
 
 def install(app: Any) -> None:
@@ -58,13 +61,19 @@ def problems(app: Any, pool: Any = "prefork", prefetch: int | None = None) -> li
                          "leave both True")
             break
     scheme = str(conf.broker_url or "").split("://", 1)[0].split("+", 1)[0]
+    worst, task_name = longest_unacked_wait()
+    held = f"the {worst:.0f}s that task {task_name} may hold its message (time limit + grace + backoff cap)"
     if scheme in _VISIBILITY_BROKERS:
         timeout = (conf.broker_transport_options or {}).get("visibility_timeout", _DEFAULT_VISIBILITY)
-        worst, task_name = longest_unacked_wait()
         if timeout <= worst:
-            found.append(f"broker_transport_options['visibility_timeout']={timeout}s is not above the {worst:.0f}s "
-                         f"that task {task_name} may hold its message (time limit + grace + backoff cap); the "
+            found.append(f"broker_transport_options['visibility_timeout']={timeout}s is not above {held}; the "
                          "broker would deliver it twice. Raise the visibility timeout or lower that step's limits")
+    elif scheme in _AMQP_BROKERS:
+        timeout = get_settings().consumer_timeout
+        if timeout <= worst:
+            found.append(f"SAGA_CONSUMER_TIMEOUT={timeout:.0f}s (RabbitMQ's consumer_timeout) is not above {held}; "
+                         "RabbitMQ would close the channel and deliver it again. Raise consumer_timeout on the "
+                         "broker and SAGA_CONSUMER_TIMEOUT with it, or lower that step's limits")
     return found
 
 

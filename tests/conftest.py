@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +39,28 @@ def servers() -> Iterator[Services]:
 
 
 @pytest.fixture(scope="session")
-def stack(servers: Services) -> Iterator[Stack]:
+def broker_url(servers: Services) -> Iterator[str]:
+    """Redis (a DB number of its own), or with SAGA_TEST_BROKER=rabbitmq a RabbitMQ vhost of its own."""
+    if os.environ.get("SAGA_TEST_BROKER", "redis") != "rabbitmq":
+        yield servers.broker_url
+        return
+    vhost = f"saga_test_{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Services, broker_url: str) -> Iterator[Stack]:
     s = Stack(data_dir=ROOT / ".saga" / "test", database_server_url=servers.database_url,
-              broker_url=servers.broker_url, broker_env="SAGA_BROKER_URL", queues=("probe", "celery"),
+              broker_url=broker_url, broker_env="SAGA_BROKER_URL", queues=("probe", "celery"),
               settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting,tests.sagas", **SETTINGS}, cwd=ROOT).start()
     from saga import db
     from tests.sagas import PROBE_TABLES

@@ -23,6 +23,13 @@ def start(**spec: object) -> saga.SagaRecord:
     return saga.start("probe", spec, idempotency_key=str(uuid4())).saga
 
 
+def assert_recovered(stack: Stack, saga_id: object) -> None:
+    """Redis keeps a dead worker's unacked message for its visibility timeout, so recovery re-dispatched the
+    step; RabbitMQ redelivers it as soon as the dead worker's connection closes, so no recovery was needed."""
+    if stack.env["SAGA_BROKER_URL"].startswith("redis"):
+        assert "recovered" in [e.kind for e in saga.events(saga_id)]
+
+
 def first_run(saga_id: object, step: str, kind: str = "do") -> object:
     return wait_until(lambda: runs(saga_id, step, kind), timeout=30, what=f"{kind} {step} to start")[0]
 
@@ -59,7 +66,7 @@ def test_whole_worker_killed_by_the_kit_right_after_the_pivot_acted(workers: Sta
         tester.close()
     assert outcome.record.status == "completed", outcome.record.error
     assert outcome.runs["c"] == 2
-    assert "recovered" in [e.kind for e in saga.events(outcome.record.id)]
+    assert_recovered(workers, outcome.record.id)
     assert check_invariants(outcome.record.id) == "completed"
 
 
@@ -73,7 +80,7 @@ def test_whole_worker_killed_mid_step(workers: Stack, step: str, when: str) -> N
     record = wait_for_status(record.id, FINAL, timeout=90)
     assert record.status == "completed"
     assert check_invariants(record.id) == "completed"
-    assert "recovered" in [e.kind for e in saga.events(record.id)]
+    assert_recovered(workers, record.id)
 
 
 def test_whole_worker_killed_during_compensation(workers: Stack) -> None:

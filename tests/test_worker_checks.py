@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 from pydantic import BaseModel
 
-from saga import Sagas, StepContext, worker_checks
+from saga import Sagas, StepContext, settings, worker_checks
 from tests.conftest import ROOT
 
 
@@ -63,13 +63,19 @@ def test_a_script_run_as_main_names_its_tasks_as_its_worker_does(fresh: None) ->
      "worker_cancel_long_running_tasks_on_connection_loss=False"),
     ({"broker_transport_options": {"visibility_timeout": 10}}, "prefork", None,
      "broker_transport_options['visibility_timeout']=10s"),
+    ({"broker_url": "amqp://guest:guest@127.0.0.1:5672//", "consumer_timeout": 20}, "prefork", None,
+     "SAGA_CONSUMER_TIMEOUT=20s (RabbitMQ's consumer_timeout) is not above the"),
 ])
 def test_each_unsafe_setting_is_named(fresh: None, conf: dict[str, object], pool: str, prefetch: int | None,
                                       names: str) -> None:
-    sagas = Sagas(safe_app(**conf))
+    engine = {"consumer_timeout": conf.pop("consumer_timeout")} if "consumer_timeout" in conf else {}
+    sagas = Sagas(safe_app(**conf), **engine)
     slow = sagas.saga_type("slow_for_checks", Item, default_time_limit=30)
     slow.step(lambda ctx: None, kind="pivot", name="checks.slow")
-    found = worker_checks.problems(sagas.app, pool=pool, prefetch=prefetch)
+    try:
+        found = worker_checks.problems(sagas.app, pool=pool, prefetch=prefetch)
+    finally:
+        settings.configure(consumer_timeout=settings.Settings.model_fields["consumer_timeout"].default)
     assert len(found) == 1 and names in found[0], found
 
 

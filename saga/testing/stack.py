@@ -36,7 +36,8 @@ class Stack:
     """A throwaway database and Redis DB on servers you already run, with workers and beat of your Celery app.
 
     `database_server_url` names a PostgreSQL server (any database on it: the stack creates its own) and
-    `broker_url` a Redis server (the stack claims an empty database number on it). Worker and beat processes
+    `broker_url` a Redis server (the stack claims an empty database number on it), or a RabbitMQ vhost of
+    its own (`amqp://user:password@host:5672/vhost`, used as it is). Worker and beat processes
     run `celery -A <app>` and find both through the environment: `database_env` (read by `Sagas(app)` when
     it is given no `database_url`) and `broker_env` (Celery itself lets `CELERY_BROKER_URL` win over the
     app's configuration). `settings` adds other variables.
@@ -63,11 +64,8 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.database = f"saga_test_{uuid.uuid4().hex[:10]}"
         create_database(self.database_server_url, self.database)
-        self.redis_db = self._claim_redis_db(self.broker_url)
-        broker = self.broker_url.rstrip("/").rsplit("/", 1)
-        base = self.broker_url.rstrip("/") if not broker[-1].isdigit() else broker[0]
         database_url = with_database(self.database_server_url, self.database)
-        self.env = {self.database_env: database_url, self.broker_env: f"{base}/{self.redis_db}", **self.settings}
+        self.env = {self.database_env: database_url, self.broker_env: self._broker(), **self.settings}
         os.environ.update(self.env)
         from saga import db, migrate, settings
 
@@ -79,6 +77,14 @@ class Stack:
     @property
     def database_url(self) -> str:
         return self.env[self.database_env]
+
+    def _broker(self) -> str:
+        if not self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        self.redis_db = self._claim_redis_db(self.broker_url)
+        broker = self.broker_url.rstrip("/").rsplit("/", 1)
+        base = self.broker_url.rstrip("/") if not broker[-1].isdigit() else broker[0]
+        return f"{base}/{self.redis_db}"
 
     def _claim_redis_db(self, url: str) -> int:
         for number in range(15, 0, -1):
