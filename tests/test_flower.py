@@ -13,7 +13,6 @@ import pytest
 import saga
 from saga.testing import Process, Stack, wait_for_status, wait_until
 from standins import free_port
-from tests.sagas import probe
 
 FINAL = ("completed", "compensated", "paused", "failed")
 
