@@ -9,6 +9,7 @@ import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     Counter,
     Histogram,
     disable_created_metrics,
@@ -17,8 +18,12 @@ from prometheus_client import (
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from saga.metrics import LedgerCollector
+
 # No `_created` series: they double the output and nothing here reads them.
 disable_created_metrics()
+# The engine's own counters (sagas started here) are in the same registry; add what only the ledger knows.
+REGISTRY.register(LedgerCollector())
 
 REQUESTS = Counter("saga_api_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 LATENCY = Histogram(

@@ -9,7 +9,7 @@ from uuid import UUID
 from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
-from saga import claims, db, dispatch, store
+from saga import claims, db, dispatch, metrics, store
 from saga.claims import patience
 from saga.definitions import KILL_GRACE, TASKS, SagaType, Step, get_saga_type
 from saga.errors import StepFailed
@@ -90,8 +90,10 @@ def react(saga_id: UUID) -> None:
     reason = f"step {failed.name} failed: {failed.error}"
     if failed.kind == "retriable":
         with db.transaction() as conn:
-            if conn.execute(_PAUSE, {"saga_id": saga_id, "reason": reason}).first():
-                log.info("saga %s paused: %s", saga_id, reason)
+            paused = conn.execute(_PAUSE, {"saga_id": saga_id, "reason": reason}).first()
+        if paused:
+            metrics.SAGAS_ENDED.labels(record.type, "paused").inc()
+            log.info("saga %s paused: %s", saga_id, reason)
     else:
         begin(saga_id, get_saga_type(record.type), reason)
 
@@ -117,6 +119,7 @@ def finish(saga_id: UUID) -> None:
         else:
             params |= {"status": "compensated", "event": "saga_compensated", "reason": record.error}
         conn.execute(_SETTLE, params)
+    metrics.SAGAS_ENDED.labels(record.type, params["status"]).inc()
 
 
 def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kwargs: dict[str, Any]) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from celery.signals import beat_init
+from celery.signals import beat_init, worker_init
 from pydantic import BaseModel
 
-from saga import db, engine_tasks, execution, recovery, settings, worker_checks
+from saga import db, engine_tasks, execution, metrics, recovery, settings, worker_checks
 from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
 
@@ -36,11 +36,20 @@ class Sagas:
 
         # Recovery runs in beat's own process, not as a task beat sends: a task every few seconds would fill
         # Flower's task list with `saga.recover` rows and cost a broker round trip each time.
-        def start_recovery(sender: Any = None, **_: Any) -> None:
+        def start_beat(sender: Any = None, **_: Any) -> None:
             if getattr(sender, "app", None) is app:
-                recovery.start_loop(settings.get_settings().recovery_interval)
+                configured = settings.get_settings()
+                if configured.metrics_port:
+                    metrics.serve(configured.metrics_port, pool=False)
+                recovery.start_loop(configured.recovery_interval)
 
-        beat_init.connect(start_recovery, weak=False)
+        def start_worker(sender: Any = None, **_: Any) -> None:
+            port = settings.get_settings().metrics_port
+            if getattr(sender, "app", None) is app and port:
+                metrics.serve(port, pool=True)
+
+        beat_init.connect(start_beat, weak=False)
+        worker_init.connect(start_worker, weak=False)
 
     @property
     def settings(self) -> settings.Settings:

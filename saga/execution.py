@@ -13,7 +13,7 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from saga import claims, compensation, db, dispatch
+from saga import claims, compensation, db, dispatch, metrics
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
 from saga.errors import LeaseLost, PermanentError, StepFailed
@@ -71,6 +71,7 @@ def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, An
         raise _ledger_unreachable(task, exc) from exc
     except _Overtaken:
         # The body's writes rolled back: another delivery committed the step, or the saga moved on.
+        _count(step, mode, "lost")
         outcome = _ledger(task, claims.explain, saga_id, step, mode)
     except _BodyFailed as failure:
         if failure.claim.token is None:
@@ -89,9 +90,11 @@ def _settle(task: Any, step: Step, saga_id: UUID, mode: Mode, outcome: Refusal |
     if isinstance(outcome, Refusal) or outcome is None:
         return _refused(task, step, saga_id, mode, outcome)
     if outcome == "lost":
+        _count(step, mode, "lost")
         log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, mode, step.name)
         raise Ignore()
-    _, cancel_requested = outcome
+    saga_status, cancel_requested = outcome
+    _count(step, mode, "succeeded", saga_status)
     if mode == "forward" and cancel_requested:
         _cancel(saga_id, step)
         raise Ignore()
@@ -122,12 +125,15 @@ def _attempt(
     if not isinstance(outcome, Claim):
         return outcome
     body = step.fn if mode == "forward" else step.compensation.fn  # type: ignore[union-attr]
+    started = time.perf_counter()
     try:
         result = _as_json(body(_context(step, saga_id, mode, outcome, conn)))
     except LeaseLost:
         return "lost"
     except Exception as exc:
         raise _BodyFailed(exc, outcome) from exc
+    finally:
+        metrics.STEP_SECONDS.labels(step.saga.name, step.name, mode).observe(time.perf_counter() - started)
     if deferred:
         status = claims.claim_and_commit(saga_id, step, task.request.id, result, conn)  # type: ignore[arg-type]
         if status is None:
@@ -185,6 +191,7 @@ def _durably(action: Callable[..., T | None], *args: Any, landed: Callable[[], T
             result = action(*args, **kwargs)
             return landed() if result is None and landed is not None else result
         except _UNREACHABLE as exc:
+            metrics.LEDGER_ERRORS.labels(action.__name__).inc()
             if delay is None:
                 raise
             log.warning("ledger write %s failed (%s); trying again in %.1fs", action.__name__,
@@ -250,7 +257,9 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     except _UNREACHABLE as unreachable:
         raise _ledger_unreachable(task, unreachable) from unreachable
     if recorded is None:
+        _count(step, mode, "lost")
         raise Ignore()  # lost the lease meanwhile: the new holder decides
+    _count(step, mode, "retried" if retry_in is not None else "failed")
     log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, mode, step.name, claim.attempt, error,
              f" (retry in {retry_in:.1f}s)" if retry_in is not None else "")
     if retry_in is not None:
@@ -261,6 +270,13 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     if mode == "compensation":
         return None  # the other compensations still run; the finish task reports the saga failed
     raise StepFailed(error) from exc
+
+
+def _count(step: Step, mode: Mode, outcome: str, saga_status: str | None = None) -> None:
+    """One execution of a body ended (`outcome`); and the saga, if its last step's commit completed it."""
+    metrics.STEP_ATTEMPTS.labels(step.saga.name, step.name, mode, outcome).inc()
+    if saga_status == "completed":
+        metrics.SAGAS_ENDED.labels(step.saga.name, saga_status).inc()
 
 
 def _as_json(result: Any) -> str:
@@ -283,6 +299,7 @@ def _ledger(task: Any, action: Callable[..., T], *args: Any, **kwargs: Any) -> T
 
 
 def _ledger_unreachable(task: Any, exc: Exception) -> Retry:
+    metrics.LEDGER_ERRORS.labels("attempt").inc()
     if getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICTS:
         log.info("ledger write conflicted with another (%s); retrying", type(exc.orig).__name__)  # type: ignore[attr-defined]
         return task.retry(countdown=CONFLICT_RETRY_DELAY)

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import claims, compensation, db, dispatch, store
+from saga import claims, compensation, db, dispatch, metrics, store
 from saga.claims import patience
 from saga.definitions import get_saga_type
 from saga.settings import get_settings
@@ -56,6 +56,7 @@ def run_once() -> int:
     settings = get_settings()
     with db.transaction() as conn:
         due = conn.execute(_DUE, {"batch": settings.recovery_batch, "pickup": settings.pickup_timeout}).scalars().all()
+    metrics.RECOVERY_DISPATCHES.inc(len(due))
     for saga_id in due:
         try:
             advance(saga_id)

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 from sqlalchemy import select, text
 
-from saga import db, dispatch, store
+from saga import db, dispatch, metrics, store
 from saga.claims import patience
 from saga.definitions import get_saga_type
 from saga.errors import IdempotencyConflict, InvalidInput
@@ -100,6 +100,7 @@ def start(
     )
     if dispatch:
         send_forward(saga_id, type_name, 0)
+    metrics.SAGAS_STARTED.labels(type_name).inc()
     return Started(record, created=True)
 
 

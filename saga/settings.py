@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # RabbitMQ closes the channel of a consumer that holds a message unacked longer than its consumer_timeout
     # (30 minutes by default); say so here if yours differs, and workers refuse steps that could outlast it.
     consumer_timeout: float = 1800.0
+    # A worker serves its Prometheus metrics on this port (with PROMETHEUS_MULTIPROC_DIR set); none if unset.
+    metrics_port: int | None = None
 
     @field_validator("database_url")
     @classmethod

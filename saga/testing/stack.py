@@ -136,11 +136,12 @@ class Stack:
                 process.stop()
             self.processes.remove(process)
 
-    def beat(self) -> Process:
+    def beat(self, env: dict[str, str] | None = None) -> Process:
+        """Start Celery beat, which runs recovery."""
         return self._spawn("beat", [
             sys.executable, "-m", "celery", "-A", self.app, "beat", "--loglevel=INFO",
             f"--schedule={self.data_dir / 'beat-schedule'}",
-        ])
+        ], env)
 
     def _read_size(self, name: str) -> int:
         log = self.data_dir / f"{name}.log"

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the engine, counted in whichever process does the work (workers, the API, beat).
+
+Under Celery's prefork pool each worker process counts into files under PROMETHEUS_MULTIPROC_DIR, and the
+worker's main process serves their sum on SAGA_METRICS_PORT (`serve`); beat serves its own there too. `LedgerCollector` reads
+what only the ledger knows (how old the oldest unfinished saga is) when it is scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from saga import db
+
+log = logging.getLogger("saga.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+if os.environ.get(MULTIPROC_ENV):  # each process's counts go to files there, made as the metrics are declared
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+SAGAS_STARTED = Counter("saga_sagas_started_total", "Sagas accepted (not replays of an idempotency key).",
+                        ["type"])
+SAGAS_ENDED = Counter("saga_sagas_ended_total", "Sagas that became completed, compensated, paused or failed "
+                      "(paused and failed need an operator).", ["type", "status"])
+STEP_SECONDS = Histogram("saga_step_seconds", "How long a step body or compensation ran, every execution.",
+                         ["type", "step", "mode"], buckets=_SECONDS)
+STEP_ATTEMPTS = Counter("saga_step_attempts_total", "Executions of a step body or compensation by how they "
+                        "ended: succeeded, retried (will run again), failed (gave up), lost (its lease was lost, "
+                        "its outcome discarded).", ["type", "step", "mode", "outcome"])
+RECOVERY_DISPATCHES = Counter("saga_recovery_dispatches_total", "Sagas recovery found past their deadline and "
+                              "woke (a lost message, a dead worker, a failed dispatch).")
+LEDGER_ERRORS = Counter("saga_ledger_errors_total", "Ledger writes that failed (database unreachable, deadlock "
+                        "or serialization conflict) and were tried again.", ["operation"])
+
+
+def serve(port: int, *, pool: bool) -> None:
+    """Serve this process's metrics on `port`; with `pool` (a worker's main process, before it forks), the sum
+    of its pool processes' counts instead, which needs PROMETHEUS_MULTIPROC_DIR."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not pool and not directory:
+        start_http_server(port)
+        return
+    if not directory:
+        raise SystemExit(f"saga: SAGA_METRICS_PORT={port} needs {MULTIPROC_ENV} (a directory of this worker's "
+                         "own) so that every pool process's counts are added up")
+    for stale in Path(directory).glob("*.db"):  # counts of an earlier run of this worker (the pool is not forked)
+        if not stale.stem.endswith(f"_{os.getpid()}"):
+            stale.unlink(missing_ok=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    start_http_server(port, registry=registry)
+
+
+class LedgerCollector(Collector):
+    """The age of the oldest saga in each unfinished status, read from the ledger at every scrape."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("saga_oldest_unfinished_seconds", "Age of the oldest saga still pending, "
+                                   "running or compensating, by status (absent when none is).", labels=["status"])
+        for status, age in _oldest_unfinished():
+            family.add_metric([status], age)
+        yield family
+
+
+def _oldest_unfinished() -> list[Any]:
+    try:
+        with db.autocommit() as conn:
+            return list(conn.execute(text(
+            "SELECT status, EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8 FROM sagas "
+            "WHERE status IN ('pending', 'running', 'compensating') GROUP BY status"  # the sagas_active index
+            )))
+    except SQLAlchemyError as exc:  # the ledger is down: the other metrics still answer
+        log.warning("saga_oldest_unfinished_seconds not read: %s", type(exc).__name__)
+        return []
