@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
-from api import errors, health, metrics
+from api import console, errors, health, metrics
 from api import keys as apikeys
 from api.auth import KeyRing
 from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
@@ -50,6 +50,7 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     app.state.watcher = ChangeWatcher()
     errors.install(app)
     app.include_router(router)
+    console.install(app)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["operations"],
              summary="Whether the database and the broker answer (no key needed)", operation_id="health")

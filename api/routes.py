@@ -94,9 +94,16 @@ def list_sagas(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(
         max_length=200, description="`next_cursor` of the previous page.")] = None,
+    created_after: Annotated[datetime | None, Query(
+        description="Only sagas created at or after this time (ISO 8601, with a time zone).")] = None,
+    idempotency_key: Annotated[str | None, Query(
+        max_length=255, pattern=NO_NUL, description="Only the saga started with this Idempotency-Key.")] = None,
 ) -> JSONResponse:
+    if created_after is not None and created_after.tzinfo is None:
+        raise ApiError(422, "invalid_request", "created_after needs a time zone, e.g. 2026-12-01T09:00:00Z")
     records = saga.list_sagas(tenant, status=status.value if status else None, type_=type, limit=limit + 1,
-                              before=_decode_cursor(cursor) if cursor else None)
+                              before=_decode_cursor(cursor) if cursor else None, since=created_after,
+                              idempotency_key=idempotency_key)
     more = len(records) > limit
     records = records[:limit]
     return JSONResponse({

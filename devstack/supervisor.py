@@ -65,7 +65,8 @@ def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bo
         from standins import start_standins
 
         standins = start_standins(data_dir / "standins")
-        env |= standins.env | {"SAGA_TENANT": "dev"}  # the tenant of the dev API key, so CLI and API agree
+        env |= standins.env | {"SAGA_TENANT": "dev",  # the tenant of the dev API key, so CLI and API agree
+                               "SAGA_FLOWER_URL": f"http://127.0.0.1:{flower_port}"}
         os.environ.update(env)
         env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         from saga import migrate, settings

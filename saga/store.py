@@ -123,10 +123,15 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
 
 def list_sagas(
     tenant: str, *, status: str | None = None, type_: str | None = None, limit: int = 50,
-    before: tuple[datetime, UUID] | None = None,
+    before: tuple[datetime, UUID] | None = None, since: datetime | None = None, idempotency_key: str | None = None,
 ) -> list[SagaRecord]:
-    """Newest first; `before` is the (created_at, id) of the last saga of the previous page."""
+    """Newest first; `before` is the (created_at, id) of the last saga of the previous page; `since` keeps those
+    created at or after it."""
     query = select(sagas).where(sagas.c.tenant == tenant)
+    if idempotency_key is not None:
+        query = query.where(sagas.c.idempotency_key == idempotency_key)
+    if since is not None:
+        query = query.where(sagas.c.created_at >= since)
     if status:
         query = query.where(sagas.c.status == status)
     if type_:

@@ -25,6 +25,8 @@ class ServiceSettings(BaseSettings):
     api_keys: str = ""
     api_url: str = "http://127.0.0.1:8000"
     flower_basic_auth: str | None = Field(default=None, validation_alias="FLOWER_BASIC_AUTH")
+    # Where operators reach Flower; the console links each step to its task there.
+    flower_url: str | None = None
 
     @property
     def module_list(self) -> list[str]:
