@@ -35,6 +35,7 @@ class Claim:
     input: dict[str, Any]
     results: dict[str, Any]
     checkpoint: dict[str, Any]
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ _CLAIMABLE = """
 """
 _FORWARD_CLAIM = text(f"""
 WITH s AS (
-    SELECT id, input FROM sagas
+    SELECT id, input, tenant FROM sagas
     WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'running', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
@@ -82,12 +83,12 @@ WITH s AS (
 SELECT c.fencing_token, c.attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(c.checkpoint, '{{}}')
+    coalesce(c.checkpoint, '{{}}'), s.tenant
 FROM c, s
 """)
 _COMPENSATION_CLAIM = text(f"""
 WITH s AS (
-    SELECT id, input FROM sagas WHERE id = :saga_id AND status = 'compensating' FOR NO KEY UPDATE
+    SELECT id, input, tenant FROM sagas WHERE id = :saga_id AND status = 'compensating' FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'compensating', compensation_attempts = st.compensation_attempts + 1,
         fencing_token = st.fencing_token + 1, lease_expires_at = now() + make_interval(secs => :lease),
@@ -105,7 +106,7 @@ WITH s AS (
 SELECT c.fencing_token, c.compensation_attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND result IS NOT NULL) AS results,
-    coalesce(c.checkpoint, '{{}}')
+    coalesce(c.checkpoint, '{{}}'), s.tenant
 FROM c, s
 """)
 # Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
@@ -116,7 +117,7 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_a
     sa.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(st.checkpoint, '{}'), st.effect_unknown
+    coalesce(st.checkpoint, '{}'), st.effect_unknown, sa.tenant
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
@@ -185,7 +186,8 @@ def claim(
     with db.autocommit(conn) as tx:
         row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
         if row is not None:
-            return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3], checkpoint=row[4])
+            return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3], checkpoint=row[4],
+                         tenant=row[5])
         return _refusal(_look(tx, saga_id, step), mode)
 
 
@@ -201,7 +203,7 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
         return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
-                     checkpoint=row[8])  # type: ignore[index]
+                     checkpoint=row[8], tenant=row[10])  # type: ignore[index]
     return why
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from celery.signals import beat_init, worker_init
 from pydantic import BaseModel
 
-from saga import db, engine_tasks, execution, metrics, recovery, settings, worker_checks
+from saga import db, engine_tasks, execution, logs, metrics, recovery, settings, worker_checks
 from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
 
@@ -33,6 +33,7 @@ class Sagas:
         db.dispose()
         engine_tasks.register(app)
         worker_checks.install(app)
+        logs.install(json_lines=settings.get_settings().log_format == "json")
 
         # Recovery runs in beat's own process, not as a task beat sends: a task every few seconds would fill
         # Flower's task list with `saga.recover` rows and cost a broker round trip each time.

@@ -13,7 +13,7 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from saga import claims, compensation, db, dispatch, metrics
+from saga import claims, compensation, db, dispatch, logs, metrics
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
 from saga.errors import LeaseLost, PermanentError, StepFailed
@@ -52,6 +52,12 @@ def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any]
 
 def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
          claim_first: bool) -> Any:
+    with logs.step_context(saga_id=str(saga_id), saga_type=step.saga.name, step=step.name, mode=mode):
+        return _run_tagged(task, step, saga_id, mode, pending, claim_first)
+
+
+def _run_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
+                claim_first: bool) -> Any:
     if pending is not None:
         return _settle(task, step, saga_id, mode, _commit(task, step, saga_id, mode, pending["token"],
                                                             pending["result"]))
@@ -124,6 +130,7 @@ def _attempt(
         outcome = claims.claim(saga_id, step, task.request.id, mode, redelivered=suspect)
     if not isinstance(outcome, Claim):
         return outcome
+    logs.tag(attempt=outcome.attempt, tenant=outcome.tenant)
     body = step.fn if mode == "forward" else step.compensation.fn  # type: ignore[union-attr]
     started = time.perf_counter()
     try:

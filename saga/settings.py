@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # RabbitMQ closes the channel of a consumer that holds a message unacked longer than its consumer_timeout
     # (30 minutes by default); say so here if yours differs, and workers refuse steps that could outlast it.
     consumer_timeout: float = 1800.0
+    # "json": workers write one JSON object per log line (with the saga id, step, attempt and tenant).
+    log_format: Literal["text", "json"] = "text"
     # A worker serves its Prometheus metrics on this port (with PROMETHEUS_MULTIPROC_DIR set); none if unset.
     metrics_port: int | None = None
 

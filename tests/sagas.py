@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -13,6 +14,8 @@ from sqlalchemy import text
 
 from saga import PermanentError, RetryPolicy, SagaType, StepContext, TransientError, db
 from workers.app import sagas
+
+log = logging.getLogger("tests.probe")
 
 PROBE_TABLES = """
 CREATE TABLE IF NOT EXISTS probe_runs (
@@ -53,6 +56,7 @@ def _hang() -> None:
 def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
     label = ctx.step if kind == "do" else f"undo_{ctx.step}"
     spec = ctx.input
+    log.info("probe body %s runs", label)  # a line of the body's own: the engine tags it with the saga and step
     with db.transaction() as conn:
         conn.execute(text("INSERT INTO probe_runs (saga_id, step, kind, attempt, pid) VALUES (:s, :st, :k, :a, :p)"),
                      {"s": ctx.saga_id, "st": ctx.step, "k": kind, "a": ctx.attempt, "p": os.getpid()})
