@@ -4,6 +4,7 @@ state and the saga id in its arguments, and no recovery task crowds its list."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,9 +33,24 @@ def flower(workers: Stack) -> Iterator[str]:
 
     try:
         wait_until(answers, timeout=60, what="Flower to answer")
+        _until_flower_sees_events(url)
         yield url
     finally:
         process.stop()
+
+
+def _until_flower_sees_events(url: str) -> None:
+    """Flower answers HTTP before its event receiver listens, and events sent meanwhile are gone: run warm-up
+    sagas until one of them shows up."""
+    for _ in range(10):
+        warm = saga.start("probe", {}, idempotency_key=f"flower-warm-{free_port()}-{time.monotonic()}").saga
+        wait_for_status(warm.id, FINAL)
+        try:
+            wait_until(lambda w=warm.id: tasks_of(url, w), timeout=5, what="Flower to see a warm-up saga")
+            return
+        except TimeoutError:
+            continue
+    pytest.fail("Flower never showed a task of ten warm-up sagas")
 
 
 def tasks_of(url: str, saga_id: Any) -> dict[str, dict[str, Any]]:
