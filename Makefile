@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-# The whole suite on Redis, then the integration and crash tests again on RabbitMQ (a vhost of their own).
-RABBITMQ_TESTS := tests/test_crash.py tests/test_job_posting.py
+# The whole suite on Redis, then on RabbitMQ (a vhost of their own) the job-posting integration tests and the
+# crash tests that kill a pool process after a body acted or a whole worker.
+RABBITMQ_TESTS := tests/test_job_posting.py tests/test_crash.py -k "test_job_posting or whole_worker or (step_boundary and after)"
 
 test: venv
 	$(BIN)/pytest -q $(PYTEST_ARGS)
