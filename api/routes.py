@@ -94,15 +94,15 @@ def list_sagas(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(
         max_length=200, description="`next_cursor` of the previous page.")] = None,
-    created_after: Annotated[datetime | None, Query(
-        description="Only sagas created at or after this time (ISO 8601, with a time zone).")] = None,
+    created_after: Annotated[str | None, Query(
+        max_length=40, json_schema_extra={"format": "date-time"},
+        description="Only sagas created at or after this time (ISO 8601 with a time zone, e.g. "
+                    "`2026-12-01T09:00:00Z`).")] = None,
     idempotency_key: Annotated[str | None, Query(
         max_length=255, pattern=NO_NUL, description="Only the saga started with this Idempotency-Key.")] = None,
 ) -> JSONResponse:
-    if created_after is not None and created_after.tzinfo is None:
-        raise ApiError(422, "invalid_request", "created_after needs a time zone, e.g. 2026-12-01T09:00:00Z")
     records = saga.list_sagas(tenant, status=status.value if status else None, type_=type, limit=limit + 1,
-                              before=_decode_cursor(cursor) if cursor else None, since=created_after,
+                              before=_decode_cursor(cursor) if cursor else None, since=_instant(created_after),
                               idempotency_key=idempotency_key)
     more = len(records) > limit
     records = records[:limit]
@@ -110,6 +110,20 @@ def list_sagas(
         "items": [r.to_dict() for r in records],
         "next_cursor": _encode_cursor(records[-1].created_at, records[-1].id) if more else None,
     })
+
+
+def _instant(value: str | None) -> datetime | None:
+    """An ISO 8601 time with a time zone (numbers are not times here), or a 422 saying what is expected."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ApiError(422, "invalid_request", f"created_after {value!r} is not an ISO 8601 time with a time zone, "
+                       "e.g. 2026-12-01T09:00:00Z")
+    return parsed
 
 
 def _encode_cursor(created_at: datetime, saga_id: UUID) -> str:

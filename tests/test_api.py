@@ -553,3 +553,24 @@ def test_docs_need_no_internet(api: ApiServer, page: str, needs: set[str]) -> No
     for ref in refs:
         asset = httpx.get(api.url + ref, timeout=10)
         assert asset.status_code == 200 and len(asset.content) > 100, ref
+
+
+@pytest.mark.parametrize("bad", ["0.5", "yesterday", "2026-12-01T09:00:00"])
+def test_the_listing_refuses_a_time_that_is_not_iso_with_a_zone(api: ApiServer, bad: str) -> None:
+    with api.client("alpha") as client:
+        answer = client.get("/v1/sagas", params={"created_after": bad})
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "invalid_request", answer.text
+    assert "created_after" in answer.json()["error"]["message"]
+
+
+def test_the_listing_filters_by_creation_time_and_idempotency_key(api: ApiServer) -> None:
+    with api.client("alpha") as client:
+        key = f"filter-{uuid.uuid4()}"
+        made = client.post("/v1/sagas", json={"type": "demo", "input": {"customer": "f", "amount_cents": 1}},
+                           headers={"Idempotency-Key": key}).json()
+        by_key = client.get("/v1/sagas", params={"idempotency_key": key}).json()["items"]
+        assert [s["id"] for s in by_key] == [made["id"]]
+        later = client.get("/v1/sagas", params={"created_after": "2999-01-01T00:00:00Z"}).json()["items"]
+        assert later == []
+        since = client.get("/v1/sagas", params={"created_after": made["created_at"], "limit": 200}).json()["items"]
+        assert made["id"] in [s["id"] for s in since]
