@@ -131,6 +131,7 @@ def _banner(env: dict[str, str], logs: Path, env_file: Path, api_key: str, api_u
             flower_port: int) -> None:
     print(f"""
   API        {api_url}  (docs {api_url}/docs; dev key in .saga/api-key: {api_key})
+  console    {api_url}/ui  (paste the dev key once)
   database   {env[DATABASE_ENV]}
   broker     {env[BROKER_ENV]}
   flower     http://127.0.0.1:{flower_port}  (Celery's live view of workers and tasks)
