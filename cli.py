@@ -14,8 +14,8 @@ from uuid import UUID
 import click
 
 from saga.errors import SagaError
+from saga.states import FINAL
 
-FINAL = ("completed", "compensated", "paused", "failed")
 # Where `make run` keeps a development API key, which `--api` uses when no other key is given.
 DEV_KEY_FILE = Path(".saga") / "api-key"
 # Written by `saga dev` while it runs, so other commands in the same directory find its servers.

@@ -26,7 +26,7 @@ from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
 from api.metrics import SAGAS_STARTED
 from api.schemas import EventPage, Saga, SagaPage, StartSaga
 from saga.runner import send_forward
-from saga.states import SagaStatus
+from saga.states import FINAL, SagaStatus
 from saga.store import SagaRecord
 
 router = APIRouter(prefix="/v1/sagas", tags=["sagas"])
@@ -34,7 +34,6 @@ router = APIRouter(prefix="/v1/sagas", tags=["sagas"])
 # Statuses after which a saga never changes again (paused and failed wait for an operator, so they may).
 SETTLED = ("completed", "compensated")
 # Statuses in which a saga waits for nobody but an operator: a stream ends there.
-FINAL = ("completed", "compensated", "paused", "failed")
 MAX_WAIT = 60.0
 # A query string may carry what PostgreSQL cannot compare with: refuse NUL characters up front.
 NO_NUL = r"^[^\x00]*$"

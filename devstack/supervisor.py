@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from devstack.servers import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
+from saga.states import FINAL
 from saga.testing.processes import Process, die_with_parent, stop_all
 
 if TYPE_CHECKING:
     from standins import StandIns
 
 log = logging.getLogger("devstack.supervisor")
-FINAL = ("completed", "compensated", "paused", "failed")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 # Seconds the stack's processes get to exit after SIGTERM before they are killed.

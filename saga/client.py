@@ -24,9 +24,8 @@ import httpx
 
 from saga.errors import SagaError
 from saga.models import EventPage, Saga, SagaPage
+from saga.states import FINAL
 
-# Statuses after which a saga waits for nobody but an operator.
-FINAL = frozenset({"completed", "compensated", "paused", "failed"})
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
 

@@ -182,6 +182,7 @@ def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result
         committed = _durably(claims.commit_success, saga_id, step, token, result, mode,
                              landed=lambda: claims.landed(saga_id, step, token, done))
     except (*_UNREACHABLE, SoftTimeLimitExceeded) as exc:
+        metrics.LEDGER_ERRORS.labels("commit_success").inc()
         log.warning("saga %s %s %s: result not recorded yet (%s); retrying the commit in %.0fs", saga_id, mode,
                     step.name, type(exc).__name__, LEDGER_RETRY_DELAY)
         raise task.retry(countdown=LEDGER_RETRY_DELAY, kwargs={"commit": {"token": token, "result": result}}) from exc
@@ -198,9 +199,9 @@ def _durably(action: Callable[..., T | None], *args: Any, landed: Callable[[], T
             result = action(*args, **kwargs)
             return landed() if result is None and landed is not None else result
         except _UNREACHABLE as exc:
-            metrics.LEDGER_ERRORS.labels(action.__name__).inc()
             if delay is None:
                 raise
+            metrics.LEDGER_ERRORS.labels(action.__name__).inc()
             log.warning("ledger write %s failed (%s); trying again in %.1fs", action.__name__,
                         type(getattr(exc, "orig", exc)).__name__, delay)
             time.sleep(delay)

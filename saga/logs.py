@@ -18,12 +18,11 @@ _CURRENT: ContextVar[dict[str, Any] | None] = ContextVar("saga_step", default=No
 
 
 @contextmanager
-def step_context(**fields: Any) -> Iterator[dict[str, Any]]:
-    """Tag every log line written inside with `fields`; add more to the yielded dict as they become known."""
-    current = dict(fields)
-    token = _CURRENT.set(current)
+def step_context(**fields: Any) -> Iterator[None]:
+    """Tag every log line written inside with `fields` (`tag` adds more as they become known)."""
+    token = _CURRENT.set(dict(fields))
     try:
-        yield current
+        yield
     finally:
         _CURRENT.reset(token)
 

@@ -40,7 +40,7 @@ STEP_ATTEMPTS = Counter("saga_step_attempts_total", "Executions of a step body o
 RECOVERY_DISPATCHES = Counter("saga_recovery_dispatches_total", "Sagas recovery found past their deadline and "
                               "woke (a lost message, a dead worker, a failed dispatch).")
 LEDGER_ERRORS = Counter("saga_ledger_errors_total", "Ledger writes that failed (database unreachable, deadlock "
-                        "or serialization conflict) and were tried again.", ["operation"])
+                        "or serialization conflict) and were tried again, once per try.", ["operation"])
 
 
 def serve(port: int, *, pool: bool) -> None:

@@ -30,3 +30,7 @@ class StepKind(StrEnum):
     PIVOT = "pivot"
     RETRIABLE = "retriable"
 
+
+# Statuses after which a saga waits for nobody but an operator.
+FINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.PAUSED, SagaStatus.FAILED})
+

@@ -46,10 +46,11 @@ def browser() -> Iterator[WebDriver]:
 
 
 @pytest.fixture()
-def tenant(api: Any) -> tuple[str, httpx.Client]:
+def tenant(api: Any) -> Iterator[tuple[str, httpx.Client]]:
     """A tenant of its own, its key and an HTTP client of the API with it."""
     _, key = apikeys.create_key(f"ui-{uuid.uuid4().hex[:10]}")
-    return key, httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        yield key, client
 
 
 def start(client: httpx.Client, saga_type: str, data: dict[str, Any]) -> str:

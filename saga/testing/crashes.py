@@ -19,10 +19,10 @@ from typing import Any, Literal
 from uuid import uuid4
 
 from saga.definitions import SagaType
+from saga.states import FINAL
 from saga.testing.crash_hook import PLAN_ENV
 from saga.testing.stack import Stack, wait_until
 
-FINAL = ("completed", "compensated", "paused", "failed")
 WORKER = "crash-worker"
 Kill = Literal["child", "worker"]
 
