@@ -64,12 +64,20 @@ def serve(port: int, *, pool: bool) -> None:
 class LedgerCollector(Collector):
     """The age of the oldest saga in each unfinished status, read from the ledger at every scrape."""
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """What `collect` yields, without asking the ledger (the registry asks once, when it is registered)."""
+        yield _oldest_family()
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("saga_oldest_unfinished_seconds", "Age of the oldest saga still pending, "
-                                   "running or compensating, by status (absent when none is).", labels=["status"])
+        family = _oldest_family()
         for status, age in _oldest_unfinished():
             family.add_metric([status], age)
         yield family
+
+
+def _oldest_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily("saga_oldest_unfinished_seconds", "Age of the oldest saga still pending, running or "
+                             "compensating, by status (absent when none is).", labels=["status"])
 
 
 def _oldest_unfinished() -> list[Any]:
