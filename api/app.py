@@ -21,6 +21,8 @@ from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
 from api.routes import router
 from api.schemas import Health
 from api.watch import ChangeWatcher
+from saga import tracing
+from saga.settings import get_settings
 from workers.app import load_modules
 
 DESCRIPTION = """
@@ -37,6 +39,9 @@ Every error is `{"error": {"code", "message", "details"}}`.
 def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     """The API application, ready to serve (uvicorn: `api.app:create_app` with `--factory`)."""
     load_modules()
+    traced = get_settings().tracing
+    if traced:
+        tracing.install("saga-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,4 +78,6 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     app.add_middleware(errors.CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=max_body)
     app.add_middleware(metrics.RequestMetrics)
+    if traced:
+        tracing.instrument_api(app)
     return app

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from celery import chain
 
+from saga import tracing
 from saga.definitions import SagaType, Step
 from saga.store import SagaRecord, StepRecord
 
@@ -25,7 +26,8 @@ def forward(saga_id: UUID, saga_type: SagaType, start: int, countdown: float | N
     steps = [s.task.si(str(saga_id)).set(queue=saga_type.queue) for s in saga_type.steps[start:]]
     if claim_first:
         steps[0] = saga_type.steps[start].task.si(str(saga_id), claim_first=True).set(queue=saga_type.queue)
-    chain(*steps).on_error(_errback(saga_type, saga_id)).apply_async(countdown=countdown)
+    with tracing.in_saga(saga_id):
+        chain(*steps).on_error(_errback(saga_type, saga_id)).apply_async(countdown=countdown)
 
 
 def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | None = None) -> None:
@@ -36,7 +38,8 @@ def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | No
     ]
     sigs.append(saga_type.engine.app.signature(FINISH_COMPENSATION, args=(str(record.id),), immutable=True,
                                                queue=saga_type.queue))
-    chain(*sigs).on_error(_errback(saga_type, record.id)).apply_async(countdown=countdown)
+    with tracing.in_saga(record.id):
+        chain(*sigs).on_error(_errback(saga_type, record.id)).apply_async(countdown=countdown)
 
 
 def owed(record: SagaRecord, saga_type: SagaType) -> list[Step]:

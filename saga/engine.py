@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from celery.signals import beat_init, worker_init
+from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
 from pydantic import BaseModel
 
-from saga import db, engine_tasks, execution, logs, metrics, recovery, settings, worker_checks
+from saga import db, engine_tasks, execution, logs, metrics, recovery, settings, tracing, worker_checks
 from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
 
@@ -42,6 +42,8 @@ class Sagas:
                 configured = settings.get_settings()
                 if configured.metrics_port:
                     metrics.serve(configured.metrics_port, pool=False)
+                if configured.tracing:
+                    tracing.install("saga-beat")
                 recovery.start_loop(configured.recovery_interval)
 
         def start_worker(sender: Any = None, **_: Any) -> None:
@@ -51,6 +53,9 @@ class Sagas:
 
         beat_init.connect(start_beat, weak=False)
         worker_init.connect(start_worker, weak=False)
+        if settings.get_settings().tracing:  # in each pool process: the exporter's thread does not survive a fork
+            worker_process_init.connect(lambda **_: tracing.install("saga-worker"), weak=False)
+            worker_process_shutdown.connect(lambda **_: tracing.flush(), weak=False)
 
     @property
     def settings(self) -> settings.Settings:

@@ -13,7 +13,7 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from saga import claims, compensation, db, dispatch, logs, metrics
+from saga import claims, compensation, db, dispatch, logs, metrics, tracing
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
 from saga.errors import LeaseLost, PermanentError, StepFailed
@@ -52,7 +52,8 @@ def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any]
 
 def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
          claim_first: bool) -> Any:
-    with logs.step_context(saga_id=str(saga_id), saga_type=step.saga.name, step=step.name, mode=mode):
+    with logs.step_context(saga_id=str(saga_id), saga_type=step.saga.name, step=step.name, mode=mode) as fields, \
+            tracing.attempt_span(saga_id, f"{mode} {step.name}", fields):
         return _run_tagged(task, step, saga_id, mode, pending, claim_first)
 
 

@@ -18,11 +18,12 @@ _CURRENT: ContextVar[dict[str, Any] | None] = ContextVar("saga_step", default=No
 
 
 @contextmanager
-def step_context(**fields: Any) -> Iterator[None]:
-    """Tag every log line written inside with `fields` (`tag` adds more as they become known)."""
-    token = _CURRENT.set(dict(fields))
+def step_context(**fields: Any) -> Iterator[dict[str, Any]]:
+    """Tag every log line written inside with `fields` (`tag` adds more as they become known); yields them."""
+    current = dict(fields)
+    token = _CURRENT.set(current)
     try:
-        yield
+        yield current
     finally:
         _CURRENT.reset(token)
 

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 from sqlalchemy import select, text
 
-from saga import db, dispatch, metrics, store
+from saga import db, dispatch, metrics, store, tracing
 from saga.claims import patience
 from saga.definitions import get_saga_type
 from saga.errors import IdempotencyConflict, InvalidInput
@@ -98,6 +98,7 @@ def start(
                           compensation_result=None, error=None, task_id=None,
                           started_at=None, finished_at=None, compensated_at=None) for s in saga_type.steps],
     )
+    tracing.accepted(saga_id, type_name, tenant)
     if dispatch:
         send_forward(saga_id, type_name, 0)
     metrics.SAGAS_STARTED.labels(type_name).inc()

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # A worker serves its Prometheus metrics on this port (with PROMETHEUS_MULTIPROC_DIR set); none if unset.
     metrics_port: int | None = None
+    # OpenTelemetry: one trace per saga, exported over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT); the `tracing` extra.
+    tracing: bool = False
 
     @field_validator("database_url")
     @classmethod
