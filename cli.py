@@ -74,7 +74,7 @@ def migrate() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", default=2, show_default=True, help="Pool processes.")
-@click.option("--hostname", "-n", default=None, help="Worker node name (default: saga@<host>).")
+@click.option("--hostname", "-n", default=None, help="Worker node name (default: celery@<host>).")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int, hostname: str | None) -> None:
     """Run a Celery worker that executes steps (extra options go to `celery worker`)."""

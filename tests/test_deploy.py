@@ -1,0 +1,161 @@
+"""What the fleet runs: docker-compose.yml checked by a real Compose implementation (there is no Docker engine
+here, so nothing starts), its worker health check run for real, and the wheel the Dockerfile builds."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from saga.testing import Stack
+from tests.conftest import ROOT
+from tests.test_import_graph import graph
+from workers.settings import ServiceSettings
+
+SECRETS = {"POSTGRES_PASSWORD": "s3cret-pw", "FLOWER_BASIC_AUTH": "ops:flower-pw"}
+APP_SERVICES = {"migrate", "api", "worker", "beat", "flower"}
+
+
+def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`docker compose` where the plugin exists, else Debian's `docker-compose` (apt-get install docker-compose)."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
+        argv = ["docker", "compose"]
+    elif shutil.which("docker-compose"):
+        argv = ["docker-compose"]
+    else:
+        pytest.fail("no Compose implementation: apt-get install docker-compose (.ci/run does)")
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run([*argv, "-f", str(ROOT / "docker-compose.yml"), *args], capture_output=True, text=True, check=False,
+                          env={**clean, **env}, cwd=ROOT, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    done = compose("config", env=SECRETS)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)
+
+
+def test_compose_refuses_to_start_without_its_secrets() -> None:
+    done = compose("config", env={"FLOWER_BASIC_AUTH": "ops:x"})
+    assert done.returncode != 0 and "POSTGRES_PASSWORD" in done.stderr, done.stderr
+    done = compose("config", env={"POSTGRES_PASSWORD": "x"})
+    assert done.returncode != 0 and "FLOWER_BASIC_AUTH" in done.stderr, done.stderr
+
+
+def test_compose_runs_the_whole_stack_with_health_checks(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert set(services) == {"postgres", "redis", *APP_SERVICES}
+    for name, service in services.items():
+        if name == "migrate":
+            assert service.get("restart") == "no" and "healthcheck" not in service
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        assert service["healthcheck"]["test"], f"{name} has no health check"
+    for name in APP_SERVICES - {"migrate"}:
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy", name
+        env = services[name]["environment"]
+        assert env["SAGA_LOG_FORMAT"] == "json", name
+        assert env["SAGA_DATABASE_URL"].startswith(f"postgresql+psycopg://postgres:{SECRETS['POSTGRES_PASSWORD']}@postgres:")
+        assert services[name]["image"] == "celery-sagas" and services[name]["build"]["context"] == str(ROOT)
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == SECRETS["FLOWER_BASIC_AUTH"]
+    assert "noeviction" in services["redis"]["command"] and "--appendonly" in services["redis"]["command"]
+
+
+def test_the_worker_scales_out(config: dict[str, Any]) -> None:
+    """`--scale worker=4` needs a service with no container name, host port or fixed hostname; each replica
+    names itself after its container and keeps its metrics files to itself."""
+    worker = config["services"]["worker"]
+    assert not {"container_name", "ports", "hostname"} & set(worker), worker
+    assert "worker@%h" in worker["command"]
+    assert worker["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")  # inside its own container
+    assert worker["environment"]["SAGA_METRICS_PORT"] == "9100"
+    assert worker["stop_grace_period"]
+
+
+def test_the_worker_health_check_passes_for_a_live_worker_and_fails_for_a_missing_one(
+        config: dict[str, Any], workers: Stack) -> None:
+    test = config["services"]["worker"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    command = test[1].replace("$$", "$")  # Compose's escape for a literal `$`, undone when it runs the check
+    host = socket.gethostname()
+    workers.worker("worker", concurrency=1)  # as the compose command names it: worker@<its hostname>
+    try:
+        env = {**os.environ, **workers.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        alive = subprocess.run(["sh", "-c", command], env={**env, "HOSTNAME": host}, capture_output=True,
+                               text=True, check=False, cwd=ROOT, timeout=60)
+        assert alive.returncode == 0, alive.stdout + alive.stderr
+        quick = command.replace("--timeout 10", "--timeout 2")  # nobody will answer: do not wait the full 10 s
+        missing = subprocess.run(["sh", "-c", quick], env={**env, "HOSTNAME": "no-such-host"},
+                                 capture_output=True, text=True, check=False, cwd=ROOT, timeout=60)
+        assert missing.returncode != 0, missing.stdout
+    finally:
+        workers.stop_workers(keep=[p.name for p in workers.workers() if p.name != "worker"])
+
+
+def _build_context(tmp: Path) -> Path:
+    """The files the Dockerfile's build stage copies, laid out as it lays them out."""
+    context = tmp / "src"
+    context.mkdir()
+    stages = (ROOT / "Dockerfile").read_text().split("\nFROM ")
+    [stage] = [s for s in stages if s.splitlines()[0].endswith(" AS build")]
+    for line in stage.splitlines():
+        if not line.startswith("COPY "):
+            continue
+        *sources, dest = shlex.split(line)[1:]
+        for source in sources:
+            target = context / (Path(source).name if dest == "./" else dest)
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(ROOT / source, target)
+    return context
+
+
+def services_import() -> set[str]:
+    """Every module of ours the `saga` command (all its subcommands), the worker, beat and API load: the entry
+    points, the saga types of the default SAGA_MODULES, and what they import, lazily or not."""
+    edges = graph()
+    todo = ["cli", "celeryconfig", "workers.app", "api.app", *ServiceSettings.model_fields["modules"].default.split(",")]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(edges[name])
+    return seen
+
+
+def test_the_wheel_the_dockerfile_builds_holds_every_module_the_services_import(tmp_path: Path) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip wheel --no-deps --wheel-dir /wheels ." in dockerfile
+    assert "COPY --from=build /wheels /wheels" in dockerfile and 'pip install "$(ls /wheels/*.whl)' in dockerfile
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                            "--wheel-dir", str(tmp_path / "wheels"), str(_build_context(tmp_path))],
+                           capture_output=True, text=True, check=False, timeout=300)
+    assert built.returncode == 0, built.stderr
+    [wheel] = (tmp_path / "wheels").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    needed = services_import()
+    assert {"cli", "api.app", "tasks.job_posting", "devstack.supervisor", "standins"} <= needed
+    assert not {n for n in needed if n.split(".")[0] in ("tests", "bench")}, "a service imports test code"
+    missing = sorted(n for n in needed if f"{n.replace('.', '/')}.py" not in names
+                     and f"{n.replace('.', '/')}/__init__.py" not in names)
+    assert not missing, f"modules the services import but the wheel lacks: {missing}"
+    data = [p.relative_to(ROOT).as_posix() for pattern in ("saga/migrations/**/*", "api/console/**/*")
+            for p in ROOT.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
+    assert data and not [p for p in data if p not in names], "package data missing from the wheel"
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "saga = cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
