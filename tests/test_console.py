@@ -148,3 +148,39 @@ def test_cancel_moves_a_running_saga_and_a_refusal_is_shown(
     WebDriverWait(browser, 10).until(lambda b: "cancel refused" in texts(b, "#notice")[0])
     assert "point of no return" in texts(browser, "#notice")[0]
     assert ended(client, past_pivot)["status"] == "completed"
+
+
+def test_resume_a_paused_saga_and_compensate_a_failed_one(
+    workers: Stack, api: Any, browser: WebDriver, tenant: tuple[str, httpx.Client],
+) -> None:
+    from tests.test_api import switch
+
+    key, client = tenant
+    stuck = f"d-{uuid.uuid4()}"
+    switch(stuck, True)
+    paused = start(client, "probe", {"switch": {"d": stuck}})
+    assert ended(client, paused)["status"] == "paused"
+    open_console(browser, api, key, f"#/saga/{paused}")
+    WebDriverWait(browser, 10).until(lambda b: badge(b) == "paused")
+
+    def shown(b: WebDriver) -> list[str]:
+        return [e.get_attribute("data-action") for e in b.find_elements(By.CSS_SELECTOR, "#actions button")
+                if e.is_displayed()]
+
+    assert shown(browser) == ["resume"]
+    switch(stuck, False)  # the operator fixed what made `d` fail
+    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="resume"]').click()
+    WebDriverWait(browser, 30).until(lambda b: badge(b) == "completed")
+    assert texts(browser, '#timeline li[data-kind="saga_resumed"]'), "the resume is not in the timeline"
+
+    undo_stuck = f"undo-b-{uuid.uuid4()}"
+    switch(undo_stuck, True)
+    failed = start(client, "probe", {"fail": "c", "switch": {"undo_b": undo_stuck}})
+    assert ended(client, failed)["status"] == "failed"
+    browser.get(f"{api.url}/ui#/saga/{failed}")
+    WebDriverWait(browser, 10).until(lambda b: badge(b) == "failed")
+    assert shown(browser) == ["compensate"]
+    switch(undo_stuck, False)
+    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="compensate"]').click()
+    WebDriverWait(browser, 30).until(lambda b: badge(b) == "compensated")
+    assert texts(browser, '#steps tr[data-step="b"] .status') == ["compensated"]
