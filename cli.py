@@ -185,6 +185,25 @@ def keys_revoke(key_id: int) -> None:
     click.echo(f"key {key_id} revoked")
 
 
+@main.command()
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="How long ago the sagas ended: 30d, 12h, 90m, 45s.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Sagas deleted per transaction.")
+def prune(older_than: str, batch: int) -> None:
+    """Delete sagas that ended (completed or compensated) longer ago than AGE, with their steps and events,
+    in batches that never hold up workers. Paused and failed sagas are kept."""
+    from saga import retention
+
+    try:
+        age = retention.parse_age(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    _boot()
+    total = retention.prune(age, batch, progress=lambda n: click.echo(f"deleted {n} saga(s) so far", err=True))
+    click.echo(f"deleted {total} saga(s) that ended more than {older_than} ago")
+
+
 def _api_options(fn: Any) -> Any:
     """`--api` (and its URL and key) on an operator command: go through the HTTP API, not the database."""
     fn = click.option("--api-key", default=None, envvar="SAGA_API_KEY",

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,7 +34,10 @@ SAGA_ERROR_STATUS = {
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     406: "not_acceptable", 413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests",
+    503: "unavailable",
 }
+# Seconds a client is asked to wait before trying again when the ledger is unreachable.
+RETRY_AFTER = 2
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -72,6 +76,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SagaError, _saga_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    for unreachable in (OperationalError, InterfaceError):
+        app.add_exception_handler(unreachable, _ledger_unreachable)  # type: ignore[arg-type]
     # The last resort, for an error in a middleware outside `CatchAll`.
     app.add_exception_handler(Exception, _unexpected)
 
@@ -122,6 +128,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
             if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
             for method in route.methods or ()}))
     return error_response(exc.status_code, code, message, headers=headers or None)
+
+
+async def _ledger_unreachable(request: Request, exc: DBAPIError) -> JSONResponse:
+    """PostgreSQL down or restarting: nothing was done, and the same request (same Idempotency-Key) may be sent
+    again."""
+    log.warning("ledger unreachable on %s %s: %s", request.method, request.url.path,
+                str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else type(exc).__name__)
+    return error_response(503, "unavailable", "the saga ledger is unreachable; nothing was done, try again "
+                          "(with the same Idempotency-Key)", headers={"Retry-After": str(RETRY_AFTER)})
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -251,7 +251,7 @@ def start_embedded_postgres(data_dir: Path) -> _Embedded:
     pgdata = data_dir / "postgres"
     owner_file = data_dir / "postgres.owner"
     with _locked(data_dir):
-        account = _postgres_account(pgdata)
+        account = postgres_account(pgdata)
         if not pgdata.exists():
             pgdata.mkdir(mode=0o700)
         if account and pgdata.stat().st_uid != account.pw_uid:
@@ -263,7 +263,7 @@ def start_embedded_postgres(data_dir: Path) -> _Embedded:
                         f"user {account.pw_name} (PostgreSQL cannot run as root) cannot reach {target}: "
                         f"{blocked} is not traversable for it (try `chmod o+x {blocked}`)"
                     )
-        run = _runner(account, cwd=pgdata)
+        run = run_as(account, cwd=pgdata)
 
         def pg_ctl(*args: str, timeout: float = _START_TIMEOUT + 30) -> subprocess.CompletedProcess[str]:
             return run([str(bin_dir / "pg_ctl"), *args, "-D", str(pgdata)], timeout=timeout)
@@ -422,7 +422,7 @@ def _redis_is(port: object, pid: object) -> bool:
         client.close()
 
 
-def _postgres_account(pgdata: Path) -> pwd.struct_passwd | None:
+def postgres_account(pgdata: Path) -> pwd.struct_passwd | None:
     """The unprivileged user to run PostgreSQL as when we are root; None when we are not root.
 
     An existing data directory keeps its owner; otherwise :data:`EMBEDDED_POSTGRES_USER`, created as a
@@ -469,7 +469,7 @@ def _postgres_account(pgdata: Path) -> pwd.struct_passwd | None:
             ) from exc
 
 
-def _runner(account: pwd.struct_passwd | None, cwd: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+def run_as(account: pwd.struct_passwd | None, cwd: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``run(argv, timeout=)`` executing as ``account`` (uid, gid, no extra groups), output captured."""
 
     def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

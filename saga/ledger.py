@@ -43,6 +43,8 @@ sagas = Table(
     Index("sagas_tenant_status_created", "tenant", "status", text("created_at DESC")),
     Index("sagas_active", "created_at",
           postgresql_where=text("status IN ('pending', 'running', 'compensating')")),
+    # Retention's candidates: sagas that ended with nothing left to do.
+    Index("sagas_ended", "created_at", postgresql_where=text("status IN ('completed', 'compensated')")),
 )
 
 saga_steps = Table(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import claims, compensation, db, dispatch, metrics, store
+from saga import claims, compensation, db, dispatch, metrics, retention, store
 from saga.claims import patience
 from saga.definitions import get_saga_type
 from saga.settings import get_settings
@@ -35,12 +36,16 @@ _WAIT = text("UPDATE sagas SET deadline = now() + make_interval(secs => :patienc
 
 
 def start_loop(interval: float) -> threading.Thread:
-    """Run recovery every `interval` seconds in a daemon thread of this process (beat's), until it exits."""
+    """Run recovery every `interval` seconds in a daemon thread of this process (beat's), until it exits; with
+    SAGA_RETENTION_DAYS set, each pass also deletes one batch of sagas that ended that long ago."""
 
     def loop() -> None:
         while True:
             try:
                 run_once()
+                retention_days = get_settings().retention_days
+                if retention_days:
+                    retention.prune_batch(timedelta(days=retention_days))
             except Exception:
                 log.exception("recovery pass failed; next in %.1f s", interval)
             time.sleep(interval)

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     lease_margin: float = 5.0
     recovery_interval: float = 5.0
     recovery_batch: int = 200
+    # Beat deletes sagas that ended (completed or compensated) this many days ago, a batch per recovery pass.
+    retention_days: float | None = None
     # RabbitMQ closes the channel of a consumer that holds a message unacked longer than its consumer_timeout
     # (30 minutes by default); say so here if yours differs, and workers refuse steps that could outlast it.
     consumer_timeout: float = 1800.0

@@ -54,19 +54,19 @@ def test_with_the_broker_down_the_api_accepts_and_answers_then_recovery_dispatch
         proxy.stop()
 
 
-def test_with_the_database_down_errors_keep_their_shape_and_no_stack_trace(stack: Stack) -> None:
+def test_with_the_database_down_the_api_answers_503_in_the_error_shape_without_a_stack_trace(stack: Stack) -> None:
     nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/saga"
     api = serve(stack, "api-no-db", SAGA_DATABASE_URL=nowhere)
     try:
         client = api.client("alpha")
         for response in (client.get(f"/v1/sagas/{NOWHERE}"), client.get("/v1/sagas"),
                          start(client, "probe")):
-            error = assert_error(response, 500, "internal_error")
+            error = assert_error(response, 503, "unavailable")
             assert "psycopg" not in response.text and "sqlalchemy" not in response.text.lower()
-            assert error["details"] is None
+            assert error["details"] is None and response.headers["Retry-After"] == "2"
         health = httpx.get(f"{api.url}/healthz", timeout=10)
         assert health.status_code == 503
         assert health.json()["database"]["ok"] is False and health.json()["broker"]["ok"] is True
-        assert "Traceback" in api.process.log_text(), "the server logs what the client is not shown"
+        assert "ledger unreachable on GET /v1/sagas" in api.process.log_text(), "the server logs what failed"
     finally:
         api.close()

@@ -1,0 +1,158 @@
+"""Driving job postings through the API as a client would, and checking invariants I1 to I5 of every one of them
+against the ledger and the third parties' own records (S3, the Stripe stand-in, the mail sink)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from saga import db
+from saga.states import FINAL
+from saga.testing import wait_until
+from standins import StandIns
+from tests.jobs import posting
+
+DECLINED = "pm_card_chargeDeclined"
+
+
+@dataclass
+class Submitted:
+    """The sagas a client asked for, by idempotency key, and the id the API answered."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    answers: Counter[int] = field(default_factory=Counter)  # HTTP status of every try
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def submit(client: httpx.Client, count: int, into: Submitted, *, declined_every: int = 5, pace: float = 0.0,
+           deadline: float = 120.0) -> None:
+    """Ask for `count` job postings (every `declined_every`-th with a card that is declined), each retried with
+    its Idempotency-Key until the API accepts it: a 5xx or a lost connection is tried again, as clients do."""
+    for n in range(count):
+        key = f"fault-{uuid.uuid4()}"
+        body = {"type": "job_posting", "input": posting(
+            title=f"Engineer {n}", payment_method=DECLINED if declined_every and n % declined_every == 0
+            else "pm_card_visa")}
+        give_up = time.monotonic() + deadline
+        while True:
+            try:
+                answer = client.post("/v1/sagas", json=body, headers={"Idempotency-Key": key}, timeout=10)
+                with into.lock:
+                    into.answers[answer.status_code] += 1
+                if answer.status_code in (200, 202):
+                    with into.lock:
+                        into.ids[key] = answer.json()["id"]
+                    break
+                assert answer.status_code >= 500, answer.text  # the request itself is fine
+            except httpx.TransportError:
+                with into.lock:
+                    into.answers[0] += 1
+            if time.monotonic() > give_up:
+                raise AssertionError(f"the API did not accept {key} within {deadline:.0f} s")
+            time.sleep(0.2)
+        if pace:
+            time.sleep(random.uniform(0, 2 * pace))
+
+
+def in_background(*args: Any, **kwargs: Any) -> threading.Thread:
+    """`submit` in a thread; join it to learn it is done (its errors go to `errors`)."""
+    errors: list[BaseException] = kwargs.pop("errors")
+
+    def run() -> None:
+        try:
+            submit(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test that joins
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def statuses(ids: Iterable[str]) -> dict[str, str]:
+    with db.transaction() as conn:
+        rows = conn.execute(text("SELECT id::text, status FROM sagas WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                            {"ids": list(ids)}).all()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def settled(ids: Iterable[str], timeout: float) -> dict[str, str]:
+    """Every saga's final status, once all are final (or what they were when `timeout` ran out)."""
+    ids = list(ids)
+    try:
+        return wait_until(lambda: (s := statuses(ids)) and all(v in FINAL for v in s.values())
+                          and len(s) == len(ids) and s, timeout=timeout, interval=0.5, what="every saga to end")
+    except TimeoutError:
+        return statuses(ids)
+
+
+def tally(standins: StandIns, submitted: Submitted, final: dict[str, str]) -> Counter[str]:
+    """The counts every fault test prints: how sagas ended, and every broken promise (each must be 0)."""
+    counts: Counter[str] = Counter(submitted=len(submitted.ids))
+    intents = standins.payment_intents()
+    refunds = standins.refunds()
+    keys = standins.s3_keys()
+    mails = Counter(m["Message-ID"] or "" for m in standins.messages())  # every delivery, not distinct ids
+    with db.transaction() as conn:
+        postings = conn.execute(text(
+            "SELECT saga_id::text, status, logo_key FROM job_postings WHERE saga_id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": list(submitted.ids.values())}).all()
+    by_saga: dict[str, list[Any]] = {}
+    for row in postings:
+        by_saga.setdefault(row[0], []).append(row)
+    for saga_id in submitted.ids.values():
+        status = final.get(saga_id)
+        if status not in FINAL:
+            counts["lost"] += 1
+            continue
+        counts[status] += 1
+        mine = [pi for pi in intents if pi.get("metadata", {}).get("saga_id") == saga_id]
+        charged = sum(pi["amount"] for pi in mine if pi["status"] == "succeeded")
+        refunded = sum(r["amount"] for r in refunds if r.get("status") == "succeeded"
+                       and r.get("payment_intent") in {pi["id"] for pi in mine})
+        net = charged - refunded
+        succeeded = [pi for pi in mine if pi["status"] == "succeeded"]
+        objects = [k for k in keys if saga_id in k]
+        rows = by_saga.get(saga_id, [])
+        sent = sum(n for mid, n in mails.items() if saga_id in mid)
+        counts["duplicate charges"] += max(0, len(succeeded) - 1)
+        counts["duplicate emails"] += max(0, sent - 1)
+        if status == "completed":
+            counts["charges without a posting"] += int(net > 0 and [r[1] for r in rows] != ["live"])
+            counts["completed without charge, posting, logo or email"] += int(
+                net <= 0 or [r[1] for r in rows] != ["live"] or len(objects) != 1 or sent == 0)
+            counts["orphaned objects"] += len([k for k in objects if not rows or k != rows[0][2]])
+            counts["orphaned postings"] += max(0, len(rows) - 1)
+        elif status == "compensated":
+            counts["charges without a posting"] += int(net > 0)
+            counts["orphaned objects"] += len(objects)
+            counts["orphaned postings"] += len(rows)
+            counts["emails for a compensated saga"] += sent
+    return counts
+
+
+BROKEN = ("lost", "duplicate charges", "charges without a posting", "orphaned objects", "orphaned postings",
+          "completed without charge, posting, logo or email", "emails for a compensated saga")
+
+
+def report(name: str, counts: Counter[str]) -> str:
+    order = ("submitted", "completed", "compensated", "paused", "failed", *BROKEN, "duplicate emails")
+    line = ", ".join(f"{k} {counts.get(k, 0)}" for k in order)
+    print(f"\n{name}: {line}")
+    return line
+
+
+def assert_kept(counts: Counter[str], duplicate_emails: int = 0) -> None:
+    broken = {k: counts[k] for k in BROKEN if counts.get(k)}
+    assert not broken, f"broken promises: {broken}"
+    assert counts.get("duplicate emails", 0) <= duplicate_emails, counts
+    assert counts.get("paused", 0) == counts.get("failed", 0) == 0, counts
