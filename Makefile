@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-rabbitmq run bench lint clean
+.PHONY: venv test test-faults test-rabbitmq run bench lint clean
 
 venv: $(VENV)/.installed
 
@@ -22,8 +22,13 @@ $(VENV)/.installed: pyproject.toml
 RABBITMQ_TESTS := tests/test_job_posting.py tests/test_crash.py -k "test_job_posting or whole_worker or (step_boundary and after)"
 
 test: venv
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --ignore=tests/faults --durations=15 $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-rabbitmq
+
+# The fault tests: a session of their own, on a PostgreSQL and a Redis they start (and stop) themselves.
+test-faults: venv
+	$(BIN)/pytest -q -s -m fault tests/faults
 
 test-rabbitmq: venv
 	SAGA_TEST_BROKER=rabbitmq $(BIN)/pytest -q $(RABBITMQ_TESTS)

@@ -12,13 +12,14 @@ the saga row is held.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
 from sqlalchemy import Connection, text
 
-from saga import db
+from saga import db, metrics
 from saga.definitions import SagaType, Step
 from saga.retry import RetryPolicy
 from saga.settings import get_settings
@@ -184,7 +185,9 @@ def claim(
         "max_attempts": policy.max_attempts, "redelivered": redelivered,
     }
     with db.autocommit(conn) as tx:
+        started = time.perf_counter()
         row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
+        metrics.CLAIM_SECONDS.labels(mode).observe(time.perf_counter() - started)
         if row is not None:
             return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3], checkpoint=row[4],
                          tenant=row[5])

@@ -1,0 +1,101 @@
+"""Links cut by a TCP proxy the test controls: a worker cut off from PostgreSQL and Redis mid-step while the
+rest of the fleet takes over, and third parties (Stripe failing in bursts, S3 and SMTP unreachable) failing
+under load. Every saga still ends cleanly, checked against the ledger and the third parties' own records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from saga.testing import Stack, wait_until
+from standins import StandIns
+from tests.faults.load import Submitted, assert_kept, in_background, report, settled, statuses, tally
+from tests.faults.servers import outage
+from tests.proxy import Proxy
+from tests.test_api import ApiServer
+
+pytestmark = pytest.mark.fault
+
+
+def through(proxy: Proxy, url: str) -> str:
+    """`url` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    where = f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{where}" if len(netloc) == 2 else where))
+
+
+def proxy_for(url: str) -> Proxy:
+    parts = urlsplit(url)
+    return Proxy(parts.hostname or "127.0.0.1", parts.port or 0)
+
+
+@pytest.fixture()
+def proxies() -> Iterator[list[Proxy]]:
+    made: list[Proxy] = []
+    try:
+        yield made
+    finally:
+        for proxy in made:
+            proxy.close()
+
+
+def test_a_worker_cut_off_from_postgres_and_redis_mid_step_commits_nothing_late(
+        workers: Stack, api: ApiServer, standins: StandIns, proxies: list[Proxy]) -> None:
+    database, broker = workers.env["SAGA_DATABASE_URL"], workers.env["SAGA_BROKER_URL"]
+    to_db, to_broker = proxy_for(database), proxy_for(broker)
+    proxies += [to_db, to_broker]
+    workers.stop_workers()
+    cut = workers.worker("cut", concurrency=2, env={"SAGA_DATABASE_URL": through(to_db, database),
+                                                    "SAGA_BROKER_URL": through(to_broker, broker)})
+    submitted, errors = Submitted(), []
+    feeder = in_background(api.client("alpha"), 60, submitted, pace=0.05, errors=errors)
+    wait_until(lambda: cut.log_text().count(" received") >= 10, timeout=60, what="the cut worker to take steps")
+    workers.worker("rest", concurrency=2)  # the rest of the fleet, straight to the servers
+    to_db.cut()
+    to_broker.cut()  # mid-step: its open connections dropped, new ones refused
+    feeder.join()
+    outage(25)  # past every lease the cut worker held; the rest of the fleet takes its sagas over
+    to_db.restore()
+    to_broker.restore()
+    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
+    assert not errors, errors
+    report("a worker cut off from postgres and redis", counts)
+    print(f"  connections the cut worker was refused: {to_db.refused} to postgres, {to_broker.refused} to redis")
+    assert to_db.refused + to_broker.refused > 0, "the cut worker never tried to reconnect"
+    assert_kept(counts)
+
+
+def test_stripe_failing_in_bursts_and_s3_and_smtp_unreachable_for_a_while(
+        workers: Stack, api: ApiServer, standins: StandIns, proxies: list[Proxy]) -> None:
+    to_s3, to_smtp = proxy_for(standins.s3_endpoint_url), Proxy(standins.smtp_host, standins.smtp_port)
+    proxies += [to_s3, to_smtp]
+    workers.stop_workers()
+    workers.worker("thirdparty", concurrency=2, env={
+        "SAGA_S3_ENDPOINT_URL": through(to_s3, standins.s3_endpoint_url), "SAGA_SMTP_PORT": str(to_smtp.port)})
+    submitted, errors = Submitted(), []
+    feeder = in_background(api.client("alpha"), 100, submitted, pace=0.1, errors=errors)
+    try:
+        for mode, count, seconds in (("500", 6, 0), ("429", 6, 0), ("hang", 3, 12), ("lost", 3, 12)):
+            standins.stripe_faults(mode, count, seconds=seconds)
+            outage(3)
+        to_s3.cut()
+        outage(4)
+        to_s3.restore()
+        to_smtp.cut()
+        outage(4)
+        to_smtp.restore()
+    finally:
+        standins.stripe_faults("500", 0)
+        to_s3.restore()
+        to_smtp.restore()
+    feeder.join()
+    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
+    assert not errors, errors
+    report("stripe bursts, s3 and smtp unreachable", counts)
+    print(f"  connections refused while cut: {to_s3.refused} to s3, {to_smtp.refused} to smtp")
+    assert to_s3.refused > 0 and to_smtp.refused > 0, "the outages met no traffic"
+    assert_kept(counts)
+    assert all(s in ("completed", "compensated") for s in statuses(submitted.ids.values()).values())
