@@ -39,7 +39,7 @@ class Postgres:
         if account:
             os.chown(self.data, account.pw_uid, account.pw_gid)
         self._run = run_as(account, cwd=self.data)
-        self._ctl(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+        self._ctl(["-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
                    "--no-locale", "--no-sync"], binary="initdb")
 
     def _ctl(self, args: list[str], binary: str = "pg_ctl", check: bool = True) -> str:

@@ -54,6 +54,7 @@ def test_postgres_down_for_seconds_while_100_sagas_run(
         outage(5)
     finally:
         postgres.start()
+        db.dispose()  # this test's own pooled connections died with the server
     # Nobody restarted the workers, beat or the API: they reconnect by themselves. The client tries again.
     again = wait_until(lambda: (r := client.post("/v1/sagas", json=body, headers={"Idempotency-Key": key}))
                        .status_code in (200, 202) and r, timeout=60, what="the API to accept again")
