@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-faults test-rabbitmq run bench lint clean
+.PHONY: venv test test-faults test-rabbitmq run bench soak lint clean
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ run: venv
 
 bench: venv
 	$(BIN)/python -m bench.run
+
+# Not in CI: ten minutes of job postings under random faults (SOAK_ARGS="--minutes 3 --rate 2" to shorten).
+SOAK_ARGS ?=
+soak: venv
+	$(BIN)/python -m tests.faults.soak $(SOAK_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
