@@ -99,10 +99,12 @@ def list_sagas(
                     "`2026-12-01T09:00:00Z`).")] = None,
     idempotency_key: Annotated[str | None, Query(
         max_length=255, pattern=NO_NUL, description="Only the saga started with this Idempotency-Key.")] = None,
+    include_input: Annotated[bool, Query(description="Give each saga's input too (left out by default: "
+                                                     "`input` is null).")] = False,
 ) -> JSONResponse:
     records = saga.list_sagas(tenant, status=status.value if status else None, type_=type, limit=limit + 1,
                               before=_decode_cursor(cursor) if cursor else None, since=_instant(created_after),
-                              idempotency_key=idempotency_key)
+                              idempotency_key=idempotency_key, with_input=include_input)
     more = len(records) > limit
     records = records[:limit]
     return JSONResponse({

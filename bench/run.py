@@ -96,9 +96,10 @@ class Bench:
         return self.phase(run_id, n, lambda _: self.submit_chain(run_id), lambda: self.chains_done(run_id) >= n)
 
     # --- sagas ----------------------------------------------------------------------------------------------
-    def submit_saga(self, run_id: str, i: int, type_name: str = "bench_saga") -> Any:
+    def submit_saga(self, run_id: str, i: int, type_name: str = "bench_saga", **extra: Any) -> Any:
         # Each run is its own tenant, so the polls below are index scans whatever the ledger's size.
-        return self.saga.start(type_name, {"run_id": run_id}, idempotency_key=f"{run_id}-{i}", tenant=run_id).saga.id
+        return self.saga.start(type_name, {"run_id": run_id, **extra}, idempotency_key=f"{run_id}-{i}",
+                               tenant=run_id).saga.id
 
     def sagas_by_status(self, run_id: str) -> tuple[int, int]:
         """(completed, stuck for good) among the sagas of this run, in one query on `sagas`.
@@ -127,9 +128,9 @@ class Bench:
                 "WHERE tenant = :r AND status = 'completed'"), {"r": run_id})
             return [float(r[0]) for r in rows]
 
-    def saga_phase(self, n: int, type_name: str = "bench_saga") -> dict[str, Any]:
+    def saga_phase(self, n: int, type_name: str = "bench_saga", **extra: Any) -> dict[str, Any]:
         run_id = f"{type_name}-{uuid.uuid4().hex[:12]}"
-        return self.phase(run_id, n, lambda i: self.submit_saga(run_id, i, type_name),
+        return self.phase(run_id, n, lambda i: self.submit_saga(run_id, i, type_name, **extra),
                           lambda: self._sagas_finished(run_id, n))
 
     # --- one at a time --------------------------------------------------------------------------------------
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solo", type=int, default=20, help="sagas/chains run one at a time after (default 20)")
     parser.add_argument("--api", type=int, default=500,
                         help="POST /v1/sagas requests for the API figures, 0 to skip (default 500)")
+    parser.add_argument("--blob", type=int, default=100,
+                        help="sagas per blob case: 100 B input, 1 MiB kept apart, 1 MiB inline (default 100; 0: none)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a phase may take before it is an error")
     args = parser.parse_args(argv)
     if args.n < 1 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0 or args.solo < 0:
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                            "saga_latencies_ms": bench.saga_latencies_ms(measured["sagas"]["run_id"])})
         solo = bench.solo(args.solo) if args.solo else None
         result = summarize(args, rounds, solo, stack)
+        if args.blob:
+            result["blob"] = blob_cases(bench, args.blob)
         if args.api:
             from bench import api
 
@@ -231,6 +236,22 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwritten to {out.relative_to(ROOT)}")
     return code
+
+
+# A job-posting-shaped input: a 100-byte one, and a 1 MiB logo (as base64, 1.4 MB) read by the first step alone.
+BLOB_CASES = (("100 B", "bench_blob", 100), ("1 MiB, a large field", "bench_blob", 1024 * 1024 * 4 // 3),
+              ("1 MiB, inline (before)", "bench_blob_inline", 1024 * 1024 * 4 // 3))
+
+
+def blob_cases(bench: Bench, n: int) -> list[dict[str, Any]]:
+    """Each blob case twice, alternating, N sagas a time: sagas/s and CPU ms per saga (the medians)."""
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in BLOB_CASES}
+    for r in range(2):
+        for label, type_name, size in (BLOB_CASES if r == 0 else BLOB_CASES[::-1]):
+            runs[label].append(bench.saga_phase(n, type_name, blob="x" * size))
+    return [{"case": label, "input_bytes": size, "sagas_per_s": round(statistics.median(n / p["wall_s"] for p in runs[label]), 1),
+             "cpu_ms_per_saga": _mean_parts([p["cpu_ms"] for p in runs[label]])}
+            for label, _, size in BLOB_CASES]
 
 
 def summarize(args: argparse.Namespace, rounds: list[dict[str, Any]], solo: Any, stack: Stack) -> dict[str, Any]:
@@ -309,6 +330,11 @@ def report(r: dict[str, Any]) -> None:
             f"p99 {s['saga_latency_ms_db_clock']['p99']:.1f} ms (db clock); chain p50 "
             f"{s['chain_latency_ms_client_clock']['p50']:.1f} ms p99 "
             f"{s['chain_latency_ms_client_clock']['p99']:.1f} ms (client clock, submit to last row seen)")
+    for case in r.get("blob", []):
+        cpu_ms = case["cpu_ms_per_saga"]
+        lines.append(f"input {case['case']:<23} {case['sagas_per_s']:6.1f} sagas/s   CPU ms per saga "
+                     f"{cpu_ms['total']:.2f} (worker {cpu_ms.get('worker', 0):.2f}, postgres "
+                     f"{cpu_ms.get('postgres', 0):.2f}, bench {cpu_ms.get('bench', 0):.2f})")
     if "api" in r:
         a = r["api"]
         lines.append(f"POST /v1/sagas     p50 {a['p50_ms']:.1f} ms   p99 {a['p99_ms']:.1f} ms   (one API process, "

@@ -75,6 +75,37 @@ bench_saga_own_tx = _declare("bench_saga_own_tx", transactional=False)
 SAGA_TYPES = ("bench_saga", "bench_saga_own_tx")
 
 
+# --- job-posting-shaped: a blob in the input (a logo) that only the first step reads ----------------------
+
+class BlobInput(BenchInput):
+    blob: str
+
+
+def _declare_blob(name: str, large: bool) -> SagaType[BlobInput]:
+    """The 4 steps above (transactional); the first also reads the blob, as upload_logo reads the logo.
+
+    `large`: the blob is a large field (stored apart, loaded for the first step alone); otherwise it travels
+    with the input to every step, as every input did before large fields existed.
+    """
+    saga_type = sagas.saga_type(name, BlobInput, queue=QUEUE, default_time_limit=TIME_LIMIT,
+                                large_fields=("blob",) if large else ())
+    for number, kind in enumerate(("compensable", "compensable", "pivot", "retriable"), start=1):
+        def body(ctx: StepContext[BlobInput], number: int = number) -> None:
+            ref = f"{ctx.saga_id}:{len(ctx.input.blob)}" if number == 1 else str(ctx.saga_id)
+            ctx.db.execute(_INSERT, {"run_id": ctx.input.run_id, "ref": ref, "step": number})  # type: ignore[union-attr]
+
+        body.__name__ = f"step_{number}"
+        step = saga_type.step(body, kind=kind, name=f"bench.{name}.step_{number}", transactional=True,
+                              needs=("blob",) if large and number == 1 else ())
+        if kind != "retriable":
+            step.compensate_with(_nothing, name=f"bench.{name}.undo_{number}")
+    return saga_type
+
+
+bench_blob = _declare_blob("bench_blob", large=True)
+bench_blob_inline = _declare_blob("bench_blob_inline", large=False)
+
+
 # --- the plain Celery tasks (no saga machinery) -----------------------------------------------------------
 # acks_late, reject_on_worker_lost, prefetch 1, ignore_result, events... come from celeryconfig for every
 # task; the time limits are set here exactly as saga.definitions sets them on step tasks.

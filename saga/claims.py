@@ -37,6 +37,8 @@ class Claim:
     results: dict[str, Any]
     checkpoint: dict[str, Any]
     tenant: str = ""
+    # The large input fields the body needs (`needs=`); None when it needs none.
+    large_input: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ WITH s AS (
 SELECT c.fencing_token, c.attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(c.checkpoint, '{{}}'), s.tenant
+    coalesce(c.checkpoint, '{{}}'), s.tenant,
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input
 FROM c, s
 """)
 _COMPENSATION_CLAIM = text(f"""
@@ -107,7 +110,8 @@ WITH s AS (
 SELECT c.fencing_token, c.compensation_attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND result IS NOT NULL) AS results,
-    coalesce(c.checkpoint, '{{}}'), s.tenant
+    coalesce(c.checkpoint, '{{}}'), s.tenant,
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input
 FROM c, s
 """)
 # Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
@@ -118,7 +122,8 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_a
     sa.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(st.checkpoint, '{}'), st.effect_unknown, sa.tenant
+    coalesce(st.checkpoint, '{}'), st.effect_unknown, sa.tenant,
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
@@ -163,6 +168,11 @@ def patience(saga_type: SagaType[Any]) -> float:
     return settings.pickup_timeout + settings.lease_margin + saga_type.longest_lease
 
 
+def needs_of(step: Step, mode: Mode) -> tuple[str, ...]:
+    """The large input fields the step's forward body, or its compensation, reads."""
+    return step.needs if mode == "forward" else step.compensation.needs  # type: ignore[union-attr]
+
+
 def policy_of(step: Step, mode: Mode) -> RetryPolicy:
     """The retry policy of the step's forward action or of its compensation."""
     return step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
@@ -182,7 +192,7 @@ def claim(
     lease = step.lease_seconds if mode == "forward" else step.compensation_lease_seconds
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": lease,
-        "max_attempts": policy.max_attempts, "redelivered": redelivered,
+        "max_attempts": policy.max_attempts, "redelivered": redelivered, "large": bool(needs_of(step, mode)),
     }
     with db.autocommit(conn) as tx:
         started = time.perf_counter()
@@ -190,7 +200,7 @@ def claim(
         metrics.CLAIM_SECONDS.labels(mode).observe(time.perf_counter() - started)
         if row is not None:
             return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3], checkpoint=row[4],
-                         tenant=row[5])
+                         tenant=row[5], large_input=row[6])
         return _refusal(_look(tx, saga_id, step), mode)
 
 
@@ -201,12 +211,12 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     A step still `running` with no live lease was claimed up front by an attempt that never reported (it
     crashed): that is a refusal, and the caller claims up front too, so every crash is counted.
     """
-    row = _look(conn, saga_id, step)
+    row = _look(conn, saga_id, step, large=bool(step.needs))
     why = _refusal(row, "forward")
     if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
         return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
-                     checkpoint=row[8], tenant=row[10])  # type: ignore[index]
+                     checkpoint=row[8], tenant=row[10], large_input=row[11])  # type: ignore[index]
     return why
 
 
@@ -227,8 +237,9 @@ def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
         return _refusal(_look(conn, saga_id, step), mode)
 
 
-def _look(conn: Connection, saga_id: UUID, step: Step) -> tuple[Any, ...] | None:
-    return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index})
+def _look(conn: Connection, saga_id: UUID, step: Step, large: bool = False) -> tuple[Any, ...] | None:
+    """The step's row and its saga's; with `large`, the large input fields too (for a body about to run)."""
+    return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index, "large": large})
 
 
 def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:

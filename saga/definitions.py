@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, create_model
 from sqlalchemy import Connection
 
 from saga.errors import InvalidInput, UnknownSagaType
@@ -78,6 +78,30 @@ class StepContext(Generic[InputT]):
         self.checkpoints.update(values)
 
 
+class LargeField:
+    """What a large input field holds in a step that did not ask for it with `needs=`: using it says so."""
+
+    def __init__(self, field: str) -> None:
+        self._field = field
+
+    def _message(self) -> str:
+        return (f"input field {self._field!r} is large and not loaded for this step: declare it with "
+                f"needs=({self._field!r},) on the step")
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise TypeError(self._message())
+
+    __str__ = __bytes__ = __len__ = __iter__ = __getitem__ = _refuse
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(self._message())
+
+    def __repr__(self) -> str:
+        return f"<large input field {self._field!r}, not loaded (needs=)>"
+
+
 @dataclass
 class Compensation:
     """The task that undoes one step's effect."""
@@ -87,6 +111,7 @@ class Compensation:
     retry: RetryPolicy
     time_limit: float
     transactional: bool = False
+    needs: tuple[str, ...] = ()
     task: Any = None
 
 
@@ -105,6 +130,8 @@ class Step:
     # The body only writes to the ledger's database, through `ctx.db`: its writes commit atomically with
     # the step's outcome, so they happen exactly once and a crash leaves nothing half-done.
     transactional: bool = False
+    # The large input fields (`SagaType(large_fields=...)`) its body reads; the others are not loaded for it.
+    needs: tuple[str, ...] = ()
     compensation: Compensation | None = None
     task: Any = None
 
@@ -119,7 +146,7 @@ class Step:
 
     def compensate_with(
         self, fn: StepFn | None = None, *, name: str | None = None, retry: RetryPolicy | None = None,
-        time_limit: float | None = None, transactional: bool = False,
+        time_limit: float | None = None, transactional: bool = False, needs: tuple[str, ...] = (),
     ) -> Any:
         """Decorator declaring the compensation of this step."""
 
@@ -131,7 +158,7 @@ class Step:
             comp = Compensation(
                 fn=fn, task_name=name or self.saga.task_name(fn),
                 retry=retry or self.saga.default_retry, time_limit=time_limit or self.time_limit,
-                transactional=transactional,
+                transactional=transactional, needs=self.saga.check_needs(fn.__name__, needs),
             )
             self.compensation = comp
             comp.task = self.saga.engine.task_for(self, compensating=True)
@@ -148,12 +175,21 @@ class SagaType(Generic[InputT]):
 
     def __init__(
         self, engine: Engine, name: str, input_model: type[InputT], *, default_retry: RetryPolicy | None = None,
-        default_time_limit: float = 60.0, queue: str = "celery",
+        default_time_limit: float = 60.0, queue: str = "celery", large_fields: tuple[str, ...] = (),
     ) -> None:
         if not _NAME.match(name):
             raise ValueError(f"saga type name {name!r} must be lowercase letters, digits and underscores")
         if name in REGISTRY:
             raise ValueError(f"saga type {name!r} is declared twice")
+        unknown = [f for f in large_fields if f not in input_model.model_fields]
+        if unknown:
+            raise ValueError(f"saga type {name!r}: large field {unknown[0]!r} is not a field of "
+                             f"{input_model.__name__}")
+        # Kept in a column of their own, loaded only for the steps that name them in `needs`.
+        self.large_fields = tuple(large_fields)
+        # The other fields, to type them for a step without validating the large ones it does not read.
+        self._small_model = create_model(f"{input_model.__name__}Small", **{  # type: ignore[call-overload]
+            n: (f.annotation, f) for n, f in input_model.model_fields.items() if n not in large_fields})
         self.engine = engine
         self.name = name
         self.input_model = input_model
@@ -167,6 +203,7 @@ class SagaType(Generic[InputT]):
     def step(
         self, fn: StepFn | None = None, *, kind: StepKind | str = StepKind.COMPENSABLE, name: str | None = None,
         retry: RetryPolicy | None = None, time_limit: float | None = None, transactional: bool = False,
+        needs: tuple[str, ...] = (),
     ) -> Any:
         """Decorator appending a step; returns the `Step`, whose `compensate_with` declares its undo."""
 
@@ -175,6 +212,7 @@ class SagaType(Generic[InputT]):
                 saga=self, name=fn.__name__, index=len(self.steps), kind=StepKind(kind), fn=fn,
                 task_name=name or self.task_name(fn), retry=retry or self.default_retry,
                 time_limit=time_limit or self.default_time_limit, transactional=transactional,
+                needs=self.check_needs(fn.__name__, needs),
             )
             self._check_order(step)
             step.task = self.engine.task_for(step, compensating=False)
@@ -205,6 +243,29 @@ class SagaType(Generic[InputT]):
         for s in self.steps:
             if s.kind is StepKind.COMPENSABLE and s.compensation is None:
                 raise ValueError(f"compensable step {s.name!r} of saga {self.name!r} has no compensation")
+
+    def check_needs(self, body: str, needs: tuple[str, ...]) -> tuple[str, ...]:
+        wrong = [f for f in needs if f not in self.large_fields]
+        if wrong:
+            raise ValueError(f"{body!r} of saga {self.name!r} needs {wrong[0]!r}, which is not one of its "
+                             f"large_fields {self.large_fields}")
+        return tuple(needs)
+
+    def split_input(self, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The input as stored: the fields every step gets, and the large ones (None if the type has none)."""
+        if not self.large_fields:
+            return payload, None
+        return ({k: v for k, v in payload.items() if k not in self.large_fields},
+                {k: v for k, v in payload.items() if k in self.large_fields})
+
+    def step_input(self, stored: dict[str, Any], large: dict[str, Any] | None, needs: tuple[str, ...]) -> InputT:
+        """A step's `ctx.input`: validated whole where the step needs large fields (or there are none), else
+        the other fields typed and each large field a `LargeField` that says it was not loaded."""
+        if needs or not self.large_fields:
+            return self.input_model.model_validate({**stored, **(large or {})})
+        small = self._small_model.model_validate(stored)
+        return self.input_model.model_construct(
+            **dict(small), **{f: LargeField(f) for f in self.large_fields})
 
     def validate_input(self, data: Any) -> InputT:
         """The parsed input, or InvalidInput naming every field that is wrong."""

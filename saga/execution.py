@@ -167,7 +167,8 @@ def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connecti
     key = f"{saga_id}:{step.name}" + (":compensate" if mode == "compensation" else "")
     return StepContext(
         saga_id=saga_id, saga_type=step.saga.name, step=step.name,
-        input=step.saga.input_model.model_validate(claim.input), results=claim.results, idempotency_key=key,
+        input=step.saga.step_input(claim.input, claim.large_input, claims.needs_of(step, mode)),
+        results=claim.results, idempotency_key=key,
         # The fencing token grows with every claim of the step, forward or back, so it names this attempt alone.
         attempt_key=f"{key}:{claim.token}" if claim.token is not None else f"{key}:attempt-{claim.attempt}",
         attempt=claim.attempt, compensating=mode == "compensation", db=conn, checkpoints=dict(claim.checkpoint),

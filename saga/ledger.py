@@ -29,6 +29,8 @@ sagas = Table(
     Column("type", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("input", JSONB, nullable=False),
+    # The input's large fields (declared by the saga type): read only for the steps that need them.
+    Column("large_input", JSONB),
     Column("idempotency_key", Text),
     # Digest of type and input, to tell a replay of an idempotency key from a different request under it.
     Column("request_hash", Text),

@@ -43,7 +43,9 @@ class Saga(BaseModel):
     id: str
     type: str
     status: SagaStatus
-    input: dict[str, Any]
+    input: dict[str, Any] | None = Field(default=None, description=(
+        "The input, without the fields its saga type declares large (a logo, a document); null in a listing "
+        "unless `include_input=true`."))
     idempotency_key: str | None = None
     cancel_requested: bool = False
     error: str | None = Field(default=None, description="Why the saga compensated, paused or failed.")

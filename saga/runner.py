@@ -25,8 +25,8 @@ log = logging.getLogger("saga.runner")
 # The saga, its steps and its first event in one statement; nothing when the idempotency key is taken.
 _ACCEPT = text("""
 WITH s AS (
-    INSERT INTO sagas (id, tenant, type, status, input, idempotency_key, request_hash, deadline)
-    VALUES (:id, :tenant, :type, 'pending', CAST(:input AS jsonb), :key, :hash,
+    INSERT INTO sagas (id, tenant, type, status, input, large_input, idempotency_key, request_hash, deadline)
+    VALUES (:id, :tenant, :type, 'pending', CAST(:input AS jsonb), CAST(:large AS jsonb), :key, :hash,
             now() + make_interval(secs => :pickup))
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING id, created_at
@@ -69,10 +69,12 @@ def start(
         json.dumps({"type": type_name, "input": payload}, sort_keys=True).encode()
     ).hexdigest()
     saga_id = uuid4()
+    stored, large = saga_type.split_input(payload)
     # One statement, so autocommit: the ledger holds the saga before it is dispatched.
     with db.autocommit() as conn:
         row = db.fetchone(conn, _ACCEPT, {
-            "id": saga_id, "tenant": tenant, "type": type_name, "input": db.to_json(payload),
+            "id": saga_id, "tenant": tenant, "type": type_name, "input": db.to_json(stored),
+            "large": None if large is None else db.to_json(large),
             "key": idempotency_key, "hash": request_hash, "pickup": patience(saga_type),
             "idxs": [s.index for s in saga_type.steps], "names": [s.name for s in saga_type.steps],
             "kinds": [s.kind.value for s in saga_type.steps],
@@ -90,7 +92,7 @@ def start(
                 )
             return Started(store.load(existing.id, conn=conn), created=False)
     record = SagaRecord(
-        id=saga_id, tenant=tenant, type=type_name, status="pending", input=payload,
+        id=saga_id, tenant=tenant, type=type_name, status="pending", input=stored,
         idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row[1],
         updated_at=row[1],
         steps=[StepRecord(index=s.index, name=s.name, kind=s.kind.value, status="pending", attempts=0,

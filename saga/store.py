@@ -39,7 +39,7 @@ class SagaRecord:
     tenant: str
     type: str
     status: str
-    input: dict[str, Any]
+    input: dict[str, Any] | None  # without the large fields its type declares; None where not read
     idempotency_key: str | None
     cancel_requested: bool
     error: str | None
@@ -86,12 +86,16 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+# What reading a saga loads: everything but the large input fields, which only their steps read.
+_SHOWN = [c for c in sagas.c if c.name != "large_input"]
+
+
 def load(saga_id: UUID, tenant: str | None = None, conn: Connection | None = None) -> SagaRecord:
     """The saga with its steps; SagaNotFound if it does not exist (or belongs to another tenant)."""
     if conn is None:
         with db.transaction() as own:
             return load(saga_id, tenant, own)
-    query = select(sagas).where(sagas.c.id == saga_id)
+    query = select(*_SHOWN).where(sagas.c.id == saga_id)
     if tenant is not None:
         query = query.where(sagas.c.tenant == tenant)
     row = conn.execute(query).mappings().first()
@@ -105,7 +109,7 @@ def load(saga_id: UUID, tenant: str | None = None, conn: Connection | None = Non
 
 def _saga(row: Any, steps: Any) -> SagaRecord:
     return SagaRecord(
-        id=row["id"], tenant=row["tenant"], type=row["type"], status=row["status"], input=row["input"],
+        id=row["id"], tenant=row["tenant"], type=row["type"], status=row["status"], input=row.get("input"),
         idempotency_key=row["idempotency_key"], cancel_requested=row["cancel_requested"], error=row["error"],
         created_at=row["created_at"], updated_at=row["updated_at"],
         steps=[
@@ -124,10 +128,12 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
 def list_sagas(
     tenant: str, *, status: str | None = None, type_: str | None = None, limit: int = 50,
     before: tuple[datetime, UUID] | None = None, since: datetime | None = None, idempotency_key: str | None = None,
+    with_input: bool = True,
 ) -> list[SagaRecord]:
     """Newest first; `before` is the (created_at, id) of the last saga of the previous page; `since` keeps those
-    created at or after it."""
-    query = select(sagas).where(sagas.c.tenant == tenant)
+    created at or after it. Without `with_input` each record's input is None (and not read)."""
+    columns = _SHOWN if with_input else [c for c in _SHOWN if c.name != "input"]
+    query = select(*columns).where(sagas.c.tenant == tenant)
     if idempotency_key is not None:
         query = query.where(sagas.c.idempotency_key == idempotency_key)
     if since is not None:

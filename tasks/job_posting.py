@@ -113,9 +113,10 @@ job_posting = sagas.saga_type(
     "job_posting", JobPosting,
     default_retry=RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay=10.0),
     default_time_limit=15,
+    large_fields=("logo",),  # up to 1.3 MB of base64: stored apart, read by upload_logo alone
 )
 
-upload_logo = job_posting.step(storage.upload_logo, kind="compensable", retry=storage.RETRY)
+upload_logo = job_posting.step(storage.upload_logo, kind="compensable", retry=storage.RETRY, needs=("logo",))
 upload_logo.compensate_with(storage.delete_logo, retry=storage.RETRY)
 
 create_posting = job_posting.step(postings.create_posting, kind="compensable", transactional=True)
