@@ -22,6 +22,8 @@ from saga.ledger import api_keys
 from workers.settings import service_settings
 
 KEY_PREFIX = "saga_"
+# What every stored key looks like (the prefix and 32 random bytes, URL-safe base64).
+STORED_KEY = re.compile(r"saga_[A-Za-z0-9_-]{43}")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -30,6 +30,9 @@ LATENCY = Histogram(
     "saga_api_request_seconds", "Time to answer an HTTP request (long polls included).", ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+KEY_LOOKUPS = Counter("saga_api_key_checks_total", "API keys not found in memory, by what was done: looked up in "
+                      "the database, or refused without a query (malformed, known bad, throttled in a flood).",
+                      ["outcome"])
 SAGAS_STARTED = Counter("saga_api_sagas_started_total", "POST /v1/sagas accepted, by saga type and outcome "
                         "(created, or replayed for a repeated idempotency key).", ["type", "outcome"])
 

@@ -477,6 +477,28 @@ def test_requests_without_a_valid_key_are_401(api: ApiServer) -> None:
     assert api.new_tenant().get("/v1/sagas").status_code == 200, "a key stored in the database"
 
 
+def test_a_flood_of_bad_keys_costs_a_few_database_queries_not_one_each(api: ApiServer) -> None:
+    from tests.test_metrics import scrape, value
+
+    def lookups() -> float:
+        return value(scrape(f"{api.url}/metrics"), "saga_api_key_checks_total", outcome="database")
+
+    before = lookups()
+    started = time.monotonic()
+    bad = [f"saga_{uuid.uuid4().hex}{uuid.uuid4().hex[:11]}" for _ in range(300)]  # shaped like ours
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        for n, key in enumerate(bad + ["not-even-shaped-like-a-key"] * 100 + bad[:100]):
+            answer = client.get("/v1/sagas", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 401, (n, answer.text)
+    elapsed = time.monotonic() - started
+    queried = lookups() - before
+    print(f"\n500 bad keys in {elapsed:.1f} s cost {queried:.0f} database lookups")
+    assert queried <= 20 * (elapsed + 1), f"{queried} lookups for 500 bad keys in {elapsed:.1f} s"
+    # A genuine key still works once the flood is over.
+    good = api.new_tenant()
+    wait_until(lambda: good.get("/v1/sagas").status_code == 200, timeout=5, what="a stored key to work again")
+
+
 @pytest.mark.parametrize("method, route", [
     ("GET", "/v1/sagas/{id}"), ("GET", "/v1/sagas/{id}?wait=1"), ("GET", "/v1/sagas/{id}/events"),
     ("GET", "/v1/sagas/{id}/stream"), ("POST", "/v1/sagas/{id}/cancel"), ("POST", "/v1/sagas/{id}/resume"),

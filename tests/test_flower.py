@@ -79,3 +79,6 @@ def test_flower_shows_every_step_and_compensation_of_a_saga(workers: Stack, flow
         assert step.task_id in seen, f"{step.name}: task {step.task_id} not in Flower"
     everything = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}, timeout=10).json()
     assert not [t for t in everything.values() if t.get("name") == "saga.recover"], "recovery floods the list"
+    # A step's message carries the saga id and nothing else: no input, no setting, no secret.
+    for task in seen.values():
+        assert task["args"] == f"('{record.id}',)" and task["kwargs"] in ("{}", None), task
