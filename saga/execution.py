@@ -268,6 +268,7 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
         raise _ledger_unreachable(task, unreachable) from unreachable
     if recorded is None:
         _count(step, mode, "lost")
+        log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, mode, step.name)
         raise Ignore()  # lost the lease meanwhile: the new holder decides
     _count(step, mode, "retried" if retry_in is not None else "failed")
     log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, mode, step.name, claim.attempt, error,

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 
 import pytest
 
 from saga.testing import Stack, wait_until
 from standins import StandIns
-from tests.faults.load import Submitted, assert_kept, in_background, report, settled, statuses, tally
+from tests.faults.load import Submitted, assert_kept, in_background, report, settled, tally
 from tests.faults.servers import outage
 from tests.test_api import ApiServer
 
 pytestmark = pytest.mark.fault
+# Seconds a worker stays frozen or cut off: past its leases (a job-posting step's time limit, 15 s, plus 7 s) and
+# its sagas' recovery deadline (that lease plus pickup and margin, 5 s here), so another worker takes over.
+TAKEOVER = 35
 
 
 def fleet(stack: Stack, names: list[str]) -> None:
@@ -57,16 +59,14 @@ def test_a_worker_frozen_past_its_leases_then_resumed_commits_nothing_late(
     frozen.send(signal.SIGSTOP)  # main process and pool processes, mid-step
     try:
         feeder.join()
-        # Past every lease it held (step time limit, hard-limit grace and margin); the rest of the fleet takes over.
-        outage(25)
+        # Past every lease it held and past its sagas' recovery deadlines: the rest of the fleet takes them over.
+        outage(TAKEOVER)
     finally:
         frozen.send(signal.SIGCONT)
-    started = time.monotonic()
     counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
     assert not errors, errors
     report("a worker frozen past its leases", counts)
     assert_kept(counts)
-    late = [line for line in frozen.log_text().splitlines() if "lease lost" in line]
-    print(f"  the frozen worker's executions discarded after it woke: {len(late)}; settled "
-          f"{time.monotonic() - started:.0f} s after")
-    assert all(s in ("completed", "compensated") for s in statuses(submitted.ids.values()).values())
+    late = wait_until(lambda: frozen.log_text().count("lease lost"), timeout=60,
+                      what="the frozen worker's overtaken executions to end")
+    print(f"  the frozen worker's executions discarded after it woke: {late}")

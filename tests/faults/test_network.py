@@ -15,6 +15,7 @@ from saga.testing import Stack, wait_until
 from standins import StandIns
 from tests.faults.load import Submitted, assert_kept, in_background, report, settled, statuses, tally
 from tests.faults.servers import outage
+from tests.faults.test_kills import TAKEOVER
 from tests.proxy import Proxy
 from tests.test_api import ApiServer
 
@@ -35,11 +36,13 @@ def proxy_for(url: str) -> Proxy:
 
 
 @pytest.fixture()
-def proxies() -> Iterator[list[Proxy]]:
+def proxies(workers: Stack) -> Iterator[list[Proxy]]:
+    """Proxies a test makes; afterwards its workers go with them (the next test's are plain ones)."""
     made: list[Proxy] = []
     try:
         yield made
     finally:
+        workers.stop_workers()
         for proxy in made:
             proxy.close()
 
@@ -60,7 +63,7 @@ def test_a_worker_cut_off_from_postgres_and_redis_mid_step_commits_nothing_late(
     to_db.cut()
     to_broker.cut()  # mid-step: its open connections dropped, new ones refused
     feeder.join()
-    outage(25)  # past every lease the cut worker held; the rest of the fleet takes its sagas over
+    outage(TAKEOVER)  # past every lease the cut worker held; the rest of the fleet takes its sagas over
     restored_at = datetime.now()
     to_db.restore()
     to_broker.restore()
