@@ -22,7 +22,8 @@ class KeyRing:
     The memory keeps the start of a saga to one database transaction; a revoked key stops working within
     `ttl` seconds. A key that cannot be a stored one (they all look like `saga_` and 43 characters) is refused
     without asking the database, an unknown one is remembered as unknown for a second, and at most
-    `lookups_per_second` unknown keys are looked up: a flood of bad keys costs a few queries, not one each.
+    `lookups_per_second` unknown keys are looked up (the others are answered 429, since a genuine new key may
+    be among them): a flood of bad keys costs a few queries, not one each.
     """
 
     def __init__(self, configured: dict[str, str], ttl: float = 10.0, lookups_per_second: float = 20.0) -> None:
@@ -50,7 +51,8 @@ class KeyRing:
             return None
         if not self._spend(now):
             KEY_LOOKUPS.labels("throttled").inc()
-            return None
+            raise ApiError(429, "too_many_requests", "too many unknown API keys at once; try again in a second",
+                           headers={"Retry-After": "1"})
         KEY_LOOKUPS.labels("database").inc()
         tenant = await run_in_threadpool(apikeys.stored_tenant, key_hash)
         if tenant is None:

@@ -61,7 +61,7 @@ def _bare(tag: str | None) -> str | None:
 @router.post(
     "", status_code=202, response_model=Saga,
     responses={200: {"model": Saga, "description": "A replay: the saga this idempotency key started before."},
-               **responses(400, 401, 404, 413, 422, 503)},
+               **responses(400, 401, 404, 413, 422, 429, 503)},
     summary="Start a saga", operation_id="startSaga",
 )
 def start_saga(
@@ -83,7 +83,7 @@ def start_saga(
     return SagaJSON(record, 202 if started.created else 200, headers={"Location": f"/v1/sagas/{record.id}"})
 
 
-@router.get("", response_model=SagaPage, responses=responses(401, 422, 503), summary="List sagas, newest first",
+@router.get("", response_model=SagaPage, responses=responses(401, 422, 429, 503), summary="List sagas, newest first",
             operation_id="listSagas")
 def list_sagas(
     tenant: Tenant,
@@ -140,7 +140,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
                        [{"field": "cursor", "message": "not a cursor from next_cursor"}]) from None
 
 
-@router.get("/{saga_id}", response_model=Saga, responses=responses(401, 404, 422, 503), summary="Read a saga",
+@router.get("/{saga_id}", response_model=Saga, responses=responses(401, 404, 422, 429, 503), summary="Read a saga",
             operation_id="getSaga")
 async def get_saga(
     saga_id: SagaId, tenant: Tenant, request: Request,
@@ -175,7 +175,7 @@ async def get_saga(
     responses={200: {"content": {"text/event-stream": {}}, "description":
                      "Server-Sent Events: one `saga` event with the saga's JSON now and after every change; "
                      "the stream ends once the saga is completed, compensated, paused or failed."},
-               **responses(401, 404, 422, 503)},
+               **responses(401, 404, 422, 429, 503)},
     summary="Follow a saga as Server-Sent Events", operation_id="streamSaga",
 )
 async def stream_saga(saga_id: SagaId, tenant: Tenant, request: Request) -> StreamingResponse:
@@ -196,7 +196,7 @@ async def stream_saga(saga_id: SagaId, tenant: Tenant, request: Request) -> Stre
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/{saga_id}/events", response_model=EventPage, responses=responses(401, 404, 422, 503),
+@router.get("/{saga_id}/events", response_model=EventPage, responses=responses(401, 404, 422, 429, 503),
             summary="A saga's audit log, oldest first", operation_id="listSagaEvents")
 def saga_events(
     saga_id: SagaId, tenant: Tenant,
@@ -215,7 +215,7 @@ def _action(name: str, summary: str, doc: str) -> None:
 
     act.__name__ = f"{name}_saga"
     act.__doc__ = doc
-    router.post(f"/{{saga_id}}/{name}", response_model=Saga, responses=responses(401, 404, 409, 422, 503),
+    router.post(f"/{{saga_id}}/{name}", response_model=Saga, responses=responses(401, 404, 409, 422, 429, 503),
                 summary=summary, operation_id=f"{name}Saga")(act)
 
 

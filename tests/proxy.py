@@ -17,6 +17,7 @@ class Proxy:
         self.delay = 0.0
         self.port = 0
         self.refused = 0  # connections turned away while cut
+        self.sent = 0  # bytes passed on to the upstream
         self._cut = False
         self._open: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -46,9 +47,13 @@ class Proxy:
             return
         self._open |= {writer, up_writer}
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+            await asyncio.gather(_pipe(reader, up_writer, self._count), _pipe(up_reader, writer),
+                                 return_exceptions=True)
         finally:
             self._open -= {writer, up_writer}
+
+    def _count(self, size: int) -> None:
+        self.sent += size
 
     def cut(self) -> None:
         """Drop every connection through the proxy and refuse new ones until `restore`."""
@@ -77,9 +82,11 @@ class Proxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: Any) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: Any, count: Any = None) -> None:
     try:
         while data := await reader.read(65536):
+            if count is not None:
+                count(len(data))
             writer.write(data)
             await writer.drain()
     finally:

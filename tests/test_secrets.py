@@ -75,4 +75,4 @@ def test_no_secret_reaches_logs_events_answers_or_metrics(secrets: dict[str, Any
     leaks = [f"{name} in the {place}" for name, secret in secrets["secrets"].items()
              for place, content in places.items() if secret in content]
     assert not leaks, leaks
-    assert len(places["worker log"]) > 1000 and "job_posting" in places["worker log"]  # the logs were read
+    assert len(places["worker log"]) > 1000 and "upload_logo" in places["worker log"]  # the logs were read
