@@ -3,6 +3,7 @@ state and the saga id in its arguments, and no recovery task crowds its list."""
 
 from __future__ import annotations
 
+import ast
 import sys
 import time
 from collections.abc import Iterator
@@ -81,4 +82,4 @@ def test_flower_shows_every_step_and_compensation_of_a_saga(workers: Stack, flow
     assert not [t for t in everything.values() if t.get("name") == "saga.recover"], "recovery floods the list"
     # A step's message carries the saga id and nothing else: no input, no setting, no secret.
     for task in seen.values():
-        assert task["args"] == f"('{record.id}',)" and task["kwargs"] in ("{}", None), task
+        assert list(ast.literal_eval(task["args"])) == [str(record.id)] and task["kwargs"] in ("{}", None), task
