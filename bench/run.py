@@ -72,9 +72,11 @@ class Bench:
             time.sleep(interval)
 
     # --- chains ---------------------------------------------------------------------------------------------
-    def submit_chain(self, run_id: str) -> None:
+    def submit_chain(self, run_id: str, length: int = 4) -> None:
+        """A chain of `length` one-row tasks; its last one writes step 4, which `chains_done` counts."""
         ref = str(uuid.uuid4())
-        self.chain(*(t.si(run_id, ref).set(queue=QUEUE) for t in self.defs.PLAIN_TASKS)).apply_async()
+        tasks = [self.defs.plain_1] * (length - 1) + [self.defs.plain_4] if length != 4 else self.defs.PLAIN_TASKS
+        self.chain(*(t.si(run_id, ref).set(queue=QUEUE) for t in tasks)).apply_async()
 
     def chains_done(self, run_id: str) -> int:
         return self.scalar("SELECT count(*) FROM bench_rows WHERE run_id = :r AND step = 4", r=run_id)
@@ -91,9 +93,10 @@ class Bench:
         return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0,
                 "cpu_ms": cpu.per_unit_ms(cpu_before, cpu.snapshot(self.worker_pid), n)}
 
-    def chain_phase(self, n: int) -> dict[str, Any]:
+    def chain_phase(self, n: int, length: int = 4) -> dict[str, Any]:
         run_id = f"chains-{uuid.uuid4().hex[:12]}"
-        return self.phase(run_id, n, lambda _: self.submit_chain(run_id), lambda: self.chains_done(run_id) >= n)
+        return self.phase(run_id, n, lambda _: self.submit_chain(run_id, length),
+                          lambda: self.chains_done(run_id) >= n)
 
     # --- sagas ----------------------------------------------------------------------------------------------
     def submit_saga(self, run_id: str, i: int, type_name: str = "bench_saga", **extra: Any) -> Any:
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solo", type=int, default=20, help="sagas/chains run one at a time after (default 20)")
     parser.add_argument("--api", type=int, default=500,
                         help="POST /v1/sagas requests for the API figures, 0 to skip (default 500)")
+    parser.add_argument("--long", type=int, default=60,
+                        help="20-step sagas and 20-task chains per phase, two rounds (default 60; 0: none)")
     parser.add_argument("--blob", type=int, default=100,
                         help="sagas per blob case: 100 B input, 1 MiB kept apart, 1 MiB inline (default 100; 0: none)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a phase may take before it is an error")
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                            "saga_latencies_ms": bench.saga_latencies_ms(measured["sagas"]["run_id"])})
         solo = bench.solo(args.solo) if args.solo else None
         result = summarize(args, rounds, solo, stack)
+        if args.long:
+            result["long"] = long_cases(bench, args.long)
         if args.blob:
             result["blob"] = blob_cases(bench, args.blob)
         if args.api:
@@ -243,6 +250,21 @@ BLOB_CASES = (("100 B", "bench_blob", 100), ("1 MiB, a large field", "bench_blob
               ("1 MiB, inline (before)", "bench_blob_inline", 1024 * 1024 * 4 // 3))
 
 
+def long_cases(bench: Bench, n: int) -> dict[str, Any]:
+    """20-step sagas against 20-task chains, two rounds in alternating order: the median ratio."""
+    steps = bench.defs.LONG_STEPS
+    ratios, cpu_saga, cpu_chain = [], [], []
+    for r in range(2):
+        order = [("chains", lambda: bench.chain_phase(n, steps)), ("sagas", lambda: bench.saga_phase(n, "bench_long"))]
+        measured = {name: run() for name, run in (order if r == 0 else order[::-1])}
+        ratios.append(measured["chains"]["wall_s"] / measured["sagas"]["wall_s"])
+        cpu_saga.append(measured["sagas"]["cpu_ms"])
+        cpu_chain.append(measured["chains"]["cpu_ms"])
+    return {"steps": steps, "n": n, "ratio_by_round": [round(x, 3) for x in ratios],
+            "ratio": round(statistics.median(ratios), 3), "cpu_ms_per_saga": _mean_parts(cpu_saga),
+            "cpu_ms_per_chain": _mean_parts(cpu_chain)}
+
+
 def blob_cases(bench: Bench, n: int) -> list[dict[str, Any]]:
     """Each blob case twice, alternating, N sagas a time: sagas/s and CPU ms per saga (the medians)."""
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in BLOB_CASES}
@@ -270,6 +292,7 @@ def summarize(args: argparse.Namespace, rounds: list[dict[str, Any]], solo: Any,
         "ratio_by_round": [round(r["chains"]["wall_s"] / r["sagas"]["wall_s"], 3) for r in rounds],
         "sagas_own_tx_per_s": round(n_total / own_wall, 2),
         "ratio_own_tx": round(n_total / own_wall / chains_per_s, 3),
+        "ratio_own_tx_by_round": [round(r["chains"]["wall_s"] / r["sagas_own_tx"]["wall_s"], 3) for r in rounds],
         "saga_latency_ms": {"p50": round(percentile(latencies, 50), 1), "p99": round(percentile(latencies, 99), 1),
                             "max": round(max(latencies), 1), "count": len(latencies)},
         "cpu_ms_per_unit": {kind: _mean_parts([r[phase]["cpu_ms"] for r in rounds])
@@ -312,7 +335,8 @@ def report(r: dict[str, Any]) -> None:
         (f"ratio sagas/chains {r['ratio']:.3f}  ({verdict} the {r['goal']} goal; by round "
          f"{' '.join(f'{x:.2f}' for x in r['ratio_by_round'])}, median {statistics.median(r['ratio_by_round']):.3f})"),
         (f"sagas/s, own tx    {r['sagas_own_tx_per_s']:.1f}   (each body writes in a transaction of its own; "
-        f"ratio {r['ratio_own_tx']:.3f})"),
+         f"ratio {r['ratio_own_tx']:.3f}, by round {' '.join(f'{x:.2f}' for x in r['ratio_own_tx_by_round'])}, "
+         f"median {statistics.median(r['ratio_own_tx_by_round']):.3f})"),
         (f"saga latency       p50 {r['saga_latency_ms']['p50']:.0f} ms   p99 {r['saga_latency_ms']['p99']:.0f} ms"
          "   (updated_at - created_at, all N submitted at once, so it includes queueing)"),
     ]
@@ -330,6 +354,11 @@ def report(r: dict[str, Any]) -> None:
             f"p99 {s['saga_latency_ms_db_clock']['p99']:.1f} ms (db clock); chain p50 "
             f"{s['chain_latency_ms_client_clock']['p50']:.1f} ms p99 "
             f"{s['chain_latency_ms_client_clock']['p99']:.1f} ms (client clock, submit to last row seen)")
+    if "long" in r:
+        g = r["long"]
+        lines.append(f"{g['steps']}-step sagas   ratio {g['ratio']:.3f} to {g['steps']}-task chains (median of "
+                     f"{' '.join(f'{x:.2f}' for x in g['ratio_by_round'])}; {g['n']} each); CPU ms per saga "
+                     f"{g['cpu_ms_per_saga']['total']:.1f}, per chain {g['cpu_ms_per_chain']['total']:.1f}")
     for case in r.get("blob", []):
         cpu_ms = case["cpu_ms_per_saga"]
         lines.append(f"input {case['case']:<23} {case['sagas_per_s']:6.1f} sagas/s   CPU ms per saga "

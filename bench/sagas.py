@@ -102,6 +102,25 @@ def _declare_blob(name: str, large: bool) -> SagaType[BlobInput]:
     return saga_type
 
 
+def _declare_long(name: str, steps: int) -> SagaType[BenchInput]:
+    """`steps` transactional one-row steps: half compensable, a pivot, the rest retriable."""
+    saga_type = sagas.saga_type(name, BenchInput, queue=QUEUE, default_time_limit=TIME_LIMIT)
+    compensable = steps // 2
+    for number in range(1, steps + 1):
+        kind = "compensable" if number <= compensable else "pivot" if number == compensable + 1 else "retriable"
+
+        def body(ctx: StepContext[BenchInput], number: int = number) -> None:
+            ctx.db.execute(_INSERT, {"run_id": ctx.input.run_id, "ref": str(ctx.saga_id), "step": number})  # type: ignore[union-attr]
+
+        body.__name__ = f"step_{number}"
+        step = saga_type.step(body, kind=kind, name=f"bench.{name}.step_{number}", transactional=True)
+        if kind != "retriable":
+            step.compensate_with(_nothing, name=f"bench.{name}.undo_{number}")
+    return saga_type
+
+
+LONG_STEPS = 20
+bench_long = _declare_long("bench_long", LONG_STEPS)
 bench_blob = _declare_blob("bench_blob", large=True)
 bench_blob_inline = _declare_blob("bench_blob_inline", large=False)
 
