@@ -58,9 +58,17 @@ def _bare(tag: str | None) -> str | None:
     return tag.strip().removeprefix("W/") if tag else None
 
 
+# What a client can do next with the saga it started (OpenAPI links; Schemathesis follows them statefully).
+_NEXT = {name: {"operationId": operation, "parameters": {"saga_id": "$response.body#/id"}}
+         for name, operation in (("read", "getSaga"), ("events", "listSagaEvents"), ("cancel", "cancelSaga"),
+                                 ("resume", "resumeSaga"), ("compensate", "compensateSaga"))}
+
+
 @router.post(
     "", status_code=202, response_model=Saga,
-    responses={200: {"model": Saga, "description": "A replay: the saga this idempotency key started before."},
+    responses={202: {"description": "The saga, accepted.", "links": _NEXT},
+               200: {"model": Saga, "description": "A replay: the saga this idempotency key started before.",
+                     "links": _NEXT},
                **responses(400, 401, 404, 413, 422, 429, 503)},
     summary="Start a saga", operation_id="startSaga",
 )
