@@ -43,6 +43,7 @@ class Fleet:
         self.ports: dict[str, int] = {}
         self.started = 0
         self.faults: list[str] = []
+        self.exits: list[str] = []  # workers that exited by themselves, replaced as a supervisor would
 
     def worker(self) -> None:
         self.started += 1
@@ -50,6 +51,13 @@ class Fleet:
         self.stack.worker(name, concurrency=2, env={"SAGA_METRICS_PORT": str(port),
                                                      "PROMETHEUS_MULTIPROC_DIR": str(DATA / f"metrics-{name}")})
         self.ports[name] = port
+
+    def revive(self) -> None:
+        """Replace every worker that exited on its own (what systemd or Compose's restart policy does)."""
+        for process in [p for p in self.stack.processes if p.name in self.ports and not p.alive()]:
+            self.exits.append(process.name)
+            print(f"  {time.strftime('%H:%M:%S')} {process.name} exited by itself; replaced", flush=True)
+            self.replace(process)
 
     def replace(self, victim: Any) -> None:
         self.stack.processes.remove(victim)
@@ -82,6 +90,7 @@ class Fleet:
         self.standins.stripe_faults(random.choice(["500", "429", "hang"]), 5, seconds=12)
 
     def random_fault(self) -> None:
+        self.revive()
         fault: Callable[[], None] = random.choice([self.kill_worker, self.freeze_worker, self.restart_redis,
                                                    self.restart_postgres, self.stripe_burst])
         self.faults.append(fault.__name__)
@@ -178,14 +187,20 @@ def main() -> int:
         outage(60)  # the first minute, fault-free
         scrape_1 = fleet.claim_histogram()
         while time.monotonic() < until - 60 - 30:
-            outage(random.expovariate(1 / args.fault_every))
+            next_fault = time.monotonic() + random.expovariate(1 / args.fault_every)
+            while time.monotonic() < min(next_fault, until - 60 - 30):
+                fleet.revive()
+                outage(1)
             if time.monotonic() < until - 60 - 30:
                 fleet.random_fault()
-        outage(max(0.0, until - 60 - time.monotonic()))
+        while time.monotonic() < until - 60:
+            fleet.revive()
+            outage(1)
         scrape_2 = fleet.claim_histogram()  # the last minute, fault-free
         feeder.join()
         scrape_3 = fleet.claim_histogram()
         elapsed = time.monotonic() - started
+        fleet.revive()
         final = settled(submitted.ids.values(), timeout=300)
         counts = tally(standins, submitted, final)
         report("soak", counts)
@@ -199,7 +214,8 @@ def main() -> int:
         size_end = ledger_size()
         first, last = p99(scrape_0, scrape_1), p99(scrape_2, scrape_3)
         print(f"  throughput: {ended / elapsed:.2f} sagas/s ended over {elapsed:.0f} s ({len(submitted.ids)} "
-              f"submitted); faults: {len(fleet.faults)} ({', '.join(sorted(set(fleet.faults)))})")
+              f"submitted); faults: {len(fleet.faults)} ({', '.join(sorted(set(fleet.faults)))}); workers that "
+              f"exited by themselves and were replaced: {len(fleet.exits)}")
         print(f"  latency, accept to end: p50 {q[49]:.2f} s, p90 {q[89]:.2f} s, p99 {q[98]:.2f} s, "
               f"max {latencies[-1] if latencies else float('nan'):.2f} s")
         print(f"  ledger: {size_start[0]} sagas ({size_start[1]}) at the start, {size_end[0]} ({size_end[1]}) at "
