@@ -85,6 +85,7 @@ class Fleet:
         self.postgres.stop("fast")
         outage(5)
         self.postgres.start()
+        db.dispose()  # this process's own pooled connections died with the server
 
     def stripe_burst(self) -> None:
         self.standins.stripe_faults(random.choice(["500", "429", "hang"]), 5, seconds=12)
