@@ -133,8 +133,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _ledger_unreachable(request: Request, exc: DBAPIError) -> JSONResponse:
     """PostgreSQL down or restarting: nothing was done, and the same request (same Idempotency-Key) may be sent
     again."""
+    cause = str(exc.orig or exc).splitlines()
     log.warning("ledger unreachable on %s %s: %s", request.method, request.url.path,
-                str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else type(exc).__name__)
+                cause[0] if cause else type(exc).__name__)
     return error_response(503, "unavailable", "the saga ledger is unreachable; nothing was done, try again "
                           "(with the same Idempotency-Key)", headers={"Retry-After": str(RETRY_AFTER)})
 

@@ -189,7 +189,8 @@ class SagaType(Generic[InputT]):
         self.large_fields = tuple(large_fields)
         # The other fields, to type them for a step without validating the large ones it does not read.
         self._small_model = create_model(f"{input_model.__name__}Small", **{  # type: ignore[call-overload]
-            n: (f.annotation, f) for n, f in input_model.model_fields.items() if n not in large_fields})
+            n: (f.annotation, f) for n, f in input_model.model_fields.items() if n not in large_fields},
+        ) if large_fields else None
         self.engine = engine
         self.name = name
         self.input_model = input_model
@@ -261,7 +262,7 @@ class SagaType(Generic[InputT]):
     def step_input(self, stored: dict[str, Any], large: dict[str, Any] | None, needs: tuple[str, ...]) -> InputT:
         """A step's `ctx.input`: validated whole where the step needs large fields (or there are none), else
         the other fields typed and each large field a `LargeField` that says it was not loaded."""
-        if needs or not self.large_fields:
+        if needs or self._small_model is None:
             return self.input_model.model_validate({**stored, **(large or {})})
         small = self._small_model.model_validate(stored)
         return self.input_model.model_construct(

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
@@ -97,9 +97,7 @@ def _settle(task: Any, step: Step, saga_id: UUID, mode: Mode, outcome: Refusal |
     if isinstance(outcome, Refusal) or outcome is None:
         return _refused(task, step, saga_id, mode, outcome)
     if outcome == "lost":
-        _count(step, mode, "lost")
-        log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, mode, step.name)
-        raise Ignore()
+        _discard(step, saga_id, mode)
     saga_status, cancel_requested = outcome
     _count(step, mode, "succeeded", saga_status)
     if mode == "forward" and cancel_requested:
@@ -267,9 +265,7 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     except _UNREACHABLE as unreachable:
         raise _ledger_unreachable(task, unreachable) from unreachable
     if recorded is None:
-        _count(step, mode, "lost")
-        log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, mode, step.name)
-        raise Ignore()  # lost the lease meanwhile: the new holder decides
+        _discard(step, saga_id, mode)  # lost the lease meanwhile: the new holder decides
     _count(step, mode, "retried" if retry_in is not None else "failed")
     log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, mode, step.name, claim.attempt, error,
              f" (retry in {retry_in:.1f}s)" if retry_in is not None else "")
@@ -281,6 +277,13 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     if mode == "compensation":
         return None  # the other compensations still run; the finish task reports the saga failed
     raise StepFailed(error) from exc
+
+
+def _discard(step: Step, saga_id: UUID, mode: Mode) -> NoReturn:
+    """This execution lost its lease: count it, say so, and end the message without an outcome."""
+    _count(step, mode, "lost")
+    log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, mode, step.name)
+    raise Ignore()
 
 
 def _count(step: Step, mode: Mode, outcome: str, saga_status: str | None = None) -> None:

@@ -70,11 +70,6 @@ def flush() -> None:
         _provider.shutdown()
 
 
-def trace_id(saga_id: UUID) -> str:
-    """The saga's trace id as tracing backends show it (32 hex digits)."""
-    return saga_id.hex
-
-
 def _ids(saga_id: UUID) -> tuple[int, int]:
     return saga_id.int, (saga_id.int & 0xFFFF_FFFF_FFFF_FFFF) or 1
 

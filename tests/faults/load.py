@@ -95,6 +95,11 @@ def settled(ids: Iterable[str], timeout: float) -> dict[str, str]:
         return statuses(ids)
 
 
+def outcome(standins: StandIns, submitted: Submitted, timeout: float = 240) -> Counter[str]:
+    """Once every saga ended (or `timeout` ran out): the counts of `tally`."""
+    return tally(standins, submitted, settled(submitted.ids.values(), timeout))
+
+
 def tally(standins: StandIns, submitted: Submitted, final: dict[str, str]) -> Counter[str]:
     """The counts every fault test prints: how sagas ended, and every broken promise (each must be 0)."""
     counts: Counter[str] = Counter(submitted=len(submitted.ids))

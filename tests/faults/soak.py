@@ -27,7 +27,7 @@ from saga import db
 from saga.testing import Stack
 from standins import StandIns, free_port, start_standins
 from tests.conftest import ROOT, SETTINGS
-from tests.faults.load import BROKEN, Submitted, report, settled, tally
+from tests.faults.load import BROKEN, Submitted, report, settled, submit, tally
 from tests.faults.servers import Postgres, Redis, outage
 from tests.test_api import ApiServer, serve
 from tests.test_ledger_scale import grow
@@ -142,8 +142,6 @@ def ledger_size() -> tuple[int, str]:
 
 def feed(client: httpx.Client, rate: float, until: float, into: Submitted, stop: threading.Event) -> None:
     """Submit at `rate` per second (Poisson arrivals) until `until`, each start retried with its key."""
-    from tests.faults.load import submit
-
     while time.monotonic() < until and not stop.is_set():
         submit(client, 1, into, declined_every=0 if random.random() > 0.2 else 1, deadline=300)
         time.sleep(random.expovariate(rate))

@@ -10,7 +10,7 @@ import pytest
 
 from saga.testing import Stack, wait_until
 from standins import StandIns
-from tests.faults.load import Submitted, assert_kept, in_background, report, settled, tally
+from tests.faults.load import Submitted, assert_kept, in_background, outcome, report
 from tests.faults.servers import outage
 from tests.test_api import ApiServer
 
@@ -43,7 +43,7 @@ def test_workers_sigkilled_at_random_while_300_sagas_run_and_more_arrive(
         workers.worker(f"k{kills + 1}", concurrency=2)
     feeder.join()
     assert not errors, errors
-    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=300))
+    counts = outcome(standins, submitted, timeout=300)
     report(f"{kills} workers SIGKILLed", counts)
     # A receipt sent just before its worker died, and not yet recorded, is sent again: at most once per kill.
     assert_kept(counts, duplicate_emails=kills * 2)
@@ -63,7 +63,7 @@ def test_a_worker_frozen_past_its_leases_then_resumed_commits_nothing_late(
         outage(TAKEOVER)
     finally:
         frozen.send(signal.SIGCONT)
-    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
+    counts = outcome(standins, submitted)
     assert not errors, errors
     report("a worker frozen past its leases", counts)
     assert_kept(counts)

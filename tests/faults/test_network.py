@@ -13,7 +13,7 @@ import pytest
 
 from saga.testing import Stack, wait_until
 from standins import StandIns
-from tests.faults.load import Submitted, assert_kept, in_background, report, settled, statuses, tally
+from tests.faults.load import Submitted, assert_kept, in_background, outcome, report, statuses
 from tests.faults.servers import outage
 from tests.faults.test_kills import TAKEOVER
 from tests.proxy import Proxy
@@ -67,7 +67,7 @@ def test_a_worker_cut_off_from_postgres_and_redis_mid_step_commits_nothing_late(
     restored_at = datetime.now()
     to_db.restore()
     to_broker.restore()
-    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
+    counts = outcome(standins, submitted)
     assert not errors, errors
     report("a worker cut off from postgres and redis", counts)
     print(f"  connections the cut worker was refused: {to_db.refused} to postgres, {to_broker.refused} to redis")
@@ -123,7 +123,7 @@ def test_stripe_failing_in_bursts_and_s3_and_smtp_unreachable_for_a_while(
         to_s3.restore()
         to_smtp.restore()
     feeder.join()
-    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
+    counts = outcome(standins, submitted)
     assert not errors, errors
     report("stripe bursts, s3 and smtp unreachable", counts)
     print(f"  connections refused while cut: {to_s3.refused} to s3, {to_smtp.refused} to smtp")

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from saga import db
 from saga.testing import Stack, wait_until
 from standins import StandIns
-from tests.faults.load import Submitted, assert_kept, report, settled, statuses, submit, tally
+from tests.faults.load import Submitted, assert_kept, outcome, report, statuses, submit
 from tests.faults.servers import Postgres, Redis, outage
 from tests.jobs import posting
 from tests.test_api import ApiServer, assert_error
@@ -33,7 +33,7 @@ def test_redis_restarted_with_nothing_kept_while_100_sagas_run(
     redis_server.kill()  # every queued and unacknowledged message is gone
     outage(3)
     redis_server.start()
-    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
+    counts = outcome(standins, submitted)
     report("redis restarted", counts)
     assert_kept(counts)
 
@@ -66,6 +66,6 @@ def test_postgres_down_for_seconds_while_100_sagas_run(
     assert made == 1
     submitted.ids[key] = again.json()["id"]
 
-    counts = tally(standins, submitted, settled(submitted.ids.values(), timeout=240))
+    counts = outcome(standins, submitted)
     report("postgres restarted", counts)
     assert_kept(counts)
