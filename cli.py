@@ -239,32 +239,72 @@ def submit(saga_type: str, input_: str, idempotency_key: str | None, tenant: str
     """Start a saga."""
     import saga
 
-    text = Path(input_[1:]).read_text() if input_.startswith("@") else input_
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"--input is not JSON: {exc}") from None
+    data = _json_input(input_)
     client = _client(use_api, api_url, api_key)
     if client is not None:
         if tenant:
             raise click.UsageError("with --api the tenant is the API key's")
         with client:
-            started = client.start(saga_type, data, idempotency_key=idempotency_key)
-            if not as_json:
-                click.echo(f"{'started' if started.created else 'already exists'}: {started.saga.id}")
-            if wait:
-                _follow_api(client, started.saga.id, as_json)
-            elif as_json:
-                click.echo(json.dumps(started.saga.model_dump(mode="json"), indent=2))
+            sent = client.start(saga_type, data, idempotency_key=idempotency_key)
+            _show_started(sent.saga.id, sent.created, ("started", "already exists"), as_json, wait,
+                          lambda: _follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
         return
     _boot()
     started = saga.start(saga_type, data, idempotency_key=idempotency_key, tenant=tenant)
+    _show_started(started.saga.id, started.created, ("started", "already exists"), as_json, wait,
+                  lambda: _follow(started.saga.id, tenant, as_json), started.saga.to_dict)
+
+
+def _show_started(saga_id: Any, created: bool, said: tuple[str, str], as_json: bool, wait: bool,
+                  follow: Any, dump: Any) -> None:
+    """What `submit` and `restart` print: the new saga's id (`said[0]`, or `said[1]` for a replay), then the saga
+    followed to its end (`--wait`) or as JSON (`--json`)."""
     if not as_json:
-        click.echo(f"{'started' if started.created else 'already exists'}: {started.saga.id}")
+        click.echo(f"{said[0] if created else said[1]}: {saga_id}")
     if wait:
-        _follow(started.saga.id, tenant, as_json)
+        follow()
     elif as_json:
-        click.echo(json.dumps(started.saga.to_dict(), indent=2))
+        click.echo(json.dumps(dump(), indent=2))
+
+
+def _json_input(value: str) -> Any:
+    """`--input`: JSON, or @file.json."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--input is not JSON: {exc}") from None
+
+
+RESTARTED = ("restarted as", "already restarted as")
+
+
+@main.command()
+@click.argument("saga_id", type=_uuid)
+@click.option("--input", "input_", default=None, help="Fields of the input to replace, as JSON or @file.json.")
+@click.option("--idempotency-key", "-k", default=None, help="The new saga's key (default restart-of:<id>).")
+@click.option("--wait", is_flag=True, help="Follow the new saga until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_api_options
+def restart(saga_id: UUID, input_: str | None, idempotency_key: str | None, wait: bool, as_json: bool,
+            use_api: bool, api_url: str | None, api_key: str | None) -> None:
+    """Start a compensated or failed saga again from its first step, as a new saga linked to it."""
+    import saga
+
+    patch = _json_input(input_) if input_ else {}
+    if not isinstance(patch, dict):
+        raise click.BadParameter("--input must be a JSON object of the fields to replace")
+    client = _client(use_api, api_url, api_key)
+    if client is not None:
+        with client:
+            sent = client.restart(saga_id, patch, idempotency_key=idempotency_key)
+            _show_started(sent.saga.id, sent.created, RESTARTED, as_json, wait,
+                          lambda: _follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
+        return
+    _boot()
+    started = saga.restart(saga_id, patch=patch, idempotency_key=idempotency_key)
+    _show_started(started.saga.id, started.created, RESTARTED, as_json, wait,
+                  lambda: _follow(started.saga.id, None, as_json), started.saga.to_dict)
 
 
 @main.command()

@@ -118,6 +118,10 @@ def _field(error: Any) -> str:
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's 400 for a body it could not decode
+        problem = {"field": "body", "message": f"is not valid UTF-8 JSON ({exc.__cause__.reason} at byte "
+                                               f"{exc.__cause__.start})"}
+        return error_response(422, "invalid_request", f"invalid request: body: {problem['message']}", [problem])
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     headers = dict(getattr(exc, "headers", None) or {})

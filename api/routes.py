@@ -24,7 +24,7 @@ import saga
 from api.auth import Tenant
 from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
 from api.metrics import SAGAS_STARTED
-from api.schemas import EventPage, Saga, SagaPage, StartSaga
+from api.schemas import EventPage, RestartSaga, Saga, SagaPage, StartSaga
 from saga.runner import send_forward
 from saga.states import FINAL, SagaStatus
 from saga.store import SagaRecord
@@ -61,7 +61,8 @@ def _bare(tag: str | None) -> str | None:
 # What a client can do next with the saga it started (OpenAPI links; Schemathesis follows them statefully).
 _NEXT = {name: {"operationId": operation, "parameters": {"saga_id": "$response.body#/id"}}
          for name, operation in (("read", "getSaga"), ("events", "listSagaEvents"), ("cancel", "cancelSaga"),
-                                 ("resume", "resumeSaga"), ("compensate", "compensateSaga"))}
+                                 ("resume", "resumeSaga"), ("compensate", "compensateSaga"),
+                                 ("restart", "restartSaga"))}
 
 
 @router.post(
@@ -82,11 +83,16 @@ def start_saga(
     """Validate the input against the saga type's model, record the saga and its steps in one
     transaction, then dispatch it (if the broker is down it stays `pending` and recovery dispatches it).
     Nothing is written when the input is invalid."""
-    started = saga.start(body.type, body.input, idempotency_key=idempotency_key, tenant=tenant, dispatch=False)
-    SAGAS_STARTED.labels(body.type, "created" if started.created else "replayed").inc()
+    return _accepted(saga.start(body.type, body.input, idempotency_key=idempotency_key, tenant=tenant,
+                                dispatch=False), background)
+
+
+def _accepted(started: saga.Started, background: BackgroundTasks) -> SagaJSON:
+    """The answer to a start or a restart: 202 and the new saga, dispatched once the answer is out (the ledger
+    already holds it, and recovery sends it if this fails); 200 and the saga a replayed key made before."""
     record = started.saga
+    SAGAS_STARTED.labels(record.type, "created" if started.created else "replayed").inc()
     if started.created:
-        # Sent once the answer is out: the ledger already holds the saga, and recovery sends it if this fails.
         background.add_task(send_forward, record.id, record.type, 0)
     return SagaJSON(record, 202 if started.created else 200, headers={"Location": f"/v1/sagas/{record.id}"})
 
@@ -109,10 +115,11 @@ def list_sagas(
         max_length=255, pattern=NO_NUL, description="Only the saga started with this Idempotency-Key.")] = None,
     include_input: Annotated[bool, Query(description="Give each saga's input too (left out by default: "
                                                      "`input` is null).")] = False,
+    restart_of: Annotated[UUID | None, Query(description="Only the saga that restarted this one.")] = None,
 ) -> JSONResponse:
     records = saga.list_sagas(tenant, status=status.value if status else None, type_=type, limit=limit + 1,
                               before=_decode_cursor(cursor) if cursor else None, since=_instant(created_after),
-                              idempotency_key=idempotency_key, with_input=include_input)
+                              idempotency_key=idempotency_key, with_input=include_input, restart_of=restart_of)
     more = len(records) > limit
     records = records[:limit]
     return JSONResponse({
@@ -238,3 +245,24 @@ _action("resume", "Resume a paused saga",
 _action("compensate", "Re-run the compensations of a failed saga",
         "409 unless the saga is `failed` (so a repeated request changes nothing).")
 
+
+@router.post(
+    "/{saga_id}/restart", status_code=202, response_model=Saga,
+    responses={202: {"description": "The new saga, accepted.", "links": _NEXT},
+               200: {"model": Saga, "description": "A replay: the restart this idempotency key made before.",
+                     "links": _NEXT},
+               **responses(400, 401, 404, 409, 413, 422, 429, 503)},
+    summary="Start a compensated or failed saga again", operation_id="restartSaga",
+)
+def restart_saga(
+    saga_id: SagaId, tenant: Tenant, background: BackgroundTasks, body: RestartSaga | None = None,
+    idempotency_key: Annotated[str | None, Header(
+        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+        description="The new saga's key (default `restart-of:<id>`); repeat it when you retry.")] = None,
+) -> SagaJSON:
+    """A new saga of the same type from its first step, with this saga's input and the fields in `input`
+    replaced (validated as a whole; nothing is written when it is invalid), linked both ways: the new saga's
+    `restart_of` is this one, this one's `restarted_as` the new one. 409 unless this saga is `compensated` or
+    `failed`, or once it was restarted under another key."""
+    return _accepted(saga.restart(saga_id, tenant, (body or RestartSaga()).input, idempotency_key=idempotency_key,
+                                  dispatch=False), background)

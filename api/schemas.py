@@ -10,8 +10,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from saga.models import Event, EventPage, Progress, Saga, SagaPage, Step
 from saga.storable import storable
 
-__all__ = ["ErrorDetail", "ErrorResponse", "Event", "EventPage", "FieldProblem", "Health", "Progress", "Saga",
-           "SagaPage", "StartSaga", "Step"]
+__all__ = [
+    "ErrorDetail",
+    "ErrorResponse",
+    "Event",
+    "EventPage",
+    "FieldProblem",
+    "Health",
+    "Progress",
+    "RestartSaga",
+    "Saga",
+    "SagaPage",
+    "StartSaga",
+    "Step",
+]
 
 
 class StartSaga(BaseModel):
@@ -21,6 +33,20 @@ class StartSaga(BaseModel):
 
     type: str = Field(min_length=1, max_length=100, description="A declared saga type, e.g. `job_posting`.")
     input: dict[str, Any] = Field(description="The saga's input, validated against the type's model.")
+
+    @field_validator("input")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return storable(value)
+
+
+class RestartSaga(BaseModel):
+    """Body of `POST /v1/sagas/{id}/restart` (may be left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(default_factory=dict, description=(
+        "Fields of the input to replace; the rest is the restarted saga's own. The whole is validated again."))
 
     @field_validator("input")
     @classmethod

@@ -19,7 +19,7 @@ from saga.errors import (
     TransientError,
     UnknownSagaType,
 )
-from saga.operator import cancel, compensate, resume
+from saga.operator import cancel, compensate, restart, resume
 from saga.retry import RetryPolicy
 from saga.runner import Started, start
 from saga.states import SagaStatus, StepKind, StepStatus
@@ -52,6 +52,7 @@ __all__ = [
     "events",
     "list_sagas",
     "load",
+    "restart",
     "resume",
     "start",
 ]

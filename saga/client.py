@@ -145,6 +145,13 @@ class SagaClient:
     def compensate(self, saga_id: str | uuid.UUID) -> Saga:
         return Saga.model_validate(self._request("POST", f"/v1/sagas/{saga_id}/compensate").json())
 
+    def restart(self, saga_id: str | uuid.UUID, input: Mapping[str, Any] | None = None, *,
+                idempotency_key: str | None = None) -> Started:
+        """Start a compensated or failed saga again, as a new saga with the fields in `input` replaced."""
+        response = self._request("POST", f"/v1/sagas/{saga_id}/restart", json={"input": dict(input or {})},
+                                 headers={"Idempotency-Key": idempotency_key} if idempotency_key else None)
+        return Started(Saga.model_validate(response.json()), created=response.status_code == 202)
+
     # Transport ----------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,

@@ -38,6 +38,9 @@ sagas = Table(
     Column("error", Text),
     # When recovery should look at the saga again if nothing has moved it; NULL once it waits for nobody.
     Column("deadline", DateTime(timezone=True)),
+    # The saga this one restarted (`restart`): it ended compensated or failed. At most one restart per saga.
+    Column("restart_of", UUID(as_uuid=True), ForeignKey("sagas.id", ondelete="SET NULL",
+                                                        name="sagas_restart_of_fkey")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("tenant", "idempotency_key", name="sagas_tenant_idempotency_key"),
@@ -47,6 +50,7 @@ sagas = Table(
           postgresql_where=text("status IN ('pending', 'running', 'compensating')")),
     # Retention's candidates: sagas that ended with nothing left to do.
     Index("sagas_ended", "created_at", postgresql_where=text("status IN ('completed', 'compensated')")),
+    Index("sagas_restart_of", "restart_of", unique=True, postgresql_where=text("restart_of IS NOT NULL")),
 )
 
 saga_steps = Table(

@@ -53,6 +53,8 @@ class Saga(BaseModel):
     steps: list[Step]
     created_at: str
     updated_at: str
+    restart_of: str | None = Field(default=None, description="The saga this one started again (`restart`).")
+    restarted_as: str | None = Field(default=None, description="The saga that started this one again.")
 
 
 class SagaPage(BaseModel):

@@ -1,19 +1,22 @@
-"""Operator actions on one saga: cancel, resume, compensate. Each refuses with a reason when it does not apply."""
+"""Operator actions on one saga: cancel, resume, compensate, restart. Each refuses with a reason when it does not
+apply."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, func, insert, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from saga import compensation, db, dispatch, store
+from saga import compensation, db, dispatch, runner, store
 from saga.claims import patience
 from saga.definitions import get_saga_type
-from saga.errors import ActionRefused
+from saga.errors import ActionRefused, InvalidInput
 from saga.ledger import saga_events, saga_steps, sagas
-from saga.runner import send_forward
+from saga.runner import Started, send_forward
 from saga.store import SagaRecord
 
 log = logging.getLogger("saga.operator")
@@ -102,3 +105,44 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
     except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
         log.warning("saga %s: compensation not dispatched (%s); recovery will", saga_id, exc)
     return record  # as this action left it: the workers may already have moved it on
+
+
+# Sagas that ended with what could be undone undone: starting them again cannot repeat an effect.
+RESTARTABLE = ("compensated", "failed")
+
+
+def restart(saga_id: UUID, tenant: str | None = None, patch: Mapping[str, Any] | None = None, *,
+            idempotency_key: str | None = None, dispatch: bool = True) -> Started:
+    """Start a `compensated` or `failed` saga again from its first step: a new saga of its type, with its input
+    (the fields in `patch` replaced, the whole validated again) and its own idempotency key (default
+    `restart-of:<id>`), linked both ways (`restart_of` / `restarted_as`). A saga is restarted once: the same key
+    again gives the same restart back (`created` False); another key is refused."""
+    record = store.load(saga_id, tenant)
+    key = idempotency_key or f"restart-of:{saga_id}"
+    if record.restarted_as is not None and store.load(record.restarted_as).idempotency_key != key:
+        raise _restarted_already(record)  # under its own key it is a replay (or, with another patch, a 422)
+    if record.status not in RESTARTABLE:
+        raise ActionRefused(f"saga is {record.status}; only a compensated or failed saga can be restarted",
+                            {"status": record.status})
+    saga_type = get_saga_type(record.type)
+    changed = dict(patch or {})
+    unknown = sorted(set(changed) - set(saga_type.input_model.model_fields))
+    if unknown:
+        raise InvalidInput(f"invalid input for saga {record.type!r}: no field {', '.join(map(repr, unknown))}",
+                           [{"field": name, "message": f"{saga_type.input_model.__name__} has no such "
+                             "field"} for name in unknown])
+    with db.transaction() as conn:
+        large = conn.execute(select(sagas.c.large_input).where(sagas.c.id == saga_id)).scalar()
+    try:
+        return runner.start(record.type, {**(record.input or {}), **(large or {}), **changed},
+                            idempotency_key=key, tenant=record.tenant, dispatch=dispatch, restart_of=saga_id,
+                            changed=tuple(sorted(changed)))
+    except IntegrityError as exc:
+        if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "sagas_restart_of":
+            raise
+        raise _restarted_already(store.load(saga_id)) from None  # a restart under another key won meanwhile
+
+
+def _restarted_already(record: SagaRecord) -> ActionRefused:
+    return ActionRefused(f"saga was already restarted as {record.restarted_as}",
+                         {"status": record.status, "restarted_as": str(record.restarted_as)})

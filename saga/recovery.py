@@ -23,7 +23,10 @@ WITH due AS (
     WHERE deadline < now() AND status IN ('pending', 'running', 'compensating')
     ORDER BY deadline LIMIT :batch FOR UPDATE SKIP LOCKED
 ), u AS (
-    UPDATE sagas SET deadline = now() + make_interval(secs => :pickup)
+    -- Backs off per saga: one that has not moved for a while waits that long again (within the cap) before
+    -- the next re-send, so a backlog older than the pickup timeout is not flooded with duplicate messages.
+    UPDATE sagas SET deadline = now() + make_interval(secs => greatest(:pickup,
+        least(CAST(extract(epoch FROM now() - updated_at) AS double precision), :backoff_max)))
     WHERE id IN (SELECT id FROM due) RETURNING id, status
 ), e AS (
     INSERT INTO saga_events (saga_id, kind, detail)
@@ -32,7 +35,9 @@ WITH due AS (
 SELECT id FROM u
 """)
 
-_WAIT = text("UPDATE sagas SET deadline = now() + make_interval(secs => :patience) WHERE id = :saga_id")
+_WAIT = text("""
+UPDATE sagas SET deadline = greatest(deadline, now() + make_interval(secs => :patience)) WHERE id = :saga_id
+""")
 
 
 def start_loop(interval: float) -> threading.Thread:
@@ -56,11 +61,17 @@ def start_loop(interval: float) -> threading.Thread:
     return thread
 
 
+def due_parameters() -> dict[str, float]:
+    """The settings `_DUE` runs with."""
+    settings = get_settings()
+    return {"batch": settings.recovery_batch, "pickup": settings.pickup_timeout,
+            "backoff_max": settings.recovery_backoff_max}
+
+
 def run_once() -> int:
     """Re-dispatch every due saga (at most a batch); returns how many were looked at."""
-    settings = get_settings()
     with db.transaction() as conn:
-        due = conn.execute(_DUE, {"batch": settings.recovery_batch, "pickup": settings.pickup_timeout}).scalars().all()
+        due = conn.execute(_DUE, due_parameters()).scalars().all()
     metrics.RECOVERY_DISPATCHES.inc(len(due))
     for saga_id in due:
         try:

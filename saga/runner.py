@@ -25,9 +25,10 @@ log = logging.getLogger("saga.runner")
 # The saga, its steps and its first event in one statement; nothing when the idempotency key is taken.
 _ACCEPT = text("""
 WITH s AS (
-    INSERT INTO sagas (id, tenant, type, status, input, large_input, idempotency_key, request_hash, deadline)
+    INSERT INTO sagas (id, tenant, type, status, input, large_input, idempotency_key, request_hash, deadline,
+                       restart_of)
     VALUES (:id, :tenant, :type, 'pending', CAST(:input AS jsonb), CAST(:large AS jsonb), :key, :hash,
-            now() + make_interval(secs => :pickup))
+            now() + make_interval(secs => :pickup), :restart_of)
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING id, created_at
 ), st AS (
@@ -36,6 +37,11 @@ WITH s AS (
     FROM s, unnest(CAST(:idxs AS int[]), CAST(:names AS text[]), CAST(:kinds AS text[])) AS x(idx, name, kind)
 ), e AS (
     INSERT INTO saga_events (saga_id, kind, detail) SELECT id, 'saga_accepted', CAST(:detail AS jsonb) FROM s
+), r AS (
+    -- a restart: the saga it starts again hears of it in the same statement
+    INSERT INTO saga_events (saga_id, kind, detail)
+    SELECT CAST(:restart_of AS uuid), 'saga_restarted', CAST(:restarted AS jsonb) FROM s
+    WHERE CAST(:restart_of AS uuid) IS NOT NULL
 )
 SELECT id, created_at FROM s
 """)
@@ -49,11 +55,13 @@ class Started:
 
 def start(
     type_name: str, input_data: Any, *, idempotency_key: str | None = None, tenant: str | None = None,
-    dispatch: bool = True,
+    dispatch: bool = True, restart_of: UUID | None = None, changed: tuple[str, ...] = (),
 ) -> Started:
     """Accept a saga: raises UnknownSagaType, InvalidInput or IdempotencyConflict before writing anything.
 
     With `dispatch=False` the caller sends it later with `send_forward` (the API does, after answering).
+    `restart_of` links it to the saga it starts again, whose log records it with the `changed` fields (see
+    `operator.restart`).
     """
     settings = get_settings()
     tenant = tenant or settings.tenant
@@ -65,9 +73,8 @@ def start(
         raise InvalidInput(f"invalid input for saga {type_name!r}: {exc}",
                            [{"field": exc.path or "input", "message": str(exc)}]) from None
 
-    request_hash = hashlib.sha256(
-        json.dumps({"type": type_name, "input": payload}, sort_keys=True).encode()
-    ).hexdigest()
+    request = {"type": type_name, "input": payload} | ({"restart_of": str(restart_of)} if restart_of else {})
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     saga_id = uuid4()
     stored, large = saga_type.split_input(payload)
     # One statement, so autocommit: the ledger holds the saga before it is dispatched.
@@ -78,7 +85,9 @@ def start(
             "key": idempotency_key, "hash": request_hash, "pickup": patience(saga_type),
             "idxs": [s.index for s in saga_type.steps], "names": [s.name for s in saga_type.steps],
             "kinds": [s.kind.value for s in saga_type.steps],
-            "detail": db.to_json({"type": type_name, "idempotency_key": idempotency_key}),
+            "detail": db.to_json({"type": type_name, "idempotency_key": idempotency_key}
+                                 | ({"restart_of": str(restart_of)} if restart_of else {})),
+            "restart_of": restart_of, "restarted": db.to_json({"as": str(saga_id), "changed": list(changed)}),
         })
         if row is None:
             existing = conn.execute(
@@ -94,7 +103,7 @@ def start(
     record = SagaRecord(
         id=saga_id, tenant=tenant, type=type_name, status="pending", input=stored,
         idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row[1],
-        updated_at=row[1],
+        updated_at=row[1], restart_of=restart_of,
         steps=[StepRecord(index=s.index, name=s.name, kind=s.kind.value, status="pending", attempts=0,
                           compensation_attempts=0, effect_unknown=False, result=None, checkpoint=None,
                           compensation_result=None, error=None, task_id=None,

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # Extra seconds a step's lease outlives its time limit, so a hard time limit fires before the lease ends.
     lease_margin: float = 5.0
     recovery_interval: float = 5.0
+    # A saga recovery re-sent that still has not moved waits as long as it has been stuck, up to this, before the
+    # next re-send: a queue backlog is not flooded with duplicates, and a lost message is still re-sent.
+    recovery_backoff_max: float = 300.0
     recovery_batch: int = 200
     # Beat deletes sagas that ended (completed or compensated) this many days ago, a batch per recovery pass.
     retention_days: float | None = None

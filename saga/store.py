@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, select
+from sqlalchemy.orm import aliased
 
 from saga import db
 from saga.errors import SagaNotFound
@@ -46,6 +47,8 @@ class SagaRecord:
     created_at: datetime
     updated_at: datetime
     steps: list[StepRecord]
+    restart_of: UUID | None = None  # the saga this one started again
+    restarted_as: UUID | None = None  # the saga that started this one again
 
     @property
     def progress(self) -> dict[str, int]:
@@ -66,6 +69,7 @@ class SagaRecord:
                 for s in self.steps
             ],
             "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
+            "restart_of": _str(self.restart_of), "restarted_as": _str(self.restarted_as),
         }
 
 
@@ -86,8 +90,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _str(value: UUID | None) -> str | None:
+    return str(value) if value else None
+
+
 # What reading a saga loads: everything but the large input fields, which only their steps read.
-_SHOWN = [c for c in sagas.c if c.name != "large_input"]
+_restarts = aliased(sagas, name="restarts")
+# Every column but the large input, and the saga that restarted this one (one probe of a unique index).
+_SHOWN = [*(c for c in sagas.c if c.name != "large_input"),
+          select(_restarts.c.id).where(_restarts.c.restart_of == sagas.c.id).scalar_subquery().label("restarted_as")]
 
 
 def load(saga_id: UUID, tenant: str | None = None, conn: Connection | None = None) -> SagaRecord:
@@ -111,7 +122,8 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
     return SagaRecord(
         id=row["id"], tenant=row["tenant"], type=row["type"], status=row["status"], input=row.get("input"),
         idempotency_key=row["idempotency_key"], cancel_requested=row["cancel_requested"], error=row["error"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
+        created_at=row["created_at"], updated_at=row["updated_at"], restart_of=row["restart_of"],
+        restarted_as=row["restarted_as"],
         steps=[
             StepRecord(
                 index=s["idx"], name=s["name"], kind=s["kind"], status=s["status"], attempts=s["attempts"],
@@ -128,12 +140,15 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
 def list_sagas(
     tenant: str, *, status: str | None = None, type_: str | None = None, limit: int = 50,
     before: tuple[datetime, UUID] | None = None, since: datetime | None = None, idempotency_key: str | None = None,
-    with_input: bool = True,
+    with_input: bool = True, restart_of: UUID | None = None,
 ) -> list[SagaRecord]:
     """Newest first; `before` is the (created_at, id) of the last saga of the previous page; `since` keeps those
-    created at or after it. Without `with_input` each record's input is None (and not read)."""
+    created at or after it; `restart_of` the saga that restarted it. Without `with_input` each record's input is
+    None (and not read)."""
     columns = _SHOWN if with_input else [c for c in _SHOWN if c.name != "input"]
     query = select(*columns).where(sagas.c.tenant == tenant)
+    if restart_of is not None:
+        query = query.where(sagas.c.restart_of == restart_of)
     if idempotency_key is not None:
         query = query.where(sagas.c.idempotency_key == idempotency_key)
     if since is not None:

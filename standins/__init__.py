@@ -156,7 +156,7 @@ def start_standins(data_dir: Path, bucket: str = "saga-logos") -> StandIns:
     py = sys.executable
     processes = {
         "stripe": Process.spawn("stripe", [py, "-m", "standins.stripe_server", "--port", str(stripe_port),
-                                           "--state", str(data_dir / "stripe-state.json")], {}, data_dir),
+                                           "--state", str(data_dir / "stripe-state.jsonl")], {}, data_dir),
         "s3": Process.spawn("s3", [py, "-m", "standins.s3_server", "--port", str(s3_port), "--bucket", bucket],
                             dict(DUMMY_CREDENTIALS), data_dir),
         "smtp": _spawn_smtp(data_dir, smtp_port, maildir),

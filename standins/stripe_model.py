@@ -154,34 +154,88 @@ def _check_params(params: Obj, allowed: set[str]) -> None:
             raise invalid(f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
 
 
+class _Records(dict[str, Obj]):
+    """The records of one kind, by id. Objects are changed in place, so every id looked up or set since the
+    last save is noted as possibly changed (listing all of them is a read: no POST changes what it lists)."""
+
+    def __init__(self, kind: str, touched: set[tuple[str, str]]) -> None:
+        super().__init__()
+        self.kind, self.touched = kind, touched
+
+    def __getitem__(self, key: str) -> Obj:
+        self.touched.add((self.kind, key))
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.touched.add((self.kind, key))
+        return super().get(key, default)
+
+    def __setitem__(self, key: str, value: Obj) -> None:
+        self.touched.add((self.kind, key))
+        super().__setitem__(key, value)
+
+
 class Store:
     """Every PaymentIntent, charge, refund, payment method and stored idempotent response, optionally
-    persisted as one JSON file (rewritten atomically after each change)."""
+    persisted in a journal: each save appends the records it may have changed, one JSON line each, so a save
+    costs what changed, not what the store holds (a soak makes thousands). Loading replays the lines."""
 
     KINDS = ("payment_intents", "charges", "refunds", "payment_methods", "idempotency")
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self.lock = threading.RLock()
-        self.data: dict[str, dict[str, Obj]] = {k: {} for k in self.KINDS}
+        self._touched: set[tuple[str, str]] = set()
+        self._cleared: list[str] = []
+        self.data: dict[str, _Records] = {k: _Records(k, self._touched) for k in self.KINDS}
         if path and path.exists():
-            loaded = json.loads(path.read_text() or "{}")
-            self.data.update({k: loaded.get(k, {}) for k in self.KINDS})
+            self._replay(path.read_text())
+        self._touched.clear()
+
+    def _replay(self, journal: str) -> None:
+        for line in journal.splitlines():
+            try:
+                kind, key, record = json.loads(line)
+            except ValueError:
+                continue  # the end of a line cut short by a crash mid-write: that save never finished
+            if key is None:
+                dict.clear(self.data[kind])
+            elif record is None:
+                dict.pop(self.data[kind], key, None)
+            else:
+                dict.__setitem__(self.data[kind], key, record)
 
     def save(self) -> None:
-        if not self.path:
+        """Append what may have changed since the last save, and flush it to disk."""
+        lines = [json.dumps([kind, None, None]) for kind in self._cleared] + [
+            json.dumps([kind, key, dict.get(self.data[kind], key)]) for kind, key in sorted(self._touched)]
+        self._cleared.clear()
+        self._touched.clear()
+        if not self.path or not lines:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w") as out:
-            json.dump(self.data, out)
+        with self.path.open("a") as out:
+            out.write("\n".join(lines) + "\n")
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+
+    def clear(self, kind: str) -> int:
+        """Forget every record of one kind; returns how many there were."""
+        with self.lock:
+            count = len(self.data[kind])
+            dict.clear(self.data[kind])
+            self._cleared.append(kind)
+            self._touched.difference_update({t for t in self._touched if t[0] == kind})
+            self.save()
+            return count
 
     def reset(self) -> None:
         with self.lock:
-            self.data = {k: {} for k in self.KINDS}
-            self.save()
+            for kind in self.KINDS:
+                dict.clear(self.data[kind])
+            self._cleared.clear()
+            self._touched.clear()
+            if self.path:
+                self.path.write_text("")
 
     # PaymentIntents
 

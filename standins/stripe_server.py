@@ -287,10 +287,7 @@ class StripeApp:
                                              str(spec.get("code") or "invalid_request")))
                 return Reply(200, {"faults": [asdict(f) for f in self.faults]})
             if (method, path) == ("POST", "/_control/expire_keys"):
-                expired = len(self.store.data["idempotency"])
-                self.store.data["idempotency"] = {}
-                self.store.save()
-                return Reply(200, {"expired": expired})
+                return Reply(200, {"expired": self.store.clear("idempotency")})
             if (method, path) == ("POST", "/_control/reset"):
                 self.store.reset()
                 self.faults, self.requests = [], []
@@ -369,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--state", type=Path, help="JSON file keeping the records across restarts")
+    parser.add_argument("--state", type=Path, help="journal (JSON lines) keeping the records across restarts")
     args = parser.parse_args(argv)
     server = StripeHTTPServer((args.host, args.port), StripeApp(Store(args.state)))
     signal.signal(signal.SIGTERM, _exit)

@@ -43,12 +43,17 @@ def send_confirmation(ctx: StepContext[Any]) -> dict[str, str]:
         f"(payment {charge.get('payment_intent', '?')}).\n"
     )
     try:
-        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
+        smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10)
+        try:
             smtp.send_message(msg)
+        finally:
+            # No QUIT: the reply to the message decided its fate. A QUIT sent while an interruption unwinds (a
+            # pool process stopped mid-send) reads that reply late and would replace the interruption with it.
+            smtp.close()
     except smtplib.SMTPResponseException as exc:
-        if 400 <= exc.smtp_code < 500:
-            raise TransientError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
-        raise PermanentError(f"SMTP refused: {exc.smtp_code}: {exc.smtp_error!r}") from exc
+        if 500 <= exc.smtp_code < 600:
+            raise PermanentError(f"SMTP refused: {exc.smtp_code}: {exc.smtp_error!r}") from exc
+        raise TransientError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
     except (TimeoutError, smtplib.SMTPException, OSError) as exc:
         raise TransientError(f"SMTP unreachable: {exc}") from exc
     return {"message_id": msg["Message-ID"]}

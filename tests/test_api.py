@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -235,6 +236,8 @@ def test_an_unknown_saga_type_is_a_404(api: ApiServer) -> None:
     ({"type": "probe", "input": []}, "input"),
     ({"type": "probe", "input": {}, "extra": 1}, "extra"),
     ("not json at all", "body"),
+    (b'{"type": "probe", "input": {"fail": "\xff\xfe"}}', "body"),  # not UTF-8
+    (b'{"type": "probe\xc3", "input": {}}', "body"),  # cut in the middle of a character
     ({"type": "probe", "input": {"fail": "a\u0000"}}, "input"),  # PostgreSQL cannot store NUL
     ({"type": "probe", "input": {"hold": {"\ud800": 1}}}, "input"),  # nor half a surrogate pair
     ({"type": "probe", "input": {"hold": {"a": float("nan")}}}, "input"),  # nor NaN in jsonb
@@ -242,7 +245,7 @@ def test_an_unknown_saga_type_is_a_404(api: ApiServer) -> None:
 ])
 def test_a_malformed_request_body_is_a_422_naming_the_field(api: ApiServer, body: Any, field: str) -> None:
     client = api.new_tenant()
-    content = body if isinstance(body, str) else json.dumps(body)
+    content = body if isinstance(body, (str, bytes)) else json.dumps(body)
     response = client.post("/v1/sagas", content=content,
                            headers={"Idempotency-Key": "k", "Content-Type": "application/json"})
     error = assert_error(response, 422, "invalid_request")
@@ -521,7 +524,7 @@ def test_a_flood_of_bad_keys_costs_a_few_database_queries_not_one_each(stack: St
 @pytest.mark.parametrize("method, route", [
     ("GET", "/v1/sagas/{id}"), ("GET", "/v1/sagas/{id}?wait=1"), ("GET", "/v1/sagas/{id}/events"),
     ("GET", "/v1/sagas/{id}/stream"), ("POST", "/v1/sagas/{id}/cancel"), ("POST", "/v1/sagas/{id}/resume"),
-    ("POST", "/v1/sagas/{id}/compensate"),
+    ("POST", "/v1/sagas/{id}/compensate"), ("POST", "/v1/sagas/{id}/restart"),
 ])
 def test_another_tenants_saga_is_a_404_on_every_route(api: ApiServer, method: str, route: str) -> None:
     owner, other = api.new_tenant(), api.new_tenant()
@@ -576,7 +579,7 @@ def test_health_and_metrics(api: ApiServer) -> None:
     docs = httpx.get(f"{api.url}/openapi.json").json()
     paths = {"/v1/sagas", "/v1/sagas/{saga_id}", "/v1/sagas/{saga_id}/events", "/v1/sagas/{saga_id}/stream",
              "/v1/sagas/{saga_id}/cancel", "/v1/sagas/{saga_id}/resume", "/v1/sagas/{saga_id}/compensate",
-             "/healthz", "/metrics"}
+             "/v1/sagas/{saga_id}/restart", "/healthz", "/metrics"}
     assert set(docs["paths"]) == paths
 
 
@@ -615,3 +618,25 @@ def test_the_listing_filters_by_creation_time_and_idempotency_key(api: ApiServer
         assert later == []
         since = client.get("/v1/sagas", params={"created_after": made["created_at"], "limit": 200}).json()["items"]
         assert made["id"] in [s["id"] for s in since]
+
+
+HOSTILE = ["x' OR '1'='1", "'; DROP TABLE sagas; --", '<script>window.pwned=1</script>', "%' OR 1=1 --"]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_sql_and_html_in_keys_and_filters_are_only_text(api: ApiServer, hostile: str) -> None:
+    client = api.new_tenant()
+    made = client.post("/v1/sagas", json={"type": "demo", "input": {"customer": hostile, "amount_cents": 1,
+                                                                "step_seconds": 0}}, headers={"Idempotency-Key": hostile})
+    assert made.status_code == 202, made.text
+    other = start(client, "demo", {"customer": "plain", "amount_cents": 1, "step_seconds": 0})
+    assert other.status_code == 202
+    by_key = client.get("/v1/sagas", params={"idempotency_key": hostile, "include_input": "true"}).json()["items"]
+    assert [(s["id"], s["input"]["customer"]) for s in by_key] == [(made.json()["id"], hostile)]
+    for name in ("type", "idempotency_key"):
+        assert client.get("/v1/sagas", params={name: hostile + "-"}).json()["items"] == [], name
+    assert_error(client.get("/v1/sagas", params={"status": hostile}), 422, "invalid_request")
+    not_an_id = client.get(f"/v1/sagas/{quote(hostile, safe='')}")  # a "/" in it leaves no route to match
+    assert not_an_id.status_code in (404, 422), not_an_id.text
+    assert_error(not_an_id, not_an_id.status_code, {404: "not_found", 422: "invalid_request"}[not_an_id.status_code])
+    assert sagas_of(client) == 2

@@ -145,3 +145,35 @@ def test_ensure_dev_key_makes_a_key_once(stack: Stack, tmp_path: Path) -> None:
     revoked = next(k for k in apikeys.list_keys("dev") if k.name and str(path) in k.name)
     apikeys.revoke_key(revoked.id)
     assert apikeys.ensure_dev_key(path) != key, "a revoked key is replaced"
+
+
+def test_restart_through_the_client_and_the_cli(api: ApiServer, workers: Stack) -> None:
+    declined = {**DEMO, "card": "declined"}
+    with client_of(api) as client:
+        first = client.run("demo", declined, timeout=60)
+        assert first.status == "compensated"
+        started = client.restart(first.id, {"card": "ok"})
+        assert started.created and started.saga.restart_of == first.id
+        assert client.wait(started.saga.id, timeout=60).status == "completed"
+        assert client.get(first.id).restarted_as == started.saga.id
+        assert client.restart(first.id, {"card": "ok"}).saga.id == started.saga.id  # a retry: the same one
+        with pytest.raises(ApiError) as refused:
+            client.restart(started.saga.id)
+        assert refused.value.status == 409 and "only a compensated or failed saga" in refused.value.message
+
+    _, key = apikeys.create_key(f"cli-{uuid.uuid4().hex[:8]}")
+    via = ["--api-url", api.url, "--api-key", key]
+    code, out = saga_cli("submit", "demo", "--input", json.dumps(declined), "--wait", *via)
+    assert code == 0 and "status=compensated" in out, out
+    saga_id = out.split()[1]
+    code, out = saga_cli("restart", saga_id, "--input", '{"card": "ok"}', "--wait", *via)
+    assert code == 0 and out.startswith("restarted as: ") and "status=completed" in out, out
+    code, out = saga_cli("restart", saga_id, "--input", '{"colour": "red"}', "-k", "other", *via)
+    assert code == 2 and "action_not_allowed" in out, out
+
+    code, out = saga_cli("submit", "demo", "--input", json.dumps(declined), "--wait")  # on the database
+    saga_id = out.split()[1]
+    code, out = saga_cli("restart", saga_id, "--input", '{"card": "ok"}', "--wait")
+    assert code == 0 and "status=completed" in out, out
+    code, out = saga_cli("restart", saga_id, "--input", "[1]")
+    assert code == 2 and "JSON object" in out, out

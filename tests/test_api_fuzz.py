@@ -29,6 +29,12 @@ include-operation-id = "startSaga"
 # The document says `input` is an object; what it must hold depends on the saga type (404 for a type
 # nobody declared, 422 for input the type's model refuses).
 checks.positive_data_acceptance.expected-statuses = [200, 202, 404, 422]
+
+[[operations]]
+include-operation-id = "restartSaga"
+# As for startSaga: the fields to replace must be ones the type's model has and accepts, and text the ledger can
+# store (no NUL); the fuzzing saga is completed, so most answers are 409.
+checks.positive_data_acceptance.expected-statuses = [200, 202, 404, 409, 422]
 """
 
 

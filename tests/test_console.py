@@ -179,8 +179,27 @@ def test_resume_a_paused_saga_and_compensate_a_failed_one(
     assert ended(client, failed)["status"] == "failed"
     browser.get(f"{api.url}/ui#/saga/{failed}")
     WebDriverWait(browser, 10).until(lambda b: badge(b) == "failed")
-    assert shown(browser) == ["compensate"]
+    assert shown(browser) == ["compensate", "restart"]
     switch(undo_stuck, False)
     browser.find_element(By.CSS_SELECTOR, '#actions [data-action="compensate"]').click()
     WebDriverWait(browser, 30).until(lambda b: badge(b) == "compensated")
     assert texts(browser, '#steps tr[data-step="b"] .status') == ["compensated"]
+
+
+def test_restart_opens_the_new_saga_and_both_pages_link_to_each_other(
+    workers: Stack, api: Any, browser: WebDriver, tenant: tuple[str, httpx.Client],
+) -> None:
+    key, client = tenant
+    declined = start(client, "demo", {"customer": "ann", "amount_cents": 1200, "step_seconds": 0, "card": "declined"})
+    assert ended(client, declined)["status"] == "compensated"
+    open_console(browser, api, key, f"#/saga/{declined}")
+    WebDriverWait(browser, 20).until(lambda b: badge(b) == "compensated")
+    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="restart"]').click()
+    WebDriverWait(browser, 20).until(lambda b: f"#/saga/{declined}" not in b.current_url)
+    restarted = browser.current_url.rsplit("/", 1)[-1]
+    WebDriverWait(browser, 20).until(lambda b: texts(b, '#d-links a[data-link="restart_of"]') == [declined])
+    assert ended(client, restarted)["restart_of"] == declined
+    browser.find_element(By.CSS_SELECTOR, '#d-links a[data-link="restart_of"]').click()
+    WebDriverWait(browser, 20).until(lambda b: texts(b, '#d-links a[data-link="restarted_as"]') == [restarted])
+    assert browser.find_element(By.CSS_SELECTOR, '#actions [data-action="restart"]').is_displayed() is False
+    assert "saga_restarted" in texts(browser, "#timeline .kind")

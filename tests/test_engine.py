@@ -16,6 +16,7 @@ import saga
 from saga import claims, db
 from saga.definitions import get_saga_type
 from saga.errors import StepFailed
+from saga.settings import get_settings
 from saga.testing import Stack, wait_for_status, wait_until
 from tests.probes import check_invariants, effects, event_kinds, runs
 from tests.sagas import probe_idle
@@ -215,6 +216,28 @@ def test_lost_dispatch_is_healed_by_recovery(workers: Stack) -> None:
                what="recovery to wake the saga")
     # Recovery records the event, then sends the chain.
     wait_until(lambda: queued_for(workers, started.saga.id) >= 1, what="recovery to send the chain again")
+
+
+def test_recovery_backs_off_a_saga_that_stays_stuck(workers: Stack) -> None:
+    """A saga stuck for a while is re-sent, then left alone as long again (capped), not every pickup timeout."""
+    settings = get_settings()
+    stuck_for = {"brief": 0.0, "long": 100.0, "ages": 10 * settings.recovery_backoff_max}
+    ids = {}
+    for name, seconds in stuck_for.items():
+        ids[name] = saga.start("probe_idle", {}, idempotency_key=str(uuid4())).saga.id
+        with db.transaction() as conn:
+            conn.execute(text("UPDATE sagas SET updated_at = now() - make_interval(secs => :s), deadline = now() "
+                              "WHERE id = :id"), {"s": seconds, "id": ids[name]})
+    for saga_id in ids.values():  # beat's recovery records the wait, then sends the chain
+        wait_until(lambda s=saga_id: queued_for(workers, s) >= 2, what="recovery to re-send it")  # after start's
+    with db.transaction() as conn:
+        waits = dict(conn.execute(text("SELECT id, extract(epoch FROM deadline - now()) FROM sagas WHERE id IN "
+                                       "(:a, :b, :c)"), dict(zip("abc", ids.values()))).all())
+    wait = {name: float(waits[saga_id]) for name, saga_id in ids.items()}
+    patience = claims.patience(probe_idle)
+    assert patience - 2 < wait["brief"] <= patience, wait
+    assert 100 - 2 < wait["long"] <= 100 + 5, wait  # stuck 100 s when set, a little more when recovery looked
+    assert settings.recovery_backoff_max - 2 < wait["ages"] <= settings.recovery_backoff_max, wait
 
 
 def worker_log(stack: Stack) -> str:

@@ -42,6 +42,29 @@ def test_what_intake_accepts_goes_through_every_step(workers: Stack, standins: S
     assert "500 JPY" in mail.get_content()
 
 
+def test_sql_and_html_in_every_text_field_reach_every_third_party_as_text(
+        workers: Stack, standins: StandIns) -> None:
+    hostile = {
+        "company": "O'Brien & Co'); DROP TABLE job_postings; --",
+        "title": "<script>window.pwned=1</script> \" OR \"1\"=\"1 {{7*7}} %s",
+        "description": "<img src=x onerror=alert(1)>\n'; DELETE FROM sagas WHERE '1'='1'; --\n\\x00 &amp;",
+    }
+    saga_id = submit(**hostile)
+    record = wait_for_status(saga_id, FINAL)
+    assert record.status == "completed", record.error
+    assert_clean_end(standins, saga_id, "completed")
+    assert {k: record.input[k] for k in hostile} == hostile
+    with db.transaction() as conn:
+        row = conn.execute(text("SELECT company, title, description FROM job_postings WHERE saga_id = :s"),
+                           {"s": saga_id}).one()
+    assert dict(row._mapping) == hostile
+    got = third_party_records(standins, saga_id)
+    assert got["charged"][0]["description"] == f"Job posting: {hostile['title']} at {hostile['company']}"
+    mail = next(m for m in standins.messages() if m["Message-ID"] in got["message_ids"])
+    assert str(mail["Subject"]) == f"Your job posting is live: {hostile['title']}"
+    assert f"Hello {hostile['company']}," in mail.get_content()
+
+
 @pytest.mark.parametrize("card", ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds"])
 def test_a_declined_card_undoes_the_posting_and_the_logo(workers: Stack, standins: StandIns, card: str) -> None:
     saga_id = submit(payment_method=card)

@@ -14,7 +14,6 @@ from sqlalchemy import text
 
 from api import keys as apikeys
 from saga import db, recovery, retention
-from saga.settings import get_settings
 
 SAGAS = 200_000
 
@@ -61,8 +60,6 @@ def best_of(fn: Callable[[], Any], rounds: int = 5) -> float:
 def test_recovery_listing_and_retention_stay_fast_on_200k_finished_sagas(api: Any) -> None:
     tenant = f"scale-{uuid.uuid4().hex[:8]}"
     _, key = apikeys.create_key(tenant)
-    settings = get_settings()
-    due = {"batch": settings.recovery_batch, "pickup": settings.pickup_timeout}
     with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         def first_page() -> None:
             answer = client.get("/v1/sagas", params={"limit": 50})
@@ -87,7 +84,7 @@ def test_recovery_listing_and_retention_stay_fast_on_200k_finished_sagas(api: An
         print(f"  {name:<22} {was:7.2f} ms at 1000  {after[name]:7.2f} ms at {SAGAS}")
 
     # Each statement reads its index, never the whole table.
-    due_plan = plan(recovery._DUE, due)
+    due_plan = plan(recovery._DUE, recovery.due_parameters())
     assert "sagas_active" in due_plan and "Seq Scan on sagas" not in due_plan, due_plan
     prune_plan = plan(retention._PRUNE, {"age": 30 * 86400, "batch": 1000})
     assert "sagas_ended" in prune_plan and "Seq Scan on sagas" not in prune_plan, prune_plan

@@ -297,7 +297,7 @@ def test_the_minimum_charge_depends_on_the_currency(
 def test_state_survives_a_restart(sc: stripe.StripeClient, standins: StandIns) -> None:
     pi = charge(sc, key="k-kept")
     port = free_port()
-    state = standins.data_dir / "stripe-state.json"
+    state = standins.data_dir / "stripe-state.jsonl"
     proc = Process.spawn("stripe-restarted", [sys.executable, "-m", "standins.stripe_server", "--port",
                                               str(port), "--state", str(state)], {}, standins.data_dir)
     try:

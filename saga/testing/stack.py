@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import uuid
@@ -58,6 +59,8 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
     worker_names: set[str] = field(default_factory=set)
+    # How each worker was started, so `revive` starts it again the same way.
+    _worker_args: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def start(self) -> Stack:
         """Create and migrate the database, claim an empty Redis DB; points this process at them too."""
@@ -72,7 +75,20 @@ class Stack:
         settings.configure(database_url=database_url)
         db.dispose()
         migrate.upgrade(database_url)
+        self._point_app_here()
         return self
+
+    def _point_app_here(self) -> None:
+        """Send this process's own messages to the stack's broker, even from an app that read its settings
+        before `start()` set the environment (a test module importing the app, say)."""
+        from celery.app.utils import find_app
+
+        app = find_app(self.app)
+        if app.conf.broker_url != self.env[self.broker_env]:
+            app.conf.broker_url = self.env[self.broker_env]
+            if app._pool is not None:  # connections already opened to the old broker
+                app._pool.force_close_all()
+                app._pool = None
 
     @property
     def database_url(self) -> str:
@@ -105,6 +121,7 @@ class Stack:
                extra: Iterable[str] = (), env: dict[str, str] | None = None) -> Process:
         """Start a Celery worker in its own process group and wait until it consumes."""
         self.worker_names.add(name)
+        self._worker_args[name] = {"concurrency": concurrency, "queues": queues, "extra": extra, "env": env}
         start = self._read_size(name)
         process = self._spawn(name, [
             sys.executable, "-m", "celery", "-A", self.app, "worker", f"--concurrency={concurrency}",
@@ -126,6 +143,26 @@ class Stack:
     def workers(self) -> list[Process]:
         """The worker processes started here that still run."""
         return [p for p in self.processes if p.name in self.worker_names and p.alive()]
+
+    def revive(self) -> list[str]:
+        """Start again every worker that exited by itself, as systemd or Compose's restart policy would; the
+        names of those started again. (Celery 5.7 can exit a worker when Redis goes away: README, fleet.)"""
+        exited = [p for p in self.processes if p.name in self.worker_names and not p.alive()]
+        for process in exited:
+            self.processes.remove(process)
+            self.worker(process.name, **self._worker_args[process.name])
+        return [p.name for p in exited]
+
+    def held(self, name: str) -> int | None:
+        """How many messages worker `name` is running or has reserved, as it answers itself (None: no answer)."""
+        from celery.app.utils import find_app
+
+        hostname = f"{name}@{socket.gethostname()}"
+        inspect = find_app(self.app).control.inspect(destination=[hostname], timeout=2)
+        active, reserved = inspect.active(), inspect.reserved()
+        if not active or not reserved or hostname not in active or hostname not in reserved:
+            return None
+        return len(active[hostname]) + len(reserved[hostname])
 
     def stop_workers(self, *, kill: bool = False, keep: Iterable[str] = ()) -> None:
         """Stop (or SIGKILL) every worker but those named in `keep`."""

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from saga import db
 from saga.states import FINAL
-from saga.testing import wait_until
+from saga.testing import Stack, wait_until
 from standins import StandIns
 from tests.jobs import posting
 
@@ -85,19 +85,28 @@ def statuses(ids: Iterable[str]) -> dict[str, str]:
     return dict(rows)  # type: ignore[arg-type]
 
 
-def settled(ids: Iterable[str], timeout: float) -> dict[str, str]:
-    """Every saga's final status, once all are final (or what they were when `timeout` ran out)."""
+def settled(ids: Iterable[str], timeout: float, supervise: Stack | None = None) -> dict[str, str]:
+    """Every saga's final status, once all are final (or what they were when `timeout` ran out). With
+    `supervise`, workers that exit by themselves meanwhile are started again, as a supervisor would."""
     ids = list(ids)
+
+    def probe() -> dict[str, str] | None:
+        if supervise is not None:
+            for name in supervise.revive():
+                print(f"\n  worker {name} exited by itself; started again", flush=True)
+        s = statuses(ids)
+        return s if len(s) == len(ids) and all(v in FINAL for v in s.values()) else None
+
     try:
-        return wait_until(lambda: (s := statuses(ids)) and all(v in FINAL for v in s.values())
-                          and len(s) == len(ids) and s, timeout=timeout, interval=0.5, what="every saga to end")
+        return wait_until(probe, timeout=timeout, interval=0.5, what="every saga to end")
     except TimeoutError:
         return statuses(ids)
 
 
-def outcome(standins: StandIns, submitted: Submitted, timeout: float = 240) -> Counter[str]:
+def outcome(standins: StandIns, submitted: Submitted, timeout: float = 240,
+            supervise: Stack | None = None) -> Counter[str]:
     """Once every saga ended (or `timeout` ran out): the counts of `tally`."""
-    return tally(standins, submitted, settled(submitted.ids.values(), timeout))
+    return tally(standins, submitted, settled(submitted.ids.values(), timeout, supervise))
 
 
 def tally(standins: StandIns, submitted: Submitted, final: dict[str, str]) -> Counter[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -53,11 +54,10 @@ class Fleet:
         self.ports[name] = port
 
     def revive(self) -> None:
-        """Replace every worker that exited on its own (what systemd or Compose's restart policy does)."""
-        for process in [p for p in self.stack.processes if p.name in self.ports and not p.alive()]:
-            self.exits.append(process.name)
-            print(f"  {time.strftime('%H:%M:%S')} {process.name} exited by itself; replaced", flush=True)
-            self.replace(process)
+        """Start again every worker that exited on its own (what systemd or Compose's restart policy does)."""
+        for name in self.stack.revive():
+            self.exits.append(name)
+            print(f"  {time.strftime('%H:%M:%S')} {name} exited by itself; started again", flush=True)
 
     def replace(self, victim: Any) -> None:
         self.stack.processes.remove(victim)
@@ -155,7 +155,8 @@ def main() -> int:
     parser.add_argument("--fault-every", type=float, default=45.0, help="seconds between faults, on average")
     args = parser.parse_args()
     random.seed(7)
-    DATA.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(DATA, ignore_errors=True)  # a run starts from nothing: no stand-in records, no old logs
+    DATA.mkdir(parents=True)
     postgres, redis_server = Postgres().start(), Redis().start()
     services = Services(database_url=postgres.url, broker_url=redis_server.url)
     standins = start_standins(DATA / "standins")

@@ -33,9 +33,12 @@ def test_redis_restarted_with_nothing_kept_while_100_sagas_run(
     redis_server.kill()  # every queued and unacknowledged message is gone
     outage(3)
     redis_server.start()
-    counts = outcome(standins, submitted)
+    # Celery 5.7 may exit a worker here (README, "Run workers under a supervisor"): start it again as one would.
+    counts = outcome(standins, submitted, supervise=workers)
     report("redis restarted", counts)
-    assert_kept(counts)
+    # The crash window: when the broker connection drops, Celery SIGTERMs the steps running (CELERY_FACTS), so
+    # a receipt the SMTP server had just taken is sent again, at most one per pool process (2).
+    assert_kept(counts, duplicate_emails=2)
 
 
 def test_postgres_down_for_seconds_while_100_sagas_run(

@@ -4,7 +4,9 @@
 
 const KEY = "saga-api-key";
 const FINAL = ["completed", "compensated", "paused", "failed"];
-const ACTIONS = { cancel: ["pending", "running"], resume: ["paused"], compensate: ["failed"] };
+const ACTIONS = {
+  cancel: ["pending", "running"], resume: ["paused"], compensate: ["failed"], restart: ["compensated", "failed"],
+};
 const $ = (selector) => document.querySelector(selector);
 let stream = null;   // the AbortController of the live view's stream
 let nextCursor = null;
@@ -135,12 +137,22 @@ function renderSaga(saga) {
     el("span", `  ${saga.progress.done}/${saga.progress.total} steps done` +
       (saga.idempotency_key ? `, idempotency key ${saga.idempotency_key}` : "") +
       (saga.cancel_requested ? ", cancel requested" : "")));
+  const links = [];
+  for (const [field, label] of [["restart_of", "restart of "], ["restarted_as", "restarted as "]]) {
+    if (!saga[field]) continue;
+    const link = el("a", saga[field]);
+    link.href = `#/saga/${saga[field]}`;
+    link.dataset.link = field;
+    links.push(el("span", label), link, el("span", "  "));
+  }
+  $("#d-links").replaceChildren(...links);
   $("#d-error").textContent = saga.error || "";
   // Long values (a logo in base64) are cut for the page; the API has them whole.
   $("#d-input").textContent = JSON.stringify(saga.input, (k, v) =>
     typeof v === "string" && v.length > 200 ? `${v.slice(0, 60)}... (${v.length} characters)` : v, 2);
   for (const button of document.querySelectorAll("#actions button")) {
-    button.hidden = !ACTIONS[button.dataset.action].includes(saga.status);
+    button.hidden = !ACTIONS[button.dataset.action].includes(saga.status) ||
+      (button.dataset.action === "restart" && Boolean(saga.restarted_as));
   }
   const flower = document.body.dataset.flower;
   const body = $("#steps tbody");
@@ -231,7 +243,9 @@ for (const button of document.querySelectorAll("#actions button")) {
   button.addEventListener("click", async () => {
     const id = location.hash.split("/")[2];
     try {
-      renderSaga(await api(`/v1/sagas/${id}/${button.dataset.action}`, { method: "POST" }));
+      const answer = await api(`/v1/sagas/${id}/${button.dataset.action}`, { method: "POST" });
+      if (answer.id !== id) { location.hash = `#/saga/${answer.id}`; return; }  // a restart: the new saga
+      renderSaga(answer);
       notice(`${button.dataset.action}: asked`);
       await renderTimeline(id);
       if (!stream) { stream = new AbortController(); follow(id, stream).catch(() => {}); }
