@@ -307,6 +307,41 @@ def restart(saga_id: UUID, input_: str | None, idempotency_key: str | None, wait
                   lambda: _follow(started.saga.id, None, as_json), started.saga.to_dict)
 
 
+@main.command(name="input")
+@click.argument("saga_id", type=_uuid)
+@click.option("--input", "input_", required=True, help="The fields the saga awaits, as JSON or @file.json.")
+@click.option("--idempotency-key", "-k", default=None,
+              help="Repeat the same key to make a retry safe (default: a new one).")
+@click.option("--wait", is_flag=True, help="Follow the saga until it ends (or awaits input again).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_api_options
+def input_(saga_id: UUID, input_: str, idempotency_key: str | None, wait: bool, as_json: bool, use_api: bool,
+           api_url: str | None, api_key: str | None) -> None:
+    """Give a saga awaiting input the fields its step asked for; that step runs again with them."""
+    import uuid
+
+    import saga
+
+    patch = _json_input(input_)
+    if not isinstance(patch, dict) or not patch:
+        raise click.BadParameter("--input must be a JSON object of the fields the saga awaits")
+    key = idempotency_key or str(uuid.uuid4())
+    client = _client(use_api, api_url, api_key)
+    if client is not None:
+        with client:
+            data = client.provide_input(saga_id, patch, idempotency_key=key).model_dump(mode="json")
+            if wait:
+                _follow_api(client, saga_id, as_json)
+                return
+    else:
+        _boot()
+        data = saga.provide_input(saga_id, patch, idempotency_key=key).saga.to_dict()
+        if wait:
+            _follow(saga_id, None, as_json)
+            return
+    click.echo(json.dumps(data, indent=2) if as_json else render(data))
+
+
 @main.command()
 @click.argument("saga_id", type=_uuid)
 @click.option("--json", "as_json", is_flag=True)
@@ -330,7 +365,8 @@ def status(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api
 @click.option("--json", "as_json", is_flag=True, help="Print only the final state, as JSON.")
 @_api_options
 def watch(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api_key: str | None) -> None:
-    """Show a saga's progress live until it is completed, compensated, paused or failed."""
+    """Show a saga's progress live until it is completed, compensated, paused or failed (a wait for input is
+    shown, with what to send and by when, and followed until it ends)."""
     client = _client(use_api, api_url, api_key)
     if client is not None:
         with client:
@@ -437,7 +473,12 @@ def render(record: Any) -> str:
     p = data["progress"]
     progress = f"{p['done']}/{p['total']}"
     lines = [f"saga {data['id']}  type={data['type']}  status={data['status']}  progress={progress}"]
-    if data["error"]:
+    waiting = data.get("awaiting_input")
+    if waiting:
+        lines.append(f"  awaiting input until {waiting['until']}: {', '.join(waiting['fields'])} for step "
+                     f"{waiting['step']} ({waiting['reason']})")
+        lines.append(f"  send it: saga input {data['id']} --input '{{\"{waiting['fields'][0]}\": ...}}'")
+    elif data["error"]:
         lines.append(f"  reason: {data['error']}")
     if data.get("cancel_requested"):
         lines.append("  cancel requested: the step in flight decides (a pivot that succeeds refuses it)")

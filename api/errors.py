@@ -100,8 +100,8 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     missing = ("missing", "string_too_short")
     if any(_field(e) == IDEMPOTENCY_HEADER and e["type"] in missing for e in exc.errors()):
         return error_response(400, "idempotency_key_required",
-                              f"the {IDEMPOTENCY_HEADER} header is required: send a unique key per saga "
-                              "and repeat it when you retry",
+                              f"the {IDEMPOTENCY_HEADER} header is required: send a unique key per request "
+                              "(a new saga, new input) and repeat it when you retry",
                               [{"field": IDEMPOTENCY_HEADER, "message": "required"}])
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return error_response(422, "invalid_request", f"invalid request: {summary}", problems)

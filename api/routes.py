@@ -24,7 +24,8 @@ import saga
 from api.auth import Tenant
 from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
 from api.metrics import SAGAS_STARTED
-from api.schemas import EventPage, RestartSaga, Saga, SagaPage, StartSaga
+from api.schemas import EventPage, ProvideInput, RestartSaga, Saga, SagaPage, StartSaga
+from saga.inputs import resume_index
 from saga.runner import send_forward
 from saga.states import FINAL, SagaStatus
 from saga.store import SagaRecord
@@ -62,7 +63,7 @@ def _bare(tag: str | None) -> str | None:
 _NEXT = {name: {"operationId": operation, "parameters": {"saga_id": "$response.body#/id"}}
          for name, operation in (("read", "getSaga"), ("events", "listSagaEvents"), ("cancel", "cancelSaga"),
                                  ("resume", "resumeSaga"), ("compensate", "compensateSaga"),
-                                 ("restart", "restartSaga"))}
+                                 ("restart", "restartSaga"), ("input", "provideInput"))}
 
 
 @router.post(
@@ -234,8 +235,29 @@ def _action(name: str, summary: str, doc: str) -> None:
                 summary=summary, operation_id=f"{name}Saga")(act)
 
 
+@router.post(
+    "/{saga_id}/input", response_model=Saga, responses=responses(400, 401, 404, 409, 413, 422, 429, 503),
+    summary="Give a saga the input it awaits", operation_id="provideInput",
+)
+def provide_input(
+    saga_id: SagaId, body: ProvideInput, tenant: Tenant, background: BackgroundTasks,
+    idempotency_key: Annotated[str, Header(
+        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+        description="Unique per input you send (printable ASCII); repeat it when you retry. Same key and "
+                    "input: the saga back, nothing changed; same key, other input: 422.")],
+) -> SagaJSON:
+    """For a saga in `awaiting_input`: new values of the fields its `awaiting_input.fields` names. The
+    whole input is validated again (nothing changes when it is invalid); the step that asked runs again with
+    it, and the saga goes on from there, keeping what earlier steps did. 409 unless the saga awaits input (a
+    wait that ended is undone instead)."""
+    started = saga.provide_input(saga_id, body.input, tenant, idempotency_key=idempotency_key, dispatch=False)
+    if started.created:
+        background.add_task(send_forward, saga_id, started.saga.type, resume_index(started.saga))
+    return SagaJSON(started.saga)
+
+
 _action("cancel", "Cancel a saga",
-        "Compensate what was done; a step in flight finishes first (the answer then shows `cancel_requested`). "
+        "Compensate what was done (a saga awaiting input too); a step in flight finishes first (the answer then shows `cancel_requested`). "
         "If that step is the pivot and it succeeds, the cancel is refused then (event `cancel_refused`) and the "
         "saga goes forward; if it fails, the saga is undone with nothing charged. 409 once the saga is past its "
         "point of no return or over. Repeating a cancel is harmless.")

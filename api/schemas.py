@@ -18,6 +18,7 @@ __all__ = [
     "FieldProblem",
     "Health",
     "Progress",
+    "ProvideInput",
     "RestartSaga",
     "Saga",
     "SagaPage",
@@ -47,6 +48,21 @@ class RestartSaga(BaseModel):
 
     input: dict[str, Any] = Field(default_factory=dict, description=(
         "Fields of the input to replace; the rest is the restarted saga's own. The whole is validated again."))
+
+    @field_validator("input")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return storable(value)
+
+
+class ProvideInput(BaseModel):
+    """Body of `POST /v1/sagas/{id}/input`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: dict[str, Any] = Field(min_length=1, description=(
+        "New values of the fields the saga's `awaiting_input.fields` names; the rest of the input stays. The "
+        "whole is validated again."))
 
     @field_validator("input")
     @classmethod

@@ -13,12 +13,14 @@ from saga.errors import (
     IdempotencyConflict,
     InvalidInput,
     LeaseLost,
+    NeedsInput,
     PermanentError,
     SagaError,
     SagaNotFound,
     TransientError,
     UnknownSagaType,
 )
+from saga.inputs import provide_input
 from saga.operator import cancel, compensate, restart, resume
 from saga.retry import RetryPolicy
 from saga.runner import Started, start
@@ -31,6 +33,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidInput",
     "LeaseLost",
+    "NeedsInput",
     "PermanentError",
     "RetryPolicy",
     "SagaError",
@@ -52,6 +55,7 @@ __all__ = [
     "events",
     "list_sagas",
     "load",
+    "provide_input",
     "restart",
     "resume",
     "start",

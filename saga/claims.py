@@ -414,6 +414,42 @@ SELECT status, cancel_requested FROM u
 """)
 
 
+# The step asked its client for new input (`NeedsInput`): it goes back to `pending` (its effect, if any, noted)
+# and the saga waits in `awaiting_input` until `provide_input` or the deadline. Not while a cancel is asked:
+# then the attempt fails as any other would, and the saga is undone.
+_AWAIT_INPUT = text("""
+WITH s AS (
+    SELECT id, cancel_requested FROM sagas WHERE id = :saga_id AND status IN ('pending', 'running')
+    FOR NO KEY UPDATE
+), c AS (
+    UPDATE saga_steps st SET status = 'pending', error = CAST(:reason AS text), lease_expires_at = NULL,
+        not_before = NULL, effect_unknown = st.effect_unknown OR :effect_unknown, finished_at = now()
+    FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = 'running'
+        AND st.fencing_token = :token AND NOT s.cancel_requested
+    RETURNING st.saga_id
+), u AS (
+    UPDATE sagas SET status = 'awaiting_input', updated_at = now(), error = CAST(:reason AS text),
+        deadline = now() + make_interval(secs => :within),
+        awaiting = jsonb_build_object('step', CAST(:name AS text), 'fields', CAST(:fields AS jsonb),
+                                      'reason', CAST(:reason AS text), 'until', now() + make_interval(secs => :within))
+    WHERE id = :saga_id AND EXISTS (SELECT FROM c)
+    RETURNING awaiting
+)
+INSERT INTO saga_events (saga_id, step, kind, detail)
+SELECT :saga_id, :name, 'input_requested', awaiting FROM u
+RETURNING id
+""")
+
+
+def await_input(saga_id: UUID, step: Step, token: int, fields: tuple[str, ...], reason: str, within: float,
+                effect_unknown: bool) -> bool:
+    """Hold the saga for its client's input; False if this attempt lost its claim or a cancel is asked."""
+    params = {"saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "reason": reason[:2000],
+              "fields": db.to_json(list(fields)), "within": within, "effect_unknown": effect_unknown}
+    with db.autocommit() as conn:
+        return db.fetchone(conn, _AWAIT_INPUT, params) is not None
+
+
 def failed_status(mode: Mode, retry_in: float | None) -> str:
     """The step's status once a failed attempt is recorded."""
     if retry_in is None:

@@ -24,7 +24,7 @@ import httpx
 
 from saga.errors import SagaError
 from saga.models import EventPage, Saga, SagaPage
-from saga.states import FINAL
+from saga.states import FINAL, WAITING
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -88,15 +88,16 @@ class SagaClient:
     def get(self, saga_id: str | uuid.UUID) -> Saga:
         return Saga.model_validate(self._request("GET", f"/v1/sagas/{saga_id}").json())
 
-    def watch(self, saga_id: str | uuid.UUID, *, timeout: float | None = None,
-              poll: float = 30.0) -> Iterator[Saga]:
-        """Each new version of the saga, the current one first, until it is final (or `timeout` passes)."""
+    def watch(self, saga_id: str | uuid.UUID, *, timeout: float | None = None, poll: float = 30.0,
+              until: frozenset[str] = FINAL) -> Iterator[Saga]:
+        """Each new version of the saga, the current one first, until its status is one of `until` (by
+        default: final), or `timeout` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         response = self._request("GET", f"/v1/sagas/{saga_id}")
         while True:
             saga = Saga.model_validate(response.json())
             yield saga
-            if saga.status in FINAL:
+            if saga.status in until:
                 return
             etag = response.headers.get("ETag")
             while True:
@@ -110,13 +111,15 @@ class SagaClient:
                     break
 
     def wait(self, saga_id: str | uuid.UUID, *, timeout: float | None = None) -> Saga:
-        """The saga once it is completed, compensated, paused or failed; TimeoutError after `timeout`."""
-        *_, last = self.watch(saga_id, timeout=timeout)
+        """The saga once it is completed, compensated, paused or failed, or awaits input from you (see
+        `provide_input`); TimeoutError after `timeout`."""
+        *_, last = self.watch(saga_id, timeout=timeout, until=WAITING)
         return last
 
     def run(self, saga_type: str, input: Mapping[str, Any], *, idempotency_key: str | None = None,
             timeout: float | None = None) -> Saga:
-        """Start a saga and wait for its outcome. Calling it again with the same key is safe."""
+        """Start a saga and wait for its outcome (or its request for input). Calling it again with the same
+        key is safe."""
         started = self.start(saga_type, input, idempotency_key=idempotency_key)
         return self.wait(started.saga.id, timeout=timeout)
 
@@ -151,6 +154,15 @@ class SagaClient:
         response = self._request("POST", f"/v1/sagas/{saga_id}/restart", json={"input": dict(input or {})},
                                  headers={"Idempotency-Key": idempotency_key} if idempotency_key else None)
         return Started(Saga.model_validate(response.json()), created=response.status_code == 202)
+
+    def provide_input(self, saga_id: str | uuid.UUID, input: Mapping[str, Any], *,
+                      idempotency_key: str | None = None) -> Saga:
+        """Send an `awaiting_input` saga the fields it asked for; its step runs again with them. Retrying
+        is safe: same key (one is made if you give none, and kept across this call's retries)."""
+        key = idempotency_key or str(uuid.uuid4())
+        response = self._request("POST", f"/v1/sagas/{saga_id}/input", json={"input": dict(input)},
+                                 headers={"Idempotency-Key": key})
+        return Saga.model_validate(response.json())
 
     # Transport ----------------------------------------------------------------------------------------
 

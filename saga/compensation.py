@@ -17,19 +17,25 @@ from saga.errors import StepFailed
 log = logging.getLogger("saga.compensation")
 
 _BEGIN = text("""
-WITH u AS (
-    UPDATE sagas SET status = 'compensating', error = :reason, updated_at = now(),
+WITH before AS (
+    SELECT status = 'awaiting_input' AS waited FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
+), u AS (
+    UPDATE sagas SET status = 'compensating', error = :reason, awaiting = NULL, updated_at = now(),
         deadline = now() + make_interval(secs => :pickup)
-    WHERE id = :saga_id AND status IN ('pending', 'running')
+    WHERE id = :saga_id AND status IN ('pending', 'running', 'awaiting_input')
         -- a cancel waits for the step in flight: its outcome decides (a pivot that succeeds refuses the cancel)
         AND NOT (CAST(:after_leases AS boolean) AND EXISTS (
             SELECT FROM saga_steps WHERE saga_id = :saga_id AND lease_expires_at > now()))
+        -- a wait for input ends this way only once it is over: input may have come just before
+        AND (NOT CAST(:waited_out AS boolean)
+             OR (status = 'awaiting_input' AND CAST(awaiting ->> 'until' AS timestamptz) <= now()))
     RETURNING id
 ), st AS (
-    -- never started: skipped; started without an outcome: its effect may exist
+    -- never started: skipped; started without an outcome: its effect may exist, unless it is the step that
+    -- waited for input, whose attempts said themselves whether they may have left one
     UPDATE saga_steps SET
-        status = CASE WHEN status = 'pending' AND attempts = 0 THEN 'skipped' ELSE 'failed' END,
-        effect_unknown = effect_unknown OR NOT (status = 'pending' AND attempts = 0),
+        status = CASE WHEN status = 'pending' AND attempts = 0 AND NOT effect_unknown THEN 'skipped' ELSE 'failed' END,
+        effect_unknown = effect_unknown OR NOT (status = 'pending' AND (attempts = 0 OR (SELECT waited FROM before))),
         lease_expires_at = NULL, not_before = NULL
     WHERE saga_id = :saga_id AND saga_id IN (SELECT id FROM u) AND status IN ('pending', 'running')
 ), e AS (
@@ -62,14 +68,16 @@ RETURNING id
 """)
 
 
-def begin(saga_id: UUID, saga_type: SagaType[Any], reason: str, *, after_leases: bool = False) -> bool:
+def begin(saga_id: UUID, saga_type: SagaType[Any], reason: str, *, after_leases: bool = False,
+          waited_out: bool = False) -> bool:
     """Move the saga to `compensating` and dispatch its compensations; only the first caller does either.
 
     With `after_leases` (a cancel) nothing happens while an attempt holds a live lease: its end decides.
+    With `waited_out` (recovery) only a saga whose wait for input is over is undone.
     """
     with db.transaction() as conn:
         won = conn.execute(_BEGIN, {"saga_id": saga_id, "reason": reason, "pickup": patience(saga_type),
-                                    "after_leases": after_leases}).scalar()
+                                    "after_leases": after_leases, "waited_out": waited_out}).scalar()
     if won:
         log.info("saga %s compensating: %s", saga_id, reason)
         try:

@@ -20,6 +20,24 @@ class PermanentError(Exception):
         self.effect_unknown = effect_unknown
 
 
+class NeedsInput(Exception):
+    """Raised by a forward step body to ask the client for new values of some input fields (a declined card:
+    another payment method) instead of failing. The saga waits in `awaiting_input`, keeping what earlier
+    steps did, for `within` seconds; input sent meanwhile (`provide_input`) runs the step again with it, and
+    no input by then undoes the saga as a failure would.
+
+    `effect_unknown` says whether the attempt may have left an effect that an undo must still look at.
+    """
+
+    def __init__(self, *fields: str, reason: str, within: float, effect_unknown: bool = False) -> None:
+        if not fields:
+            raise ValueError("NeedsInput names at least one input field")
+        if within <= 0:
+            raise ValueError("NeedsInput needs a positive wait (`within`, seconds)")
+        super().__init__(reason)
+        self.fields, self.reason, self.within, self.effect_unknown = fields, reason, within, effect_unknown
+
+
 class LeaseLost(Exception):
     """Raised by `StepContext.checkpoint` when the attempt no longer holds its step: the body must stop."""
 

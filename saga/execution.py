@@ -16,7 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from saga import claims, compensation, db, dispatch, logs, metrics, tracing
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
-from saga.errors import LeaseLost, PermanentError, StepFailed
+from saga.errors import LeaseLost, NeedsInput, PermanentError, StepFailed
 from saga.storable import storable
 
 log = logging.getLogger("saga.execution")
@@ -252,6 +252,8 @@ def _wait(task: Any, seconds: float) -> Retry:
 
 
 def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc: Exception) -> Any:
+    if isinstance(exc, NeedsInput):
+        exc = _await_input(task, step, saga_id, mode, claim, exc)  # returns only where the saga cannot wait
     policy = claims.policy_of(step, mode)
     error = f"{type(exc).__name__}: {exc}"
     retry_in = policy.delay(claim.attempt) if policy.may_retry(exc, claim.attempt) else None
@@ -277,6 +279,28 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     if mode == "compensation":
         return None  # the other compensations still run; the finish task reports the saga failed
     raise StepFailed(error) from exc
+
+
+def _await_input(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, asked: NeedsInput) -> Exception:
+    """Hold the saga for its client's input and end the message; else the failure to record instead (a
+    compensation cannot wait, a field the input model lacks cannot be asked for, a cancel asked meanwhile
+    wins)."""
+    unknown = sorted(set(asked.fields) - set(step.saga.input_model.model_fields))
+    if mode == "compensation" or unknown:
+        why = "a compensation cannot wait for input" if not unknown else f"no input field {', '.join(unknown)}"
+        return PermanentError(f"{asked.reason} ({why})", effect_unknown=asked.effect_unknown)
+    try:
+        waiting = _durably(claims.await_input, saga_id, step, claim.token, asked.fields, asked.reason,
+                           asked.within, asked.effect_unknown)
+    except _UNREACHABLE as unreachable:
+        raise _ledger_unreachable(task, unreachable) from unreachable
+    if not waiting:
+        return PermanentError(asked.reason, effect_unknown=asked.effect_unknown)
+    _count(step, mode, "awaiting_input")
+    metrics.INPUT_REQUESTS.labels(step.saga.name, step.name).inc()
+    log.info("saga %s waits up to %.0fs for input %s to step %s: %s", saga_id, asked.within,
+             ", ".join(asked.fields), step.name, asked.reason)
+    raise Ignore()
 
 
 def _discard(step: Step, saga_id: UUID, mode: Mode) -> NoReturn:

@@ -38,6 +38,8 @@ sagas = Table(
     Column("error", Text),
     # When recovery should look at the saga again if nothing has moved it; NULL once it waits for nobody.
     Column("deadline", DateTime(timezone=True)),
+    # While `awaiting_input`: {step, fields, reason, until}, what the step asked its client for and until when.
+    Column("awaiting", JSONB),
     # The saga this one restarted (`restart`): it ended compensated or failed. At most one restart per saga.
     Column("restart_of", UUID(as_uuid=True), ForeignKey("sagas.id", ondelete="SET NULL",
                                                         name="sagas_restart_of_fkey")),
@@ -47,7 +49,7 @@ sagas = Table(
     Index("sagas_tenant_created", "tenant", text("created_at DESC"), text("id DESC")),
     Index("sagas_tenant_status_created", "tenant", "status", text("created_at DESC")),
     Index("sagas_active", "created_at",
-          postgresql_where=text("status IN ('pending', 'running', 'compensating')")),
+          postgresql_where=text("status IN ('pending', 'running', 'compensating', 'awaiting_input')")),
     # Retention's candidates: sagas that ended with nothing left to do.
     Index("sagas_ended", "created_at", postgresql_where=text("status IN ('completed', 'compensated')")),
     Index("sagas_restart_of", "restart_of", unique=True, postgresql_where=text("restart_of IS NOT NULL")),

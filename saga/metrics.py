@@ -35,8 +35,10 @@ SAGAS_ENDED = Counter("saga_sagas_ended_total", "Sagas that became completed, co
 STEP_SECONDS = Histogram("saga_step_seconds", "How long a step body or compensation ran, every execution.",
                          ["type", "step", "mode"], buckets=_SECONDS)
 STEP_ATTEMPTS = Counter("saga_step_attempts_total", "Executions of a step body or compensation by how they "
-                        "ended: succeeded, retried (will run again), failed (gave up), lost (its lease was lost, "
+                        "ended: succeeded, retried (will run again), awaiting_input (waits for the client), failed (gave up), lost (its lease was lost, "
                         "its outcome discarded).", ["type", "step", "mode", "outcome"])
+INPUT_REQUESTS = Counter("saga_input_requests_total", "Times a step asked its client for new input (the saga "
+                         "became awaiting_input).", ["type", "step"])
 RECOVERY_DISPATCHES = Counter("saga_recovery_dispatches_total", "Sagas recovery found past their deadline and "
                               "woke (a lost message, a dead worker, a failed dispatch).")
 CLAIM_SECONDS = Histogram("saga_claim_seconds", "How long the statement that takes a step (or compensation) for "
@@ -79,8 +81,8 @@ class LedgerCollector(Collector):
 
 
 def _oldest_family() -> GaugeMetricFamily:
-    return GaugeMetricFamily("saga_oldest_unfinished_seconds", "Age of the oldest saga still pending, running or "
-                             "compensating, by status (absent when none is).", labels=["status"])
+    return GaugeMetricFamily("saga_oldest_unfinished_seconds", "Age of the oldest saga still pending, running, "
+                             "compensating or awaiting input, by status (absent when none is).", labels=["status"])
 
 
 def _oldest_unfinished() -> list[Any]:
@@ -88,7 +90,7 @@ def _oldest_unfinished() -> list[Any]:
         with db.autocommit() as conn:
             return list(conn.execute(text(
             "SELECT status, EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8 FROM sagas "
-            "WHERE status IN ('pending', 'running', 'compensating') GROUP BY status"  # the sagas_active index
+            "WHERE status IN ('pending', 'running', 'compensating', 'awaiting_input') GROUP BY status"  # the sagas_active index
             )))
     except SQLAlchemyError as exc:  # the ledger is down: the other metrics still answer
         log.warning("saga_oldest_unfinished_seconds not read: %s", type(exc).__name__)

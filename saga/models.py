@@ -37,6 +37,16 @@ class Step(BaseModel):
     compensated_at: str | None = None
 
 
+class AwaitingInput(BaseModel):
+    """What a saga in `awaiting_input` waits for: new values of some input fields, sent with
+    `POST /v1/sagas/{id}/input` before `until`; after that it is undone as a failure would be."""
+
+    step: str = Field(description="The step that asked; it runs again with the new input.")
+    fields: list[str] = Field(description="The input fields to send new values of.")
+    reason: str = Field(description="Why, e.g. `card declined: insufficient_funds: ...`.")
+    until: str = Field(description="When the wait ends (ISO 8601).")
+
+
 class Saga(BaseModel):
     """A saga with its steps; `progress` counts the steps done."""
 
@@ -48,13 +58,16 @@ class Saga(BaseModel):
         "unless `include_input=true`."))
     idempotency_key: str | None = None
     cancel_requested: bool = False
-    error: str | None = Field(default=None, description="Why the saga compensated, paused or failed.")
+    error: str | None = Field(default=None, description=(
+        "Why the saga compensated, paused or failed, or what it awaits input for."))
     progress: Progress
     steps: list[Step]
     created_at: str
     updated_at: str
     restart_of: str | None = Field(default=None, description="The saga this one started again (`restart`).")
     restarted_as: str | None = Field(default=None, description="The saga that started this one again.")
+    awaiting_input: AwaitingInput | None = Field(default=None, description=(
+        "Set while the saga is `awaiting_input`: what to send, and by when."))
 
 
 class SagaPage(BaseModel):

@@ -26,7 +26,8 @@ log = logging.getLogger("saga.operator")
 LOCK_WAIT = "5s"
 
 
-def _locked(conn: Connection, saga_id: UUID, tenant: str | None) -> SagaRecord:
+def locked(conn: Connection, saga_id: UUID, tenant: str | None) -> SagaRecord:
+    """The saga, its row locked for this transaction; refused as busy if a worker holds it too long."""
     conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
     try:
         conn.execute(select(sagas.c.id).where(sagas.c.id == saga_id).with_for_update())
@@ -42,11 +43,12 @@ def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
     """Undo what was done. A step in flight finishes first; if it is the pivot and succeeds, the cancel is
     refused then and the saga goes forward. Refused at once past the point of no return."""
     with db.transaction() as conn:
-        record = _locked(conn, saga_id, tenant)
+        record = locked(conn, saga_id, tenant)
         if record.cancel_requested:
             return record  # asked before: repeating is harmless
-        if record.status not in ("pending", "running"):
-            raise ActionRefused(f"saga is {record.status}; only a pending or running saga can be cancelled",
+        if record.status not in ("pending", "running", "awaiting_input"):
+            raise ActionRefused(f"saga is {record.status}; only a pending, running or awaiting_input saga can be "
+                                "cancelled",
                                 {"status": record.status})
         committed = [s.name for s in record.steps if s.kind != "compensable" and s.status == "succeeded"]
         if committed:
@@ -63,7 +65,7 @@ def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
 def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
     """Continue a paused saga from its first unfinished step, with that step's attempts counted afresh."""
     with db.transaction() as conn:
-        record = _locked(conn, saga_id, tenant)
+        record = locked(conn, saga_id, tenant)
         if record.status != "paused":
             raise ActionRefused(f"saga is {record.status}; only a paused saga can be resumed",
                                 {"status": record.status})
@@ -84,7 +86,7 @@ def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
 def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
     """Run again the compensations of a `failed` saga, each with its attempts counted afresh."""
     with db.transaction() as conn:
-        record = _locked(conn, saga_id, tenant)
+        record = locked(conn, saga_id, tenant)
         if record.status != "failed":
             raise ActionRefused(f"saga is {record.status}; only a failed saga can be compensated again",
                                 {"status": record.status})

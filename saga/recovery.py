@@ -14,13 +14,14 @@ from saga import claims, compensation, db, dispatch, metrics, retention, store
 from saga.claims import patience
 from saga.definitions import get_saga_type
 from saga.settings import get_settings
+from saga.states import ACTIVE
 
 log = logging.getLogger("saga.recovery")
 
 _DUE = text("""
 WITH due AS (
     SELECT id FROM sagas
-    WHERE deadline < now() AND status IN ('pending', 'running', 'compensating')
+    WHERE deadline < now() AND status IN ('pending', 'running', 'compensating', 'awaiting_input')
     ORDER BY deadline LIMIT :batch FOR UPDATE SKIP LOCKED
 ), u AS (
     -- Backs off per saga: one that has not moved for a while waits that long again (within the cap) before
@@ -86,9 +87,14 @@ def run_once() -> int:
 def advance(saga_id: UUID) -> None:
     """Dispatch whatever the saga needs next, judged from the ledger alone. Safe to repeat."""
     record = store.load(saga_id)
-    if record.status not in ("pending", "running", "compensating"):
+    if record.status not in ACTIVE:
         return
     saga_type = get_saga_type(record.type)
+    if record.status == "awaiting_input":
+        wanted = record.awaiting or {}
+        compensation.begin(saga_id, saga_type, f"no input for step {wanted.get('step')} by {wanted.get('until')}: "
+                           f"{wanted.get('reason')}", waited_out=True)
+        return
     with db.transaction() as conn:
         if claims.defer_to_live_lease(conn, saga_id):
             return  # an attempt is in flight: its outcome moves the saga; recovery looks again after its lease

@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 
 from saga import db, dispatch, metrics, store, tracing
 from saga.claims import patience
-from saga.definitions import get_saga_type
+from saga.definitions import SagaType, get_saga_type
 from saga.errors import IdempotencyConflict, InvalidInput
 from saga.ledger import sagas
 from saga.settings import get_settings
@@ -66,12 +66,7 @@ def start(
     settings = get_settings()
     tenant = tenant or settings.tenant
     saga_type = get_saga_type(type_name)
-    payload = saga_type.validate_input(input_data).model_dump(mode="json")
-    try:
-        storable(payload)
-    except Unstorable as exc:
-        raise InvalidInput(f"invalid input for saga {type_name!r}: {exc}",
-                           [{"field": exc.path or "input", "message": str(exc)}]) from None
+    payload = valid_payload(saga_type, input_data)
 
     request = {"type": type_name, "input": payload} | ({"restart_of": str(restart_of)} if restart_of else {})
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
@@ -114,6 +109,16 @@ def start(
         send_forward(saga_id, type_name, 0)
     metrics.SAGAS_STARTED.labels(type_name).inc()
     return Started(record, created=True)
+
+
+def valid_payload(saga_type: SagaType[Any], data: Any) -> dict[str, Any]:
+    """The input as JSON the ledger can store, or InvalidInput naming every field that is wrong."""
+    payload = saga_type.validate_input(data).model_dump(mode="json")
+    try:
+        return storable(payload)
+    except Unstorable as exc:
+        raise InvalidInput(f"invalid input for saga {saga_type.name!r}: {exc}",
+                           [{"field": exc.path or "input", "message": str(exc)}]) from None
 
 
 def send_forward(saga_id: UUID, type_name: str, start_index: int) -> None:

@@ -49,6 +49,7 @@ class SagaRecord:
     steps: list[StepRecord]
     restart_of: UUID | None = None  # the saga this one started again
     restarted_as: UUID | None = None  # the saga that started this one again
+    awaiting: dict[str, Any] | None = None  # while awaiting_input: {step, fields, reason, until}
 
     @property
     def progress(self) -> dict[str, int]:
@@ -70,6 +71,7 @@ class SagaRecord:
             ],
             "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
             "restart_of": _str(self.restart_of), "restarted_as": _str(self.restarted_as),
+            "awaiting_input": self.awaiting,
         }
 
 
@@ -123,7 +125,7 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
         id=row["id"], tenant=row["tenant"], type=row["type"], status=row["status"], input=row.get("input"),
         idempotency_key=row["idempotency_key"], cancel_requested=row["cancel_requested"], error=row["error"],
         created_at=row["created_at"], updated_at=row["updated_at"], restart_of=row["restart_of"],
-        restarted_as=row["restarted_as"],
+        restarted_as=row["restarted_as"], awaiting=row["awaiting"],
         steps=[
             StepRecord(
                 index=s["idx"], name=s["name"], kind=s["kind"], status=s["status"], attempts=s["attempts"],

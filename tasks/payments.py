@@ -20,7 +20,7 @@ from typing import Any
 
 import stripe
 
-from saga import PermanentError, RetryPolicy, StepContext, TransientError
+from saga import NeedsInput, PermanentError, RetryPolicy, StepContext, TransientError
 from tasks.settings import job_posting_settings
 
 TIME_LIMIT = 10.0
@@ -44,7 +44,12 @@ def _stripe() -> stripe.StripeClient:
 
 def _classified(exc: stripe.StripeError) -> Exception:
     if isinstance(exc, stripe.CardError):
-        return PermanentError(f"card declined: {exc.code}: {exc.user_message or exc}")
+        reason = f"card declined: {getattr(exc.error, 'decline_code', None) or exc.code}: {exc.user_message or exc}"
+        wait = job_posting_settings().payment_retry_seconds
+        if wait:
+            # The PaymentIntent stays, unconfirmed: the client's next card confirms it, an undo cancels it.
+            return NeedsInput("payment_method", reason=reason, within=wait, effect_unknown=True)
+        return PermanentError(reason)
     if isinstance(exc, (stripe.RateLimitError, stripe.APIConnectionError)):  # 429 includes `lock_timeout`
         return TransientError(f"Stripe {type(exc).__name__}: {exc}")
     # The SDK reports a 409 (a request with the same idempotency key still in progress) as an APIError too.

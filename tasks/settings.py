@@ -22,6 +22,9 @@ class JobPostingSettings(BaseSettings):
     mail_from: str = "jobs@example.com"
     stripe_api_key: str = Field(default="sk_test_local", validation_alias="STRIPE_API_KEY")
     stripe_api_base: str = Field(default="https://api.stripe.com", validation_alias="STRIPE_API_BASE")
+    # How long a posting whose card was declined waits for another payment method before it is undone;
+    # 0 undoes it at once.
+    payment_retry_seconds: float = Field(default=1800.0, ge=0)
 
 
 @lru_cache(maxsize=1)

@@ -524,18 +524,20 @@ def test_a_flood_of_bad_keys_costs_a_few_database_queries_not_one_each(stack: St
 @pytest.mark.parametrize("method, route", [
     ("GET", "/v1/sagas/{id}"), ("GET", "/v1/sagas/{id}?wait=1"), ("GET", "/v1/sagas/{id}/events"),
     ("GET", "/v1/sagas/{id}/stream"), ("POST", "/v1/sagas/{id}/cancel"), ("POST", "/v1/sagas/{id}/resume"),
-    ("POST", "/v1/sagas/{id}/compensate"), ("POST", "/v1/sagas/{id}/restart"),
+    ("POST", "/v1/sagas/{id}/compensate"), ("POST", "/v1/sagas/{id}/restart"), ("POST", "/v1/sagas/{id}/input"),
 ])
 def test_another_tenants_saga_is_a_404_on_every_route(api: ApiServer, method: str, route: str) -> None:
     owner, other = api.new_tenant(), api.new_tenant()
     saga_id = start(owner, "probe_idle").json()["id"]
-    theirs = other.request(method, route.format(id=saga_id))
-    missing = other.request(method, route.format(id=NOWHERE))
+    # A body and a key every POST route takes, so each gets past validation to the saga lookup.
+    sent: dict[str, Any] = {"json": {"input": {"n": 1}}, "headers": {"Idempotency-Key": "k"}} if method == "POST" else {}
+    theirs = other.request(method, route.format(id=saga_id), **sent)
+    missing = other.request(method, route.format(id=NOWHERE), **sent)
     assert_error(theirs, 404, "saga_not_found")
     assert_error(missing, 404, "saga_not_found")
     assert theirs.json()["error"]["message"].replace(saga_id, NOWHERE) == missing.json()["error"]["message"]
     if not route.endswith("/stream"):  # the owner's stream would follow the saga for as long as it runs
-        assert owner.request(method, route.format(id=saga_id)).status_code in (200, 409)
+        assert owner.request(method, route.format(id=saga_id), **sent).status_code in (200, 409)
 
 
 def test_listings_and_idempotency_keys_are_per_tenant(api: ApiServer) -> None:
@@ -579,7 +581,7 @@ def test_health_and_metrics(api: ApiServer) -> None:
     docs = httpx.get(f"{api.url}/openapi.json").json()
     paths = {"/v1/sagas", "/v1/sagas/{saga_id}", "/v1/sagas/{saga_id}/events", "/v1/sagas/{saga_id}/stream",
              "/v1/sagas/{saga_id}/cancel", "/v1/sagas/{saga_id}/resume", "/v1/sagas/{saga_id}/compensate",
-             "/v1/sagas/{saga_id}/restart", "/healthz", "/metrics"}
+             "/v1/sagas/{saga_id}/restart", "/v1/sagas/{saga_id}/input", "/healthz", "/metrics"}
     assert set(docs["paths"]) == paths
 
 

@@ -177,3 +177,42 @@ def test_restart_through_the_client_and_the_cli(api: ApiServer, workers: Stack) 
     assert code == 0 and "status=completed" in out, out
     code, out = saga_cli("restart", saga_id, "--input", "[1]")
     assert code == 2 and "JSON object" in out, out
+
+
+def test_input_through_the_client_and_the_cli_and_watch_shows_the_wait(api: ApiServer, workers: Stack) -> None:
+    from tests.jobs import posting
+
+    declined = posting(payment_method="pm_card_chargeDeclinedInsufficientFunds")
+    with client_of(api) as client:
+        waiting = client.run("job_posting", declined, timeout=60)  # `wait` returns when the saga needs us
+        assert waiting.status == "awaiting_input" and waiting.awaiting_input is not None
+        assert waiting.awaiting_input.fields == ["payment_method"]
+        sent = client.provide_input(waiting.id, {"payment_method": "pm_card_visa"}, idempotency_key="card-2")
+        assert sent.status == "running" and sent.awaiting_input is None
+        assert client.provide_input(waiting.id, {"payment_method": "pm_card_visa"},
+                                    idempotency_key="card-2").id == waiting.id  # a retry changes nothing
+        assert client.wait(waiting.id, timeout=60).status == "completed"
+        with pytest.raises(ApiError) as refused:
+            client.provide_input(waiting.id, {"payment_method": "pm_card_visa"})
+        assert refused.value.status == 409 and "only a saga awaiting input" in refused.value.message
+
+    _, key = apikeys.create_key(f"cli-{uuid.uuid4().hex[:8]}")
+    via = ["--api-url", api.url, "--api-key", key]
+    code, out = saga_cli("submit", "job_posting", "--input", json.dumps(declined), *via)
+    saga_id = out.split()[1]
+    code, out = saga_cli("watch", saga_id, *via)  # follows the wait to its end: nobody sends a card
+    assert code == 0 and "status=awaiting_input" in out and "status=compensated" in out, out
+    assert "awaiting input until " in out and "payment_method for step charge_payment" in out, out
+
+    code, out = saga_cli("submit", "job_posting", "--input", json.dumps(declined), *via)
+    saga_id = out.split()[1]
+    with SagaClient(api.url, key) as client:
+        client.wait(saga_id, timeout=60)
+    code, out = saga_cli("status", saga_id, *via)
+    assert f"send it: saga input {saga_id}" in out, out
+    code, out = saga_cli("input", saga_id, "--input", '{"payment_method": "pm_card_visa"}', "--wait", *via)
+    assert code == 0 and "status=completed" in out, out
+    code, out = saga_cli("input", saga_id, "--input", '{"payment_method": "pm_card_visa"}', *via)
+    assert code == 2 and "action_not_allowed" in out, out
+    code, out = saga_cli("input", saga_id, "--input", "[1]")
+    assert code == 2 and "JSON object" in out, out

@@ -35,6 +35,11 @@ include-operation-id = "restartSaga"
 # As for startSaga: the fields to replace must be ones the type's model has and accepts, and text the ledger can
 # store (no NUL); the fuzzing saga is completed, so most answers are 409.
 checks.positive_data_acceptance.expected-statuses = [200, 202, 404, 409, 422]
+
+[[operations]]
+include-operation-id = "provideInput"
+# The fuzzing saga is completed, so it awaits no input: 409 (or 422 for text the ledger cannot store).
+checks.positive_data_acceptance.expected-statuses = [200, 404, 409, 422]
 """
 
 

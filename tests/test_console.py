@@ -111,7 +111,7 @@ def test_list_filter_and_a_compensated_posting_undone_newest_first(
     assert badge(browser) == "compensated"
     assert "card declined" in texts(browser, "#d-error")[0]
     undone = texts(browser, '#timeline li[data-kind="step_compensated"]', "data-step")
-    assert undone == ["create_posting", "upload_logo"], "the undo is not shown newest first"
+    assert undone == ["charge_payment", "create_posting", "upload_logo"], "the undo is not shown newest first"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "console-compensated.png"))
 
@@ -203,3 +203,24 @@ def test_restart_opens_the_new_saga_and_both_pages_link_to_each_other(
     WebDriverWait(browser, 20).until(lambda b: texts(b, '#d-links a[data-link="restarted_as"]') == [restarted])
     assert browser.find_element(By.CSS_SELECTOR, '#actions [data-action="restart"]').is_displayed() is False
     assert "saga_restarted" in texts(browser, "#timeline .kind")
+
+
+def test_a_saga_awaiting_input_shows_what_it_waits_for_and_takes_it_from_the_page(
+    workers: Stack, api: Any, browser: WebDriver, tenant: tuple[str, httpx.Client],
+) -> None:
+    key, client = tenant
+    waiting = start(client, "job_posting", posting(payment_method="pm_card_chargeDeclinedInsufficientFunds"))
+    open_console(browser, api, key, f"#/saga/{waiting}")
+    WebDriverWait(browser, 30).until(lambda b: badge(b) == "awaiting_input")
+    what = texts(browser, "#d-awaiting-what")[0]
+    assert "payment_method for step charge_payment" in what and "insufficient_funds" in what, what
+    assert browser.find_element(By.CSS_SELECTOR, '#actions [data-action="cancel"]').is_displayed()
+    assert "input_requested" in texts(browser, "#timeline .kind")
+    box = browser.find_element(By.ID, "d-awaiting-input")
+    box.clear()
+    box.send_keys('{"payment_method": "pm_card_visa"}')
+    browser.find_element(By.CSS_SELECTOR, "#d-awaiting button").click()
+    WebDriverWait(browser, 60).until(lambda b: badge(b) == "completed")
+    assert browser.find_element(By.ID, "d-awaiting").is_displayed() is False
+    assert "input_received" in texts(browser, "#timeline .kind")
+    assert ended(client, waiting)["input"]["payment_method"] == "pm_card_visa"

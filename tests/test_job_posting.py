@@ -65,15 +65,19 @@ def test_sql_and_html_in_every_text_field_reach_every_third_party_as_text(
     assert f"Hello {hostile['company']}," in mail.get_content()
 
 
-@pytest.mark.parametrize("card", ["pm_card_chargeDeclined", "pm_card_chargeDeclinedInsufficientFunds"])
-def test_a_declined_card_undoes_the_posting_and_the_logo(workers: Stack, standins: StandIns, card: str) -> None:
-    saga_id = submit(payment_method=card)
+def test_a_declined_card_with_no_other_card_sent_undoes_the_posting_the_logo_and_the_payment(
+        workers: Stack, standins: StandIns) -> None:
+    saga_id = submit(payment_method="pm_card_chargeDeclined")
     record = wait_for_status(saga_id, FINAL)
     assert record.status == "compensated"
-    assert [s.status for s in record.steps] == ["compensated", "compensated", "failed", "skipped", "skipped"]
-    assert "card declined" in (record.error or "")
-    assert [e.step for e in saga.events(saga_id) if e.kind == "step_compensated"] == ["create_posting",
-                                                                                       "upload_logo"]
+    assert [s.status for s in record.steps] == ["compensated", "compensated", "compensated", "skipped", "skipped"]
+    assert (record.error or "").startswith("no input for step charge_payment by "), record.error
+    assert "card declined: generic_decline" in (record.error or "")
+    kinds = [e.kind for e in saga.events(saga_id)]
+    assert kinds.index("input_requested") < kinds.index("compensation_begun")
+    assert [e.step for e in saga.events(saga_id) if e.kind == "step_compensated"] == [
+        "charge_payment", "create_posting", "upload_logo"]
+    assert record.steps[2].compensation_result["outcome"] == "canceled: nothing charged"
     assert_clean_end(standins, saga_id, "compensated")
 
 

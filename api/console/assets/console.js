@@ -5,7 +5,7 @@
 const KEY = "saga-api-key";
 const FINAL = ["completed", "compensated", "paused", "failed"];
 const ACTIONS = {
-  cancel: ["pending", "running"], resume: ["paused"], compensate: ["failed"], restart: ["compensated", "failed"],
+  cancel: ["pending", "running", "awaiting_input"], resume: ["paused"], compensate: ["failed"], restart: ["compensated", "failed"],
 };
 const $ = (selector) => document.querySelector(selector);
 let stream = null;   // the AbortController of the live view's stream
@@ -16,6 +16,11 @@ function el(tag, text, cls) {
   if (text !== undefined && text !== null) node.textContent = String(text);
   if (cls) node.className = cls;
   return node;
+}
+
+// A key per input sent (crypto.randomUUID needs a secure context; an http page off localhost lacks one).
+function newKey() {
+  return globalThis.crypto?.randomUUID?.() ?? `console-${Date.now()}-${Math.random().toString(36).slice(2)}`;
 }
 
 function notice(message) {
@@ -147,6 +152,14 @@ function renderSaga(saga) {
   }
   $("#d-links").replaceChildren(...links);
   $("#d-error").textContent = saga.error || "";
+  const waiting = saga.awaiting_input;
+  const form = $("#d-awaiting");
+  if (waiting && form.hidden) {  // a new wait: offer its fields to fill in (kept while the operator types)
+    $("#d-awaiting-input").value = JSON.stringify(Object.fromEntries(waiting.fields.map((f) => [f, ""])));
+  }
+  form.hidden = !waiting;
+  $("#d-awaiting-what").textContent = waiting ? `Awaiting input until ${new Date(waiting.until).toLocaleString()}: ` +
+    `${waiting.fields.join(", ")} for step ${waiting.step} (${waiting.reason})` : "";
   // Long values (a logo in base64) are cut for the page; the API has them whole.
   $("#d-input").textContent = JSON.stringify(saga.input, (k, v) =>
     typeof v === "string" && v.length > 200 ? `${v.slice(0, 60)}... (${v.length} characters)` : v, 2);
@@ -254,6 +267,29 @@ for (const button of document.querySelectorAll("#actions button")) {
     }
   });
 }
+
+$("#d-awaiting").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = location.hash.split("/")[2];
+  let input;
+  try {
+    input = JSON.parse($("#d-awaiting-input").value);
+  } catch (error) {
+    notice(`input is not JSON: ${error.message}`);
+    return;
+  }
+  try {
+    const answer = await api(`/v1/sagas/${id}/input`, {
+      method: "POST", body: JSON.stringify({ input }),
+      headers: { "Content-Type": "application/json", "Idempotency-Key": newKey() },
+    });
+    renderSaga(answer);
+    notice("input: sent");
+    await renderTimeline(id);
+  } catch (error) {
+    notice(`input refused: ${error.message}`);
+  }
+});
 
 // --- routing -----------------------------------------------------------------------------------------------
 
