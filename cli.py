@@ -344,6 +344,46 @@ def input_(saga_id: UUID, input_: str, idempotency_key: str | None, wait: bool, 
 
 @main.command()
 @click.argument("saga_id", type=_uuid)
+@click.option("--to", "to", required=True, metavar="STEP", help="The step to go back to.")
+@click.option("--input", "input_", default=None, help="Fields of the input to replace, as JSON or @file.json.")
+@click.option("--idempotency-key", "-k", default=None,
+              help="Repeat the same key to make a retry safe (default: a new one).")
+@click.option("--wait", is_flag=True, help="Follow the saga until it ends (or awaits input).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_api_options
+def rewind(saga_id: UUID, to: str, input_: str | None, idempotency_key: str | None, wait: bool, as_json: bool,
+           use_api: bool, api_url: str | None, api_key: str | None) -> None:
+    """Take a saga back to step STEP: undo it and every later step, newest first, then run forward from it
+    (refused past the point of no return, or over a step that cannot be undone)."""
+    import getpass
+    import socket
+    import uuid
+
+    import saga
+
+    patch = _json_input(input_) if input_ else {}
+    if not isinstance(patch, dict):
+        raise click.BadParameter("--input must be a JSON object of the fields to replace")
+    key = idempotency_key or str(uuid.uuid4())
+    client = _client(use_api, api_url, api_key)
+    if client is not None:
+        with client:
+            data = client.rewind(saga_id, to, patch, idempotency_key=key).model_dump(mode="json")
+            if wait:
+                _follow_api(client, saga_id, as_json)
+                return
+    else:
+        _boot()
+        by = {"via": "cli", "user": getpass.getuser(), "host": socket.gethostname()}
+        data = saga.rewind(saga_id, to, patch, idempotency_key=key, by=by).to_dict()
+        if wait:
+            _follow(saga_id, None, as_json)
+            return
+    click.echo(json.dumps(data, indent=2) if as_json else render(data))
+
+
+@main.command()
+@click.argument("saga_id", type=_uuid)
 @click.option("--json", "as_json", is_flag=True)
 @_api_options
 def status(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api_key: str | None) -> None:
@@ -480,6 +520,8 @@ def render(record: Any) -> str:
         lines.append(f"  send it: saga input {data['id']} --input '{{\"{waiting['fields'][0]}\": ...}}'")
     elif data["error"]:
         lines.append(f"  reason: {data['error']}")
+    if data.get("rewinding_to"):
+        lines.append(f"  rewinding to {data['rewinding_to']}: undoing it and the later steps, then running forward")
     if data.get("cancel_requested"):
         lines.append("  cancel requested: the step in flight decides (a pivot that succeeds refuses it)")
     lines.append(f"  {'#':<3}{'step':<22}{'kind':<13}{'status':<14}{'tries':<7}error, or what the undo reported")

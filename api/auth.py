@@ -85,6 +85,9 @@ async def tenant_of(
     if tenant is None:
         raise ApiError(401, "unauthorized", "the API key is not valid",
                        headers={"WWW-Authenticate": "Bearer"})
+    # Who asked, for the audit log of operator actions: the tenant and its key by fingerprint, never the key.
+    request.state.caller = {"via": "api", "tenant": tenant,
+                            "key": f"sha256:{apikeys.hash_key(credentials.credentials)[:12]}"}
     return tenant
 
 

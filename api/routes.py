@@ -24,7 +24,7 @@ import saga
 from api.auth import Tenant
 from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
 from api.metrics import SAGAS_STARTED
-from api.schemas import EventPage, ProvideInput, RestartSaga, Saga, SagaPage, StartSaga
+from api.schemas import EventPage, ProvideInput, RestartSaga, RewindSaga, Saga, SagaPage, StartSaga
 from saga.inputs import resume_index
 from saga.runner import send_forward
 from saga.states import FINAL, SagaStatus
@@ -63,7 +63,8 @@ def _bare(tag: str | None) -> str | None:
 _NEXT = {name: {"operationId": operation, "parameters": {"saga_id": "$response.body#/id"}}
          for name, operation in (("read", "getSaga"), ("events", "listSagaEvents"), ("cancel", "cancelSaga"),
                                  ("resume", "resumeSaga"), ("compensate", "compensateSaga"),
-                                 ("restart", "restartSaga"), ("input", "provideInput"))}
+                                 ("restart", "restartSaga"), ("input", "provideInput"),
+                                 ("rewind", "rewindSaga"))}
 
 
 @router.post(
@@ -254,6 +255,26 @@ def provide_input(
     if started.created:
         background.add_task(send_forward, saga_id, started.saga.type, resume_index(started.saga))
     return SagaJSON(started.saga)
+
+
+@router.post(
+    "/{saga_id}/rewind", response_model=Saga, responses=responses(400, 401, 404, 409, 413, 422, 429, 503),
+    summary="Take a saga back to an earlier step", operation_id="rewindSaga",
+)
+def rewind_saga(
+    saga_id: SagaId, body: RewindSaga, tenant: Tenant, request: Request,
+    idempotency_key: Annotated[str, Header(
+        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+        description="Unique per rewind; repeat it when you retry (the saga back, nothing changed).")],
+) -> SagaJSON:
+    """Undo, newest first, step `to` and every later step that acted, then run forward again from `to` with
+    the fields in `input` replaced (validated as a whole first: 422 naming the fields, nothing changed). The
+    answer shows the saga `compensating` with `rewinding_to`; the audit log records the rewind with who asked
+    (this key's tenant and fingerprint) and the fields changed. 409 with the reason where it cannot be safe:
+    past the point of no return (the pivot succeeded), over a step that may have acted and has no
+    compensation, or while a step is in flight (only `awaiting_input`, `paused` and `completed` sagas)."""
+    return SagaJSON(saga.rewind(saga_id, body.to, body.input, tenant, idempotency_key=idempotency_key,
+                                by=request.state.caller))
 
 
 _action("cancel", "Cancel a saga",

@@ -20,6 +20,7 @@ __all__ = [
     "Progress",
     "ProvideInput",
     "RestartSaga",
+    "RewindSaga",
     "Saga",
     "SagaPage",
     "StartSaga",
@@ -63,6 +64,23 @@ class ProvideInput(BaseModel):
     input: dict[str, Any] = Field(min_length=1, description=(
         "New values of the fields the saga's `awaiting_input.fields` names; the rest of the input stays. The "
         "whole is validated again."))
+
+    @field_validator("input")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return storable(value)
+
+
+class RewindSaga(BaseModel):
+    """Body of `POST /v1/sagas/{id}/rewind`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$", description=(
+        "The step to go back to: it and every later step that acted are undone, newest first, then the saga "
+        "runs forward from it."))
+    input: dict[str, Any] = Field(default_factory=dict, description=(
+        "Fields of the input to replace for the run forward; the whole is validated again."))
 
     @field_validator("input")
     @classmethod

@@ -23,6 +23,7 @@ from saga.errors import (
 from saga.inputs import provide_input
 from saga.operator import cancel, compensate, restart, resume
 from saga.retry import RetryPolicy
+from saga.rewinds import rewind
 from saga.runner import Started, start
 from saga.states import SagaStatus, StepKind, StepStatus
 from saga.store import Event, SagaRecord, StepRecord, events, list_sagas, load
@@ -58,5 +59,6 @@ __all__ = [
     "provide_input",
     "restart",
     "resume",
+    "rewind",
     "start",
 ]

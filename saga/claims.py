@@ -39,6 +39,8 @@ class Claim:
     tenant: str = ""
     # The large input fields the body needs (`needs=`); None when it needs none.
     large_input: dict[str, Any] | None = None
+    # How many times a rewind reset the step: part of its idempotency key, since each run is a new one.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ WITH s AS (
         effect_unknown = st.effect_unknown OR st.status = 'running'
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ('pending', 'running')
         AND st.attempts < :max_attempts AND {_CLAIMABLE}
-    RETURNING st.fencing_token, st.attempts, st.checkpoint
+    RETURNING st.fencing_token, st.attempts, st.checkpoint, st.generation
 ), u AS (
     UPDATE sagas SET status = 'running', updated_at = now()
     WHERE id = :saga_id AND EXISTS (SELECT FROM c) AND status = 'pending'
@@ -87,7 +89,7 @@ SELECT c.fencing_token, c.attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
     coalesce(c.checkpoint, '{{}}'), s.tenant,
-    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, c.generation
 FROM c, s
 """)
 _COMPENSATION_CLAIM = text(f"""
@@ -100,7 +102,7 @@ WITH s AS (
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx
         AND (st.status IN ('succeeded', 'compensating') OR (st.status = 'failed' AND st.effect_unknown))
         AND st.compensation_attempts < :max_attempts AND {_CLAIMABLE}
-    RETURNING st.fencing_token, st.compensation_attempts, st.checkpoint
+    RETURNING st.fencing_token, st.compensation_attempts, st.checkpoint, st.generation
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, 'compensation_started',
@@ -111,7 +113,7 @@ SELECT c.fencing_token, c.compensation_attempts, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND result IS NOT NULL) AS results,
     coalesce(c.checkpoint, '{{}}'), s.tenant,
-    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, c.generation
 FROM c, s
 """)
 # Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
@@ -123,7 +125,7 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_a
     (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
     coalesce(st.checkpoint, '{}'), st.effect_unknown, sa.tenant,
-    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, st.generation
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
@@ -200,7 +202,7 @@ def claim(
         metrics.CLAIM_SECONDS.labels(mode).observe(time.perf_counter() - started)
         if row is not None:
             return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3], checkpoint=row[4],
-                         tenant=row[5], large_input=row[6])
+                         tenant=row[5], large_input=row[6], generation=row[7])
         return _refusal(_look(tx, saga_id, step), mode)
 
 
@@ -216,7 +218,8 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
         return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
-                     checkpoint=row[8], tenant=row[10], large_input=row[11])  # type: ignore[index]
+                     checkpoint=row[8], tenant=row[10], large_input=row[11],  # type: ignore[index]
+                     generation=row[12])  # type: ignore[index]
     return why
 
 

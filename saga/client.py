@@ -164,6 +164,15 @@ class SagaClient:
                                  headers={"Idempotency-Key": key})
         return Saga.model_validate(response.json())
 
+    def rewind(self, saga_id: str | uuid.UUID, to: str, input: Mapping[str, Any] | None = None, *,
+               idempotency_key: str | None = None) -> Saga:
+        """Take the saga back to step `to` (undone with every later step, then run again with the fields in
+        `input` replaced). Retrying is safe: same key (one is made if you give none)."""
+        key = idempotency_key or str(uuid.uuid4())
+        response = self._request("POST", f"/v1/sagas/{saga_id}/rewind", json={"to": to, "input": dict(input or {})},
+                                 headers={"Idempotency-Key": key})
+        return Saga.model_validate(response.json())
+
     # Transport ----------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,

@@ -9,7 +9,7 @@ from uuid import UUID
 from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
-from saga import claims, db, dispatch, metrics, store
+from saga import claims, db, dispatch, metrics, runner, store
 from saga.claims import patience
 from saga.definitions import KILL_GRACE, TASKS, SagaType, Step, get_saga_type
 from saga.errors import StepFailed
@@ -68,6 +68,26 @@ RETURNING id
 """)
 
 
+# A rewind's undo is over: the steps it went back over start afresh (a new generation: new idempotency keys) and
+# the saga runs forward from the first of them with the input the rewind asked for.
+_REWOUND = text("""
+WITH u AS (
+    UPDATE sagas SET status = 'running', input = rewind -> 'input', large_input = coalesce(rewind -> 'large', large_input),
+        rewind = NULL, error = NULL, updated_at = now(), deadline = now() + make_interval(secs => :pickup)
+    WHERE id = :saga_id AND status = 'compensating' AND rewind IS NOT NULL
+    RETURNING id, rewind
+), st AS (
+    UPDATE saga_steps SET status = 'pending', attempts = 0, compensation_attempts = 0, generation = generation + 1,
+        effect_unknown = false, result = NULL, checkpoint = NULL, compensation_result = NULL, error = NULL,
+        lease_expires_at = NULL, not_before = NULL, started_at = NULL, finished_at = NULL, compensated_at = NULL
+    WHERE saga_id = :saga_id AND idx >= :idx AND EXISTS (SELECT FROM u)
+)
+INSERT INTO saga_events (saga_id, step, kind, detail)
+SELECT :saga_id, :step, 'saga_rewound', jsonb_build_object('fields', rewind -> 'fields') FROM u
+RETURNING id
+""")
+
+
 def begin(saga_id: UUID, saga_type: SagaType[Any], reason: str, *, after_leases: bool = False,
           waited_out: bool = False) -> bool:
     """Move the saga to `compensating` and dispatch its compensations; only the first caller does either.
@@ -108,7 +128,8 @@ def react(saga_id: UUID) -> None:
 
 def finish(saga_id: UUID) -> None:
     """Settle a compensating saga once no compensation is owed or running: `compensated`, or `failed` with
-    the reason. The saga row is locked first, so no compensation can be claimed while this decides."""
+    the reason; after a rewind's undo, run it forward again instead. The saga row is locked first, so no
+    compensation can be claimed while this decides."""
     with db.transaction() as conn:
         conn.execute(_LOCK, {"saga_id": saga_id})
         record = store.load(saga_id, conn=conn)
@@ -119,15 +140,24 @@ def finish(saga_id: UUID) -> None:
         saga_type = get_saga_type(record.type)
         if dispatch.owed(record, saga_type):
             return  # another chain still owes compensations; recovery watches the deadline meanwhile
-        stuck = [s for s in record.steps if dispatch.needs_undo(s, saga_type)]
-        params: dict[str, Any] = {"saga_id": saga_id}
+        stuck = [s for s in record.undoing if dispatch.needs_undo(s, saga_type)]
+        rewind = record.rewind
         if stuck:
-            params |= {"status": "failed", "event": "saga_failed",
-                       "reason": "; ".join(f"compensation of {s.name} gave up: {s.error}" for s in stuck)}
+            status, event = "failed", "saga_failed"
+            reason = (f"rewind to {rewind['step']}: " if rewind else "") + "; ".join(
+                f"compensation of {s.name} gave up: {s.error}" for s in stuck)
+        elif rewind:
+            conn.execute(_REWOUND, {"saga_id": saga_id, "idx": rewind["to"], "step": rewind["step"],
+                                    "pickup": patience(saga_type)})
         else:
-            params |= {"status": "compensated", "event": "saga_compensated", "reason": record.error}
-        conn.execute(_SETTLE, params)
-    metrics.SAGAS_ENDED.labels(record.type, params["status"]).inc()
+            status, event, reason = "compensated", "saga_compensated", record.error
+        if stuck or not rewind:
+            conn.execute(_SETTLE, {"saga_id": saga_id, "status": status, "event": event, "reason": reason})
+    if rewind and not stuck:
+        log.info("saga %s rewound to %s; running forward again", saga_id, rewind["step"])
+        runner.send_forward(saga_id, record.type, rewind["to"])
+    else:
+        metrics.SAGAS_ENDED.labels(record.type, status).inc()
 
 
 def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kwargs: dict[str, Any]) -> None:

@@ -43,9 +43,10 @@ def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | No
 
 
 def owed(record: SagaRecord, saga_type: SagaType) -> list[Step]:
-    """Steps whose effect may exist and whose compensation still has attempts left, newest first."""
+    """Steps whose effect may exist and whose compensation still has attempts left, newest first (during a
+    rewind only those it goes back over)."""
     return [
-        saga_type.steps[rec.index] for rec in reversed(record.steps)
+        saga_type.steps[rec.index] for rec in reversed(record.undoing)
         if needs_undo(rec, saga_type) and not undo_exhausted(rec, saga_type)
     ]
 

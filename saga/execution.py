@@ -162,7 +162,8 @@ def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connecti
         if not _durably(claims.checkpoint, saga_id, step, claim.token, mode, values_json):
             raise LeaseLost(f"saga {saga_id} {mode} {step.name}: the attempt no longer holds the step")
 
-    key = f"{saga_id}:{step.name}" + (":compensate" if mode == "compensation" else "")
+    key = (f"{saga_id}:{step.name}" + (f":{claim.generation}" if claim.generation else "")
+           + (":compensate" if mode == "compensation" else ""))
     return StepContext(
         saga_id=saga_id, saga_type=step.saga.name, step=step.name,
         input=step.saga.step_input(claim.input, claim.large_input, claims.needs_of(step, mode)),

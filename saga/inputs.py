@@ -3,20 +3,17 @@ with them, its attempts counted afresh."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import text
 
 from saga import db, store
 from saga.claims import patience
 from saga.definitions import get_saga_type
-from saga.errors import ActionRefused, IdempotencyConflict, InvalidInput
-from saga.ledger import saga_events, sagas
-from saga.operator import locked
+from saga.errors import ActionRefused, IdempotencyConflict
+from saga.operator import locked, patched_input
 from saga.runner import Started, send_forward, valid_payload
 
 # Only while the wait lasts: recovery undoes the saga once `until` passes, under the same row lock.
@@ -45,10 +42,10 @@ def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = 
     With `dispatch=False` the caller sends the step later with `send_forward(saga_id, type, resume_index(...))`.
     """
     changed = dict(patch)
-    digest = hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()
+    digest = store.digest(changed)
     with db.transaction() as conn:
         record = locked(conn, saga_id, tenant)
-        earlier = _received_under(conn, saga_id, idempotency_key)
+        earlier = store.requested_under(conn, saga_id, "input_received", idempotency_key)
         if earlier is not None:
             if earlier != digest:
                 raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was already used with other input "
@@ -58,14 +55,9 @@ def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = 
             raise ActionRefused(f"saga is {record.status}; only a saga awaiting input takes input",
                                 {"status": record.status})
         wanted = record.awaiting
-        extra = sorted(set(changed) - set(wanted["fields"]))
-        if extra:
-            raise InvalidInput(f"step {wanted['step']} asked only for {', '.join(wanted['fields'])}",
-                               [{"field": name, "message": "not asked for"} for name in extra])
         saga_type = get_saga_type(record.type)
-        large = conn.execute(select(sagas.c.large_input).where(sagas.c.id == saga_id)).scalar()
-        stored, large = saga_type.split_input(valid_payload(saga_type, {**(record.input or {}), **(large or {}),
-                                                                        **changed}))
+        whole = patched_input(conn, record, changed, allowed=wanted["fields"])
+        stored, large = saga_type.split_input(valid_payload(saga_type, whole))
         index = next(s.index for s in record.steps if s.name == wanted["step"])
         received = db.fetchone(conn, _RECEIVE, {
             "saga_id": saga_id, "idx": index, "step": wanted["step"], "pickup": patience(saga_type),
@@ -84,12 +76,3 @@ def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = 
 def resume_index(record: store.SagaRecord) -> int:
     """The step a saga that just took input runs next."""
     return next(s.index for s in record.steps if s.status != "succeeded")
-
-
-def _received_under(conn: Connection, saga_id: UUID, key: str) -> str | None:
-    """The hash of the input an earlier request with this key gave the saga, if one did."""
-    return conn.execute(
-        select(saga_events.c.detail["hash"].astext)
-        .where(saga_events.c.saga_id == saga_id, saga_events.c.kind == "input_received",
-               saga_events.c.detail["idempotency_key"].astext == key)
-    ).scalar()

@@ -40,6 +40,8 @@ sagas = Table(
     Column("deadline", DateTime(timezone=True)),
     # While `awaiting_input`: {step, fields, reason, until}, what the step asked its client for and until when.
     Column("awaiting", JSONB),
+    # While a rewind undoes steps: {to, step, input, large?, fields}, what the saga runs forward with afterwards.
+    Column("rewind", JSONB),
     # The saga this one restarted (`restart`): it ended compensated or failed. At most one restart per saga.
     Column("restart_of", UUID(as_uuid=True), ForeignKey("sagas.id", ondelete="SET NULL",
                                                         name="sagas_restart_of_fkey")),
@@ -66,6 +68,8 @@ saga_steps = Table(
     Column("compensation_attempts", Integer, nullable=False, server_default=text("0")),
     # Bumped by every claim; a commit carrying an older token comes from a worker that lost its lease.
     Column("fencing_token", BigInteger, nullable=False, server_default=text("0")),
+    # Bumped by each rewind that resets the step: a new run, under a new idempotency key.
+    Column("generation", Integer, nullable=False, server_default=text("0")),
     Column("lease_expires_at", DateTime(timezone=True)),
     # Earliest time the next attempt may start (retry backoff).
     Column("not_before", DateTime(timezone=True)),

@@ -68,6 +68,8 @@ class Saga(BaseModel):
     restarted_as: str | None = Field(default=None, description="The saga that started this one again.")
     awaiting_input: AwaitingInput | None = Field(default=None, description=(
         "Set while the saga is `awaiting_input`: what to send, and by when."))
+    rewinding_to: str | None = Field(default=None, description=(
+        "Set while a rewind undoes steps (status `compensating`): the step the saga then runs forward from."))
 
 
 class SagaPage(BaseModel):

@@ -4,7 +4,7 @@ apply."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -91,7 +91,7 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
             raise ActionRefused(f"saga is {record.status}; only a failed saga can be compensated again",
                                 {"status": record.status})
         saga_type = get_saga_type(record.type)
-        retry = [s.index for s in record.steps if dispatch.needs_undo(s, saga_type)]
+        retry = [s.index for s in record.undoing if dispatch.needs_undo(s, saga_type)]
         conn.execute(
             update(saga_steps).where(saga_steps.c.saga_id == saga_id, saga_steps.c.idx.in_(retry))
             .values(compensation_attempts=0, not_before=None)
@@ -126,23 +126,32 @@ def restart(saga_id: UUID, tenant: str | None = None, patch: Mapping[str, Any] |
     if record.status not in RESTARTABLE:
         raise ActionRefused(f"saga is {record.status}; only a compensated or failed saga can be restarted",
                             {"status": record.status})
-    saga_type = get_saga_type(record.type)
     changed = dict(patch or {})
-    unknown = sorted(set(changed) - set(saga_type.input_model.model_fields))
-    if unknown:
-        raise InvalidInput(f"invalid input for saga {record.type!r}: no field {', '.join(map(repr, unknown))}",
-                           [{"field": name, "message": f"{saga_type.input_model.__name__} has no such "
-                             "field"} for name in unknown])
     with db.transaction() as conn:
-        large = conn.execute(select(sagas.c.large_input).where(sagas.c.id == saga_id)).scalar()
+        whole = patched_input(conn, record, changed)
     try:
-        return runner.start(record.type, {**(record.input or {}), **(large or {}), **changed},
+        return runner.start(record.type, whole,
                             idempotency_key=key, tenant=record.tenant, dispatch=dispatch, restart_of=saga_id,
                             changed=tuple(sorted(changed)))
     except IntegrityError as exc:
         if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "sagas_restart_of":
             raise
         raise _restarted_already(store.load(saga_id)) from None  # a restart under another key won meanwhile
+
+
+def patched_input(conn: Connection, record: SagaRecord, patch: Mapping[str, Any],
+                  allowed: Sequence[str] | None = None) -> dict[str, Any]:
+    """The saga's whole input, its large fields included, with the fields in `patch` replaced (not validated
+    yet); InvalidInput naming each field its input model lacks, or that `allowed` leaves out."""
+    model = get_saga_type(record.type).input_model
+    known = set(model.model_fields) if allowed is None else set(allowed)
+    unknown = sorted(set(patch) - known)
+    if unknown:
+        why = f"{model.__name__} has no such field" if allowed is None else "not asked for"
+        raise InvalidInput(f"invalid input for saga {record.type!r}: {', '.join(map(repr, unknown))}: {why}",
+                           [{"field": name, "message": why} for name in unknown])
+    large = conn.execute(select(sagas.c.large_input).where(sagas.c.id == record.id)).scalar()
+    return {**(record.input or {}), **(large or {}), **patch}
 
 
 def _restarted_already(record: SagaRecord) -> ActionRefused:

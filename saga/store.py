@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,6 +52,12 @@ class SagaRecord:
     restart_of: UUID | None = None  # the saga this one started again
     restarted_as: UUID | None = None  # the saga that started this one again
     awaiting: dict[str, Any] | None = None  # while awaiting_input: {step, fields, reason, until}
+    rewind: dict[str, Any] | None = None  # while a rewind undoes steps: {to, step, input, large?, fields}
+
+    @property
+    def undoing(self) -> list[StepRecord]:
+        """The steps an undo of this saga covers: all, or during a rewind the one it goes back to and later."""
+        return self.steps[self.rewind["to"]:] if self.rewind else self.steps
 
     @property
     def progress(self) -> dict[str, int]:
@@ -72,6 +80,7 @@ class SagaRecord:
             "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
             "restart_of": _str(self.restart_of), "restarted_as": _str(self.restarted_as),
             "awaiting_input": self.awaiting,
+            "rewinding_to": self.rewind["step"] if self.rewind else None,
         }
 
 
@@ -126,6 +135,7 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
         idempotency_key=row["idempotency_key"], cancel_requested=row["cancel_requested"], error=row["error"],
         created_at=row["created_at"], updated_at=row["updated_at"], restart_of=row["restart_of"],
         restarted_as=row["restarted_as"], awaiting=row["awaiting"],
+        rewind=row["rewind"],
         steps=[
             StepRecord(
                 index=s["idx"], name=s["name"], kind=s["kind"], status=s["status"], attempts=s["attempts"],
@@ -174,6 +184,21 @@ def list_sagas(
     for s in steps:
         by_saga.setdefault(s["saga_id"], []).append(s)
     return [_saga(r, by_saga.get(r["id"], [])) for r in rows]
+
+
+def digest(request: Any) -> str:
+    """A fingerprint of a request's JSON body, to tell a replay of its idempotency key from another request."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def requested_under(conn: Connection, saga_id: UUID, kind: str, key: str) -> str | None:
+    """The digest of the request an earlier call with this idempotency key made of the saga (its `kind` event
+    records both), if one did."""
+    return conn.execute(
+        select(saga_events.c.detail["hash"].astext)
+        .where(saga_events.c.saga_id == saga_id, saga_events.c.kind == kind,
+               saga_events.c.detail["idempotency_key"].astext == key)
+    ).scalar()
 
 
 def events(saga_id: UUID, tenant: str | None = None, after: int = 0, limit: int = 1000) -> list[Event]:

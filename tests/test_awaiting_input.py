@@ -95,9 +95,9 @@ def test_invalid_input_is_refused_and_changes_nothing(api: ApiServer, workers: S
     before = awaiting(client, saga_id)
     events_before = client.get(f"/v1/sagas/{saga_id}/events").json()["items"]
     bad = assert_error(send(client, saga_id, {"payment_method": "card 4242"}), 422, "invalid_input")
-    assert [p["field"] for p in bad["details"]] == ["payment_method"]
+    assert [p["field"] for p in bad["details"]] == ["input.payment_method"]
     other = assert_error(send(client, saga_id, {"title": "Something else"}), 422, "invalid_input")
-    assert [p["field"] for p in other["details"]] == ["title"]
+    assert [p["field"] for p in other["details"]] == ["input.title"]
     assert_error(send(client, saga_id, {}), 422, "invalid_request")
     assert_error(client.post(f"/v1/sagas/{saga_id}/input", json={"input": {"payment_method": "pm_card_visa"}}),
                  400, "idempotency_key_required")

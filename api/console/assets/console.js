@@ -7,6 +7,7 @@ const FINAL = ["completed", "compensated", "paused", "failed"];
 const ACTIONS = {
   cancel: ["pending", "running", "awaiting_input"], resume: ["paused"], compensate: ["failed"], restart: ["compensated", "failed"],
 };
+const REWINDABLE = ["awaiting_input", "paused", "completed"];
 const $ = (selector) => document.querySelector(selector);
 let stream = null;   // the AbortController of the live view's stream
 let nextCursor = null;
@@ -167,6 +168,14 @@ function renderSaga(saga) {
     button.hidden = !ACTIONS[button.dataset.action].includes(saga.status) ||
       (button.dataset.action === "restart" && Boolean(saga.restarted_as));
   }
+  const rewind = $("#d-rewind");
+  rewind.hidden = !REWINDABLE.includes(saga.status) ||
+    saga.steps.some((s) => s.kind !== "compensable" && s.status === "succeeded");
+  const choices = saga.steps.map((s) => s.name);
+  if ([...$("#d-rewind-to").options].map((o) => o.value).join() !== choices.join()) {
+    $("#d-rewind-to").replaceChildren(...choices.map((name) => el("option", name)));
+  }
+  if (saga.rewinding_to) summary.append(el("span", `, rewinding to ${saga.rewinding_to}`));
   const flower = document.body.dataset.flower;
   const body = $("#steps tbody");
   body.replaceChildren();
@@ -288,6 +297,30 @@ $("#d-awaiting").addEventListener("submit", async (event) => {
     await renderTimeline(id);
   } catch (error) {
     notice(`input refused: ${error.message}`);
+  }
+});
+
+$("#d-rewind").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = location.hash.split("/")[2];
+  let input;
+  try {
+    input = JSON.parse($("#d-rewind-input").value || "{}");
+  } catch (error) {
+    notice(`input is not JSON: ${error.message}`);
+    return;
+  }
+  try {
+    const answer = await api(`/v1/sagas/${id}/rewind`, {
+      method: "POST", body: JSON.stringify({ to: $("#d-rewind-to").value, input }),
+      headers: { "Content-Type": "application/json", "Idempotency-Key": newKey() },
+    });
+    renderSaga(answer);
+    notice("rewind: asked");
+    await renderTimeline(id);
+    if (!stream) { stream = new AbortController(); follow(id, stream).catch(() => {}); }
+  } catch (error) {
+    notice(`rewind refused: ${error.message}`);
   }
 });
 
