@@ -26,7 +26,7 @@ SETTINGS = {
     "SAGA_LEASE_MARGIN": "1",
     "SAGA_VISIBILITY_TIMEOUT": "600",
     # A declined card waits this long for another one (1800 in production): long enough for a test to send one.
-    "SAGA_PAYMENT_RETRY_SECONDS": "5",
+    "SAGA_PAYMENT_RETRY_SECONDS": "8",
 }
 
 
