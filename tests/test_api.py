@@ -525,12 +525,15 @@ def test_a_flood_of_bad_keys_costs_a_few_database_queries_not_one_each(stack: St
     ("GET", "/v1/sagas/{id}"), ("GET", "/v1/sagas/{id}?wait=1"), ("GET", "/v1/sagas/{id}/events"),
     ("GET", "/v1/sagas/{id}/stream"), ("POST", "/v1/sagas/{id}/cancel"), ("POST", "/v1/sagas/{id}/resume"),
     ("POST", "/v1/sagas/{id}/compensate"), ("POST", "/v1/sagas/{id}/restart"), ("POST", "/v1/sagas/{id}/input"),
+    ("POST", "/v1/sagas/{id}/rewind"),
 ])
 def test_another_tenants_saga_is_a_404_on_every_route(api: ApiServer, method: str, route: str) -> None:
     owner, other = api.new_tenant(), api.new_tenant()
     saga_id = start(owner, "probe_idle").json()["id"]
-    # A body and a key every POST route takes, so each gets past validation to the saga lookup.
-    sent: dict[str, Any] = {"json": {"input": {"n": 1}}, "headers": {"Idempotency-Key": "k"}} if method == "POST" else {}
+    # A body and a key where the route takes them, so each gets past validation to the saga lookup.
+    bodies = {"/input": {"input": {"n": 1}}, "/rewind": {"to": "a"}, "/restart": {"input": {"n": 1}}}
+    body = next((b for suffix, b in bodies.items() if route.endswith(suffix)), None)
+    sent: dict[str, Any] = {"json": body, "headers": {"Idempotency-Key": "k"}} if body else {}
     theirs = other.request(method, route.format(id=saga_id), **sent)
     missing = other.request(method, route.format(id=NOWHERE), **sent)
     assert_error(theirs, 404, "saga_not_found")
@@ -581,7 +584,7 @@ def test_health_and_metrics(api: ApiServer) -> None:
     docs = httpx.get(f"{api.url}/openapi.json").json()
     paths = {"/v1/sagas", "/v1/sagas/{saga_id}", "/v1/sagas/{saga_id}/events", "/v1/sagas/{saga_id}/stream",
              "/v1/sagas/{saga_id}/cancel", "/v1/sagas/{saga_id}/resume", "/v1/sagas/{saga_id}/compensate",
-             "/v1/sagas/{saga_id}/restart", "/v1/sagas/{saga_id}/input", "/healthz", "/metrics"}
+             "/v1/sagas/{saga_id}/restart", "/v1/sagas/{saga_id}/input", "/v1/sagas/{saga_id}/rewind", "/healthz", "/metrics"}
     assert set(docs["paths"]) == paths
 
 
