@@ -29,6 +29,7 @@ SAGA_ERROR_STATUS = {
     "idempotency_key_reused": 422,
     "saga_not_found": 404,
     "action_not_allowed": 409,
+    "saga_version_not_declared": 409,
 }
 
 _HTTP_CODES = {

@@ -95,7 +95,7 @@ def _accepted(started: saga.Started, background: BackgroundTasks) -> SagaJSON:
     record = started.saga
     SAGAS_STARTED.labels(record.type, "created" if started.created else "replayed").inc()
     if started.created:
-        background.add_task(send_forward, record.id, record.type, 0)
+        background.add_task(send_forward, record.id, record.type, 0, record.version)
     return SagaJSON(record, 202 if started.created else 200, headers={"Location": f"/v1/sagas/{record.id}"})
 
 
@@ -253,7 +253,7 @@ def provide_input(
     wait that ended is undone instead)."""
     started = saga.provide_input(saga_id, body.input, tenant, idempotency_key=idempotency_key, dispatch=False)
     if started.created:
-        background.add_task(send_forward, saga_id, started.saga.type, resume_index(started.saga))
+        background.add_task(send_forward, saga_id, started.saga.type, resume_index(started.saga), started.saga.version)
     return SagaJSON(started.saga)
 
 

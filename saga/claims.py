@@ -53,6 +53,7 @@ class Refusal:
     attempts: int
     wait: float  # seconds until the holder's lease ends or the backoff elapses; 0 if neither
     effect_unknown: bool
+    foreign: bool = False  # the saga runs by another version of its type (or other steps under this one)
 
 
 Mode = Literal["forward", "compensation"]
@@ -61,13 +62,16 @@ Mode = Literal["forward", "compensation"]
 # CTE join: a prepared statement's generic plan, made while the tables were small, may otherwise scan every
 # step with the same index, and grow slower with the ledger.
 
+# The saga started on the version of its type that this step belongs to, with the same steps: a worker never
+# runs a saga by another version's steps.
+_OURS = "version = :version AND coalesce(fingerprint, :fingerprint) = :fingerprint"
 _CLAIMABLE = """
     coalesce(st.lease_expires_at, '-infinity') < now() AND coalesce(st.not_before, '-infinity') <= now()
 """
 _FORWARD_CLAIM = text(f"""
 WITH s AS (
     SELECT id, input, tenant FROM sagas
-    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR NO KEY UPDATE
+    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested AND {_OURS} FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'running', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
         lease_expires_at = now() + make_interval(secs => :lease), not_before = NULL, task_id = :task_id,
@@ -94,7 +98,8 @@ FROM c, s
 """)
 _COMPENSATION_CLAIM = text(f"""
 WITH s AS (
-    SELECT id, input, tenant FROM sagas WHERE id = :saga_id AND status = 'compensating' FOR NO KEY UPDATE
+    SELECT id, input, tenant FROM sagas WHERE id = :saga_id AND status = 'compensating' AND {_OURS}
+    FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'compensating', compensation_attempts = st.compensation_attempts + 1,
         fencing_token = st.fencing_token + 1, lease_expires_at = now() + make_interval(secs => :lease),
@@ -125,7 +130,8 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_a
     (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
     coalesce(st.checkpoint, '{}'), st.effect_unknown, sa.tenant,
-    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, st.generation
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, st.generation,
+    (sa.version = :version AND coalesce(sa.fingerprint, :fingerprint) = :fingerprint) AS ours
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
@@ -135,7 +141,7 @@ WHERE sa.id = :saga_id AND st.idx = :idx
 _FORWARD_CLAIM_AND_COMMIT = text(f"""
 WITH s AS (
     SELECT id FROM sagas
-    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested FOR NO KEY UPDATE
+    WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested AND {_OURS} FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = 'succeeded', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
         task_id = :task_id, started_at = coalesce(st.started_at, now()), finished_at = statement_timestamp(),
@@ -195,6 +201,7 @@ def claim(
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": lease,
         "max_attempts": policy.max_attempts, "redelivered": redelivered, "large": bool(needs_of(step, mode)),
+        **_version(step),
     }
     with db.autocommit(conn) as tx:
         started = time.perf_counter()
@@ -215,7 +222,7 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     """
     row = _look(conn, saga_id, step, large=bool(step.needs))
     why = _refusal(row, "forward")
-    if (why is not None and why.saga_status in ("pending", "running") and not why.cancel_requested
+    if (why is not None and not why.foreign and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
         return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
                      checkpoint=row[8], tenant=row[10], large_input=row[11],  # type: ignore[index]
@@ -229,7 +236,7 @@ def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, 
     row = db.fetchone(conn, _FORWARD_CLAIM_AND_COMMIT, {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "result": result_json,
         "max_attempts": step.retry.max_attempts, "pickup": patience(step.saga),
-        "last": step.index == len(step.saga.steps) - 1,
+        "last": step.index == len(step.saga.steps) - 1, **_version(step),
     })
     return row[0] if row else None
 
@@ -242,7 +249,12 @@ def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
 
 def _look(conn: Connection, saga_id: UUID, step: Step, large: bool = False) -> tuple[Any, ...] | None:
     """The step's row and its saga's; with `large`, the large input fields too (for a body about to run)."""
-    return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index, "large": large})
+    return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index, "large": large, **_version(step)})
+
+
+def _version(step: Step) -> dict[str, Any]:
+    """The parameters that fence a statement to sagas of the step's own version of its type."""
+    return {"version": step.saga.version, "fingerprint": step.saga.fingerprint}
 
 
 def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
@@ -251,6 +263,7 @@ def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
     return Refusal(
         saga_status=why[0], cancel_requested=why[1], step_status=why[2],
         attempts=why[3] if mode == "forward" else why[4], wait=float(why[5]), effect_unknown=why[9],
+        foreign=not why[13],
     )
 
 

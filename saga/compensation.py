@@ -9,9 +9,9 @@ from uuid import UUID
 from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
-from saga import claims, db, dispatch, metrics, runner, store
+from saga import claims, db, dispatch, metrics, runner, store, versions
 from saga.claims import patience
-from saga.definitions import KILL_GRACE, TASKS, SagaType, Step, get_saga_type
+from saga.definitions import KILL_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
 
 log = logging.getLogger("saga.compensation")
@@ -123,7 +123,7 @@ def react(saga_id: UUID) -> None:
             metrics.SAGAS_ENDED.labels(record.type, "paused").inc()
             log.info("saga %s paused: %s", saga_id, reason)
     else:
-        begin(saga_id, get_saga_type(record.type), reason)
+        begin(saga_id, versions.type_of(record), reason)
 
 
 def finish(saga_id: UUID) -> None:
@@ -137,7 +137,7 @@ def finish(saga_id: UUID) -> None:
             return
         if claims.defer_to_live_lease(conn, saga_id):
             return  # an attempt still holds its lease: it may yet undo its step, so it decides, not us
-        saga_type = get_saga_type(record.type)
+        saga_type = versions.type_of(record)
         if dispatch.owed(record, saga_type):
             return  # another chain still owes compensations; recovery watches the deadline meanwhile
         stuck = [s for s in record.undoing if dispatch.needs_undo(s, saga_type)]
@@ -155,7 +155,7 @@ def finish(saga_id: UUID) -> None:
             conn.execute(_SETTLE, {"saga_id": saga_id, "status": status, "event": event, "reason": reason})
     if rewind and not stuck:
         log.info("saga %s rewound to %s; running forward again", saga_id, rewind["step"])
-        runner.send_forward(saga_id, record.type, rewind["to"])
+        runner.send_forward(saga_id, record.type, rewind["to"], record.version)
     else:
         metrics.SAGAS_ENDED.labels(record.type, status).inc()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError, create_model
 from sqlalchemy import Connection
 
-from saga.errors import InvalidInput, UnknownSagaType
+from saga.errors import InvalidInput, UnknownSagaType, VersionNotDeclared
 from saga.retry import RetryPolicy
 from saga.states import StepKind
 
@@ -24,7 +26,8 @@ HARD_LIMIT_GRACE = 5.0
 KILL_GRACE = 2.0
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
-REGISTRY: dict[str, SagaType[Any]] = {}
+# (name, version) -> the saga type; several versions of one type may be declared side by side.
+REGISTRY: dict[tuple[str, int], SagaType[Any]] = {}
 # Celery task name -> the step it runs, and whether it runs the step or its compensation.
 TASKS: dict[str, tuple[Step, Literal["forward", "compensation"]]] = {}
 
@@ -176,11 +179,14 @@ class SagaType(Generic[InputT]):
     def __init__(
         self, engine: Engine, name: str, input_model: type[InputT], *, default_retry: RetryPolicy | None = None,
         default_time_limit: float = 60.0, queue: str = "celery", large_fields: tuple[str, ...] = (),
+        version: int = 1,
     ) -> None:
         if not _NAME.match(name):
             raise ValueError(f"saga type name {name!r} must be lowercase letters, digits and underscores")
-        if name in REGISTRY:
-            raise ValueError(f"saga type {name!r} is declared twice")
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"saga type {name!r}: version must be a whole number from 1, not {version!r}")
+        if (name, version) in REGISTRY:
+            raise ValueError(f"saga type {name!r} version {version} is declared twice")
         unknown = [f for f in large_fields if f not in input_model.model_fields]
         if unknown:
             raise ValueError(f"saga type {name!r}: large field {unknown[0]!r} is not a field of "
@@ -193,13 +199,15 @@ class SagaType(Generic[InputT]):
         ) if large_fields else None
         self.engine = engine
         self.name = name
+        # Declared by the author: a saga runs by the steps of the version it started on (see `fingerprint`).
+        self.version = version
         self.input_model = input_model
         self.default_retry = default_retry or RetryPolicy()
         self.default_time_limit = default_time_limit
         # The Celery queue its steps go to, so a saga type can have workers of its own.
         self.queue = queue
         self.steps: list[Step] = []
-        REGISTRY[name] = self
+        REGISTRY[(name, version)] = self
 
     def step(
         self, fn: StepFn | None = None, *, kind: StepKind | str = StepKind.COMPENSABLE, name: str | None = None,
@@ -223,8 +231,17 @@ class SagaType(Generic[InputT]):
         return register(fn) if fn is not None else register
 
     def task_name(self, fn: StepFn) -> str:
-        """`module.function`, as Celery names tasks (a script run as `__main__` is named for its app)."""
-        return str(self.engine.app.gen_task_name(fn.__name__, fn.__module__))
+        """`module.function`, as Celery names tasks (a script run as `__main__` is named for its app), with
+        `.v<N>` after it from version 2 on, so versions declared side by side have tasks of their own."""
+        base = str(self.engine.app.gen_task_name(fn.__name__, fn.__module__))
+        return base if self.version == 1 else f"{base}.v{self.version}"
+
+    @property
+    def fingerprint(self) -> str:
+        """The steps' names, kinds and order, digested: recorded when a saga starts, so that a worker whose
+        declaration of that version has other steps never runs it."""
+        shape = [[s.name, s.kind.value] for s in self.steps]
+        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
 
     def _check_order(self, new: Step) -> None:
         if any(s.name == new.name for s in self.steps):
@@ -285,11 +302,22 @@ class SagaType(Generic[InputT]):
         return max((max(s.lease_seconds, s.compensation_lease_seconds) for s in self.steps), default=0.0)
 
 
-def get_saga_type(name: str) -> SagaType[Any]:
-    try:
-        saga_type = REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(REGISTRY)) or "none"
-        raise UnknownSagaType(f"unknown saga type {name!r} (known: {known})") from None
+def versions_of(name: str) -> list[int]:
+    """The versions of saga type `name` declared in this process, oldest first."""
+    return sorted(v for n, v in REGISTRY if n == name)
+
+
+def get_saga_type(name: str, version: int | None = None) -> SagaType[Any]:
+    """The saga type's declaration of `version` (default: the newest, which new sagas start on)."""
+    declared = versions_of(name)
+    if not declared:
+        known = ", ".join(sorted({n for n, _ in REGISTRY})) or "none"
+        raise UnknownSagaType(f"unknown saga type {name!r} (known: {known})")
+    if version is None:
+        version = declared[-1]
+    elif version not in declared:
+        raise VersionNotDeclared(f"saga type {name!r} version {version} is not declared here (declared: "
+                                 f"{', '.join(map(str, declared))})", {"version": version, "declared": declared})
+    saga_type = REGISTRY[(name, version)]
     saga_type.check()
     return saga_type

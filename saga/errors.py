@@ -61,6 +61,13 @@ class UnknownSagaType(SagaError):
     code = "unknown_saga_type"
 
 
+class VersionNotDeclared(SagaError):
+    """The saga started on a version of its type that this deployment does not declare (or declares with other
+    steps): nothing runs it here."""
+
+    code = "saga_version_not_declared"
+
+
 class InvalidInput(SagaError):
     code = "invalid_input"
 

@@ -13,10 +13,10 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from saga import claims, compensation, db, dispatch, logs, metrics, tracing
+from saga import claims, compensation, db, dispatch, logs, metrics, store, tracing, versions
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
-from saga.errors import LeaseLost, NeedsInput, PermanentError, StepFailed
+from saga.errors import LeaseLost, NeedsInput, PermanentError, StepFailed, VersionNotDeclared
 from saga.storable import storable
 
 log = logging.getLogger("saga.execution")
@@ -211,6 +211,9 @@ def _durably(action: Callable[..., T | None], *args: Any, landed: Callable[[], T
 
 def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | None) -> Any:
     """Decide what a message does with a step it could not claim: go on, wait, fail, or stop its chain."""
+    if why is not None and why.foreign:
+        _foreign(saga_id)
+        raise Ignore()
     exhausted = why is not None and why.attempts >= claims.policy_of(step, mode).max_attempts
     if mode == "forward":
         if why is not None and why.cancel_requested and why.saga_status in ("pending", "running"):
@@ -237,6 +240,16 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
     if owed and why.step_status != "failed":
         claims.give_up(saga_id, step, mode)
     return None  # compensated, nothing to undo, or given up: the older steps are still undone
+
+
+def _foreign(saga_id: UUID) -> None:
+    """The saga runs by another version of its type than this step's: stop it unless this process has its
+    version (then recovery, which dispatches by the saga's own version, takes it on)."""
+    record = store.load(saga_id)
+    try:
+        versions.type_of(record)
+    except VersionNotDeclared as why:
+        versions.stop(record, why)
 
 
 def _cancel(saga_id: UUID, step: Step) -> None:

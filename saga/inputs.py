@@ -9,9 +9,8 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import db, store
+from saga import db, store, versions
 from saga.claims import patience
-from saga.definitions import get_saga_type
 from saga.errors import ActionRefused, IdempotencyConflict
 from saga.operator import locked, patched_input
 from saga.runner import Started, send_forward, valid_payload
@@ -55,7 +54,7 @@ def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = 
             raise ActionRefused(f"saga is {record.status}; only a saga awaiting input takes input",
                                 {"status": record.status})
         wanted = record.awaiting
-        saga_type = get_saga_type(record.type)
+        saga_type = versions.type_of(record)
         whole = patched_input(conn, record, changed, allowed=wanted["fields"])
         stored, large = saga_type.split_input(valid_payload(saga_type, whole))
         index = next(s.index for s in record.steps if s.name == wanted["step"])
@@ -69,7 +68,7 @@ def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = 
                                 {"status": record.status})
         record = store.load(saga_id, conn=conn)
     if dispatch:
-        send_forward(saga_id, record.type, index)
+        send_forward(saga_id, record.type, index, record.version)
     return Started(record, created=True)
 
 

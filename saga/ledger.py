@@ -27,6 +27,10 @@ sagas = Table(
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("tenant", Text, nullable=False),
     Column("type", Text, nullable=False),
+    # The version of its type it started on, and that version's steps digested (`SagaType.fingerprint`;
+    # NULL for sagas from before versions were recorded): it runs by those steps only.
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("fingerprint", Text),
     Column("status", Text, nullable=False),
     Column("input", JSONB, nullable=False),
     # The input's large fields (declared by the saga type): read only for the steps that need them.

@@ -52,6 +52,7 @@ class Saga(BaseModel):
 
     id: str
     type: str
+    version: int = Field(default=1, description="The version of its type it started on, and runs by.")
     status: SagaStatus
     input: dict[str, Any] | None = Field(default=None, description=(
         "The input, without the fields its saga type declares large (a logo, a document); null in a listing "

@@ -11,9 +11,9 @@ from uuid import UUID
 from sqlalchemy import Connection, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from saga import compensation, db, dispatch, runner, store
+from saga import compensation, db, dispatch, runner, store, versions
 from saga.claims import patience
-from saga.definitions import get_saga_type
+from saga.definitions import SagaType
 from saga.errors import ActionRefused, InvalidInput
 from saga.ledger import saga_events, saga_steps, sagas
 from saga.runner import Started, send_forward
@@ -58,29 +58,59 @@ def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
         conn.execute(insert(saga_events).values(saga_id=saga_id, kind="cancel_requested", detail={}))
     # With a step in flight nothing starts yet: that step's end honours the cancel, or refuses it if the
     # step was past the point of no return and succeeded.
-    compensation.begin(saga_id, get_saga_type(record.type), "cancelled", after_leases=True)
+    compensation.begin(saga_id, versions.type_of(record), "cancelled", after_leases=True)
     return store.load(saga_id)
 
 
 def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
-    """Continue a paused saga from its first unfinished step, with that step's attempts counted afresh."""
+    """Continue a paused saga from its first unfinished step, with that step's attempts counted afresh; one that
+    was paused while being undone (its version was not declared) goes on being undone. Refused while its version
+    is still not declared here."""
     with db.transaction() as conn:
         record = locked(conn, saga_id, tenant)
         if record.status != "paused":
             raise ActionRefused(f"saga is {record.status}; only a paused saga can be resumed",
                                 {"status": record.status})
-        first = next(s for s in record.steps if s.status != "succeeded")
-        conn.execute(
-            update(saga_steps).where(saga_steps.c.saga_id == saga_id, saga_steps.c.status == "failed")
-            .values(status="pending", attempts=0, error=None, finished_at=None, not_before=None)
-        )
-        conn.execute(update(sagas).where(sagas.c.id == saga_id).values(
-            status="running", error=None, updated_at=func.now(),
-            deadline=db.seconds_from_now(patience(get_saga_type(record.type)))))
-        conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed", detail={"from": first.name}))
-        resumed = store.load(saga_id, conn=conn)
-    send_forward(saga_id, record.type, first.index)
+        saga_type = versions.type_of(record)
+        deadline = db.seconds_from_now(patience(saga_type))
+        if _paused_from(conn, saga_id) == "compensating":
+            conn.execute(update(sagas).where(sagas.c.id == saga_id).values(
+                status="compensating", updated_at=func.now(), deadline=deadline))
+            conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed", detail={"undoing": True}))
+            resumed = store.load(saga_id, conn=conn)
+            undo = True
+        else:
+            first = next(s for s in record.steps if s.status != "succeeded")
+            conn.execute(
+                update(saga_steps).where(saga_steps.c.saga_id == saga_id, saga_steps.c.status == "failed")
+                .values(status="pending", attempts=0, error=None, finished_at=None, not_before=None)
+            )
+            conn.execute(update(sagas).where(sagas.c.id == saga_id).values(
+                status="running", error=None, updated_at=func.now(), deadline=deadline))
+            conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed", detail={"from": first.name}))
+            resumed = store.load(saga_id, conn=conn)
+            undo = False
+    if undo:
+        _send_compensations(resumed, saga_type)
+    else:
+        send_forward(saga_id, record.type, first.index, record.version)
     return resumed  # as resume left it: the workers may already have moved it on
+
+
+def _paused_from(conn: Connection, saga_id: UUID) -> str | None:
+    """The status the saga was in when it was last paused (recorded since versions pause sagas in any)."""
+    return conn.execute(
+        select(saga_events.c.detail["from"].astext).where(saga_events.c.saga_id == saga_id,
+                                                          saga_events.c.kind == "saga_paused")
+        .order_by(saga_events.c.id.desc()).limit(1)
+    ).scalar()
+
+
+def _send_compensations(record: SagaRecord, saga_type: SagaType[Any]) -> None:
+    try:
+        dispatch.compensations(record, saga_type)
+    except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
+        log.warning("saga %s: compensation not dispatched (%s); recovery will", record.id, exc)
 
 
 def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
@@ -90,7 +120,7 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
         if record.status != "failed":
             raise ActionRefused(f"saga is {record.status}; only a failed saga can be compensated again",
                                 {"status": record.status})
-        saga_type = get_saga_type(record.type)
+        saga_type = versions.type_of(record)
         retry = [s.index for s in record.undoing if dispatch.needs_undo(s, saga_type)]
         conn.execute(
             update(saga_steps).where(saga_steps.c.saga_id == saga_id, saga_steps.c.idx.in_(retry))
@@ -102,10 +132,7 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
         conn.execute(insert(saga_events).values(
             saga_id=saga_id, kind="compensation_rerun", detail={"steps": [record.steps[i].name for i in retry]}))
         record = store.load(saga_id, conn=conn)
-    try:
-        dispatch.compensations(record, saga_type)
-    except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
-        log.warning("saga %s: compensation not dispatched (%s); recovery will", saga_id, exc)
+    _send_compensations(record, saga_type)
     return record  # as this action left it: the workers may already have moved it on
 
 
@@ -143,7 +170,7 @@ def patched_input(conn: Connection, record: SagaRecord, patch: Mapping[str, Any]
                   allowed: Sequence[str] | None = None) -> dict[str, Any]:
     """The saga's whole input, its large fields included, with the fields in `patch` replaced (not validated
     yet); InvalidInput naming each field its input model lacks, or that `allowed` leaves out."""
-    model = get_saga_type(record.type).input_model
+    model = versions.type_of(record).input_model
     known = set(model.model_fields) if allowed is None else set(allowed)
     unknown = sorted(set(patch) - known)
     if unknown:

@@ -10,9 +10,9 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import claims, compensation, db, dispatch, metrics, retention, store
+from saga import claims, compensation, db, dispatch, metrics, retention, store, versions
 from saga.claims import patience
-from saga.definitions import get_saga_type
+from saga.errors import VersionNotDeclared
 from saga.settings import get_settings
 from saga.states import ACTIVE
 
@@ -89,7 +89,11 @@ def advance(saga_id: UUID) -> None:
     record = store.load(saga_id)
     if record.status not in ACTIVE:
         return
-    saga_type = get_saga_type(record.type)
+    try:
+        saga_type = versions.type_of(record)
+    except VersionNotDeclared as why:
+        versions.stop(record, why)
+        return
     if record.status == "awaiting_input":
         wanted = record.awaiting or {}
         compensation.begin(saga_id, saga_type, f"no input for step {wanted.get('step')} by {wanted.get('until')}: "

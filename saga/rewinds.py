@@ -11,9 +11,9 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import db, dispatch, store
+from saga import db, dispatch, store, versions
 from saga.claims import patience
-from saga.definitions import SagaType, get_saga_type
+from saga.definitions import SagaType
 from saga.errors import ActionRefused, IdempotencyConflict, InvalidInput
 from saga.operator import locked, patched_input
 from saga.runner import valid_payload
@@ -63,7 +63,7 @@ def rewind(saga_id: UUID, to: str, patch: Mapping[str, Any] | None = None, tenan
                 raise IdempotencyConflict(f"idempotency key {idempotency_key!r} was already used with another "
                                           "rewind of this saga", {"saga_id": str(saga_id)})
             return record
-        saga_type = get_saga_type(record.type)
+        saga_type = versions.type_of(record)
         target = next((s for s in saga_type.steps if s.name == to), None)
         if target is None:
             raise InvalidInput(f"saga type {record.type!r} has no step {to!r} (steps: "

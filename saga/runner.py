@@ -25,10 +25,10 @@ log = logging.getLogger("saga.runner")
 # The saga, its steps and its first event in one statement; nothing when the idempotency key is taken.
 _ACCEPT = text("""
 WITH s AS (
-    INSERT INTO sagas (id, tenant, type, status, input, large_input, idempotency_key, request_hash, deadline,
-                       restart_of)
-    VALUES (:id, :tenant, :type, 'pending', CAST(:input AS jsonb), CAST(:large AS jsonb), :key, :hash,
-            now() + make_interval(secs => :pickup), :restart_of)
+    INSERT INTO sagas (id, tenant, type, version, fingerprint, status, input, large_input, idempotency_key,
+                       request_hash, deadline, restart_of)
+    VALUES (:id, :tenant, :type, :version, :fingerprint, 'pending', CAST(:input AS jsonb), CAST(:large AS jsonb),
+            :key, :hash, now() + make_interval(secs => :pickup), :restart_of)
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING id, created_at
 ), st AS (
@@ -75,12 +75,13 @@ def start(
     # One statement, so autocommit: the ledger holds the saga before it is dispatched.
     with db.autocommit() as conn:
         row = db.fetchone(conn, _ACCEPT, {
-            "id": saga_id, "tenant": tenant, "type": type_name, "input": db.to_json(stored),
+            "id": saga_id, "tenant": tenant, "type": type_name, "version": saga_type.version,
+            "fingerprint": saga_type.fingerprint, "input": db.to_json(stored),
             "large": None if large is None else db.to_json(large),
             "key": idempotency_key, "hash": request_hash, "pickup": patience(saga_type),
             "idxs": [s.index for s in saga_type.steps], "names": [s.name for s in saga_type.steps],
             "kinds": [s.kind.value for s in saga_type.steps],
-            "detail": db.to_json({"type": type_name, "idempotency_key": idempotency_key}
+            "detail": db.to_json({"type": type_name, "version": saga_type.version, "idempotency_key": idempotency_key}
                                  | ({"restart_of": str(restart_of)} if restart_of else {})),
             "restart_of": restart_of, "restarted": db.to_json({"as": str(saga_id), "changed": list(changed)}),
         })
@@ -96,7 +97,7 @@ def start(
                 )
             return Started(store.load(existing.id, conn=conn), created=False)
     record = SagaRecord(
-        id=saga_id, tenant=tenant, type=type_name, status="pending", input=stored,
+        id=saga_id, tenant=tenant, type=type_name, version=saga_type.version, status="pending", input=stored,
         idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row[1],
         updated_at=row[1], restart_of=restart_of,
         steps=[StepRecord(index=s.index, name=s.name, kind=s.kind.value, status="pending", attempts=0,
@@ -106,7 +107,7 @@ def start(
     )
     tracing.accepted(saga_id, type_name, tenant)
     if dispatch:
-        send_forward(saga_id, type_name, 0)
+        send_forward(saga_id, type_name, 0, saga_type.version)
     metrics.SAGAS_STARTED.labels(type_name).inc()
     return Started(record, created=True)
 
@@ -121,10 +122,11 @@ def valid_payload(saga_type: SagaType[Any], data: Any) -> dict[str, Any]:
                            [{"field": exc.path or "input", "message": str(exc)}]) from None
 
 
-def send_forward(saga_id: UUID, type_name: str, start_index: int) -> None:
-    """Dispatch the forward chain; if the broker is down the saga stays accepted and recovery sends it."""
+def send_forward(saga_id: UUID, type_name: str, start_index: int, version: int | None = None) -> None:
+    """Dispatch the forward chain (of the saga's `version` of its type; default the newest); if the broker is
+    down the saga stays accepted and recovery sends it."""
     try:
-        dispatch.forward(saga_id, get_saga_type(type_name), start_index)
+        dispatch.forward(saga_id, get_saga_type(type_name, version), start_index)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the work to recovery
         log.warning("saga %s accepted but not dispatched (%s: %s); recovery will dispatch it",
                     saga_id, type(exc).__name__, exc)

@@ -49,6 +49,8 @@ class SagaRecord:
     created_at: datetime
     updated_at: datetime
     steps: list[StepRecord]
+    version: int = 1  # of its type, which it runs by
+    fingerprint: str | None = None  # of that version's steps when it started (None: before versions)
     restart_of: UUID | None = None  # the saga this one started again
     restarted_as: UUID | None = None  # the saga that started this one again
     awaiting: dict[str, Any] | None = None  # while awaiting_input: {step, fields, reason, until}
@@ -65,7 +67,7 @@ class SagaRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": str(self.id), "type": self.type, "status": self.status, "input": self.input,
+            "id": str(self.id), "type": self.type, "version": self.version, "status": self.status, "input": self.input,
             "idempotency_key": self.idempotency_key, "cancel_requested": self.cancel_requested,
             "error": self.error, "progress": self.progress,
             "steps": [
@@ -131,7 +133,8 @@ def load(saga_id: UUID, tenant: str | None = None, conn: Connection | None = Non
 
 def _saga(row: Any, steps: Any) -> SagaRecord:
     return SagaRecord(
-        id=row["id"], tenant=row["tenant"], type=row["type"], status=row["status"], input=row.get("input"),
+        id=row["id"], tenant=row["tenant"], type=row["type"], version=row["version"],
+        fingerprint=row["fingerprint"], status=row["status"], input=row.get("input"),
         idempotency_key=row["idempotency_key"], cancel_requested=row["cancel_requested"], error=row["error"],
         created_at=row["created_at"], updated_at=row["updated_at"], restart_of=row["restart_of"],
         restarted_as=row["restarted_as"], awaiting=row["awaiting"],

@@ -99,8 +99,11 @@ def fresh() -> Iterator[None]:
     yield
     for name in set(REGISTRY) - names:
         del REGISTRY[name]
+    from workers.app import app
+
     for name in set(TASKS) - tasks:
         del TASKS[name]
+        app.tasks.pop(name, None)  # so the next declaration of it registers its own task
 
 
 @pytest.fixture()
