@@ -224,3 +224,24 @@ def test_a_saga_awaiting_input_shows_what_it_waits_for_and_takes_it_from_the_pag
     assert browser.find_element(By.ID, "d-awaiting").is_displayed() is False
     assert "input_received" in texts(browser, "#timeline .kind")
     assert ended(client, waiting)["input"]["payment_method"] == "pm_card_visa"
+
+
+def test_a_rewind_from_the_page_shows_in_the_timeline(
+    workers: Stack, api: Any, browser: WebDriver, tenant: tuple[str, httpx.Client],
+) -> None:
+    key, client = tenant
+    waiting = start(client, "job_posting", posting(payment_method="pm_card_chargeDeclinedInsufficientFunds"))
+    open_console(browser, api, key, f"#/saga/{waiting}")
+    WebDriverWait(browser, 30).until(lambda b: badge(b) == "awaiting_input")
+    Select(browser.find_element(By.ID, "d-rewind-to")).select_by_visible_text("create_posting")
+    box = browser.find_element(By.ID, "d-rewind-input")
+    box.clear()
+    box.send_keys('{"title": "Rocket scientist", "payment_method": "pm_card_visa"}')
+    browser.find_element(By.CSS_SELECTOR, "#d-rewind button").click()
+    WebDriverWait(browser, 60).until(lambda b: badge(b) == "completed")
+    kinds = texts(browser, "#timeline .kind")
+    assert "rewind_begun" in kinds and "saga_rewound" in kinds, kinds
+    assert texts(browser, '#timeline li[data-kind="step_compensated"]', "data-step") == [
+        "charge_payment", "create_posting"]
+    assert browser.find_element(By.ID, "d-rewind").is_displayed() is False, "no rewind past the point of no return"
+    assert ended(client, waiting)["input"]["title"] == "Rocket scientist"
