@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -326,16 +327,23 @@ def input_(saga_id: UUID, input_: str, idempotency_key: str | None, wait: bool, 
     if not isinstance(patch, dict) or not patch:
         raise click.BadParameter("--input must be a JSON object of the fields the saga awaits")
     key = idempotency_key or str(uuid.uuid4())
-    client = _client(use_api, api_url, api_key)
+    _act_then_show(_client(use_api, api_url, api_key), saga_id, wait, as_json,
+                   lambda client: client.provide_input(saga_id, patch, idempotency_key=key).model_dump(mode="json"),
+                   lambda: saga.provide_input(saga_id, patch, idempotency_key=key).saga.to_dict())
+
+
+def _act_then_show(client: Any, saga_id: UUID, wait: bool, as_json: bool, via_api: Callable[[Any], Any],
+                   on_database: Callable[[], Any]) -> None:
+    """Act on a saga through the API (`client`) or on the database, then show it, or follow it (`--wait`)."""
     if client is not None:
         with client:
-            data = client.provide_input(saga_id, patch, idempotency_key=key).model_dump(mode="json")
+            data = via_api(client)
             if wait:
                 _follow_api(client, saga_id, as_json)
                 return
     else:
         _boot()
-        data = saga.provide_input(saga_id, patch, idempotency_key=key).saga.to_dict()
+        data = on_database()
         if wait:
             _follow(saga_id, None, as_json)
             return
@@ -365,21 +373,10 @@ def rewind(saga_id: UUID, to: str, input_: str | None, idempotency_key: str | No
     if not isinstance(patch, dict):
         raise click.BadParameter("--input must be a JSON object of the fields to replace")
     key = idempotency_key or str(uuid.uuid4())
-    client = _client(use_api, api_url, api_key)
-    if client is not None:
-        with client:
-            data = client.rewind(saga_id, to, patch, idempotency_key=key).model_dump(mode="json")
-            if wait:
-                _follow_api(client, saga_id, as_json)
-                return
-    else:
-        _boot()
-        by = {"via": "cli", "user": getpass.getuser(), "host": socket.gethostname()}
-        data = saga.rewind(saga_id, to, patch, idempotency_key=key, by=by).to_dict()
-        if wait:
-            _follow(saga_id, None, as_json)
-            return
-    click.echo(json.dumps(data, indent=2) if as_json else render(data))
+    by = {"via": "cli", "user": getpass.getuser(), "host": socket.gethostname()}
+    _act_then_show(_client(use_api, api_url, api_key), saga_id, wait, as_json,
+                   lambda client: client.rewind(saga_id, to, patch, idempotency_key=key).model_dump(mode="json"),
+                   lambda: saga.rewind(saga_id, to, patch, idempotency_key=key, by=by).to_dict())
 
 
 @main.command()

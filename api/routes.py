@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Request
@@ -40,6 +40,13 @@ MAX_WAIT = 60.0
 NO_NUL = r"^[^\x00]*$"
 
 SagaId = Annotated[UUID, Path(description="The saga's id.")]
+
+
+def key_header(description: str) -> Any:
+    """An `Idempotency-Key` header (printable ASCII; required unless its parameter has a default), with what
+    repeating it means on this route."""
+    return Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+                  description=description)
 
 
 class SagaJSON(JSONResponse):
@@ -77,10 +84,9 @@ _NEXT = {name: {"operationId": operation, "parameters": {"saga_id": "$response.b
 )
 def start_saga(
     body: StartSaga, tenant: Tenant, background: BackgroundTasks,
-    idempotency_key: Annotated[str, Header(
-        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
-        description="Unique per saga (printable ASCII); repeat it when you retry. Same key and body: "
-                    "the same saga back (200); same key, other body: 422.")],
+    idempotency_key: Annotated[str, key_header(
+        "Unique per saga (printable ASCII); repeat it when you retry. Same key and body: the same saga back "
+        "(200); same key, other body: 422.")],
 ) -> SagaJSON:
     """Validate the input against the saga type's model, record the saga and its steps in one
     transaction, then dispatch it (if the broker is down it stays `pending` and recovery dispatches it).
@@ -242,10 +248,9 @@ def _action(name: str, summary: str, doc: str) -> None:
 )
 def provide_input(
     saga_id: SagaId, body: ProvideInput, tenant: Tenant, background: BackgroundTasks,
-    idempotency_key: Annotated[str, Header(
-        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
-        description="Unique per input you send (printable ASCII); repeat it when you retry. Same key and "
-                    "input: the saga back, nothing changed; same key, other input: 422.")],
+    idempotency_key: Annotated[str, key_header(
+        "Unique per input you send (printable ASCII); repeat it when you retry. Same key and input: the saga "
+        "back, nothing changed; same key, other input: 422.")],
 ) -> SagaJSON:
     """For a saga in `awaiting_input`: new values of the fields its `awaiting_input.fields` names. The
     whole input is validated again (nothing changes when it is invalid); the step that asked runs again with
@@ -253,7 +258,8 @@ def provide_input(
     wait that ended is undone instead)."""
     started = saga.provide_input(saga_id, body.input, tenant, idempotency_key=idempotency_key, dispatch=False)
     if started.created:
-        background.add_task(send_forward, saga_id, started.saga.type, resume_index(started.saga), started.saga.version)
+        record = started.saga
+        background.add_task(send_forward, saga_id, record.type, resume_index(record), record.version)
     return SagaJSON(started.saga)
 
 
@@ -263,9 +269,8 @@ def provide_input(
 )
 def rewind_saga(
     saga_id: SagaId, body: RewindSaga, tenant: Tenant, request: Request,
-    idempotency_key: Annotated[str, Header(
-        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
-        description="Unique per rewind; repeat it when you retry (the saga back, nothing changed).")],
+    idempotency_key: Annotated[str, key_header(
+        "Unique per rewind (printable ASCII); repeat it when you retry: the saga back, nothing changed.")],
 ) -> SagaJSON:
     """Undo, newest first, step `to` and every later step that acted, then run forward again from `to` with
     the fields in `input` replaced (validated as a whole first: 422 naming the fields, nothing changed). The
@@ -278,7 +283,8 @@ def rewind_saga(
 
 
 _action("cancel", "Cancel a saga",
-        "Compensate what was done (a saga awaiting input too); a step in flight finishes first (the answer then shows `cancel_requested`). "
+        "Compensate what was done (a saga awaiting input too); a step in flight finishes first (the answer then "
+        "shows `cancel_requested`). "
         "If that step is the pivot and it succeeds, the cancel is refused then (event `cancel_refused`) and the "
         "saga goes forward; if it fails, the saga is undone with nothing charged. 409 once the saga is past its "
         "point of no return or over. Repeating a cancel is harmless.")
@@ -299,9 +305,8 @@ _action("compensate", "Re-run the compensations of a failed saga",
 )
 def restart_saga(
     saga_id: SagaId, tenant: Tenant, background: BackgroundTasks, body: RestartSaga | None = None,
-    idempotency_key: Annotated[str | None, Header(
-        alias=IDEMPOTENCY_HEADER, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
-        description="The new saga's key (default `restart-of:<id>`); repeat it when you retry.")] = None,
+    idempotency_key: Annotated[str | None, key_header(
+        "The new saga's key (default `restart-of:<id>`); repeat it when you retry.")] = None,
 ) -> SagaJSON:
     """A new saga of the same type from its first step, with this saga's input and the fields in `input`
     replaced (validated as a whole; nothing is written when it is invalid), linked both ways: the new saga's

@@ -28,64 +28,47 @@ __all__ = [
 ]
 
 
-class StartSaga(BaseModel):
-    """Body of `POST /v1/sagas`."""
+class _WithInput(BaseModel):
+    """A request body with an `input` object: nothing else is accepted, and the input must be storable."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("input", check_fields=False)
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return storable(value)
+
+
+class StartSaga(_WithInput):
+    """Body of `POST /v1/sagas`."""
 
     type: str = Field(min_length=1, max_length=100, description="A declared saga type, e.g. `job_posting`.")
     input: dict[str, Any] = Field(description="The saga's input, validated against the type's model.")
 
-    @field_validator("input")
-    @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return storable(value)
 
-
-class RestartSaga(BaseModel):
+class RestartSaga(_WithInput):
     """Body of `POST /v1/sagas/{id}/restart` (may be left out)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     input: dict[str, Any] = Field(default_factory=dict, description=(
         "Fields of the input to replace; the rest is the restarted saga's own. The whole is validated again."))
 
-    @field_validator("input")
-    @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return storable(value)
 
-
-class ProvideInput(BaseModel):
+class ProvideInput(_WithInput):
     """Body of `POST /v1/sagas/{id}/input`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     input: dict[str, Any] = Field(min_length=1, description=(
         "New values of the fields the saga's `awaiting_input.fields` names; the rest of the input stays. The "
         "whole is validated again."))
 
-    @field_validator("input")
-    @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return storable(value)
 
-
-class RewindSaga(BaseModel):
+class RewindSaga(_WithInput):
     """Body of `POST /v1/sagas/{id}/rewind`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     to: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$", description=(
         "The step to go back to: it and every later step that acted are undone, newest first, then the saga "
         "runs forward from it."))
     input: dict[str, Any] = Field(default_factory=dict, description=(
         "Fields of the input to replace for the run forward; the whole is validated again."))
-
-    @field_validator("input")
-    @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return storable(value)
 
 
 class FieldProblem(BaseModel):

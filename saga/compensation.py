@@ -16,7 +16,12 @@ from saga.errors import StepFailed
 
 log = logging.getLogger("saga.compensation")
 
-_BEGIN = text("""
+# What an undo makes of the steps not finished yet (needs a `before` CTE saying whether the saga waited for input).
+UNFINISHED_STEPS = """
+        status = CASE WHEN status = 'pending' AND attempts = 0 AND NOT effect_unknown THEN 'skipped' ELSE 'failed' END,
+        effect_unknown = effect_unknown OR NOT (status = 'pending' AND (attempts = 0 OR (SELECT waited FROM before))),
+        lease_expires_at = NULL, not_before = NULL"""
+_BEGIN = text(f"""
 WITH before AS (
     SELECT status = 'awaiting_input' AS waited FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
 ), u AS (
@@ -33,10 +38,7 @@ WITH before AS (
 ), st AS (
     -- never started: skipped; started without an outcome: its effect may exist, unless it is the step that
     -- waited for input, whose attempts said themselves whether they may have left one
-    UPDATE saga_steps SET
-        status = CASE WHEN status = 'pending' AND attempts = 0 AND NOT effect_unknown THEN 'skipped' ELSE 'failed' END,
-        effect_unknown = effect_unknown OR NOT (status = 'pending' AND (attempts = 0 OR (SELECT waited FROM before))),
-        lease_expires_at = NULL, not_before = NULL
+    UPDATE saga_steps SET {UNFINISHED_STEPS}
     WHERE saga_id = :saga_id AND saga_id IN (SELECT id FROM u) AND status IN ('pending', 'running')
 ), e AS (
     INSERT INTO saga_events (saga_id, kind, detail)

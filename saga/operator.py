@@ -50,16 +50,21 @@ def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
             raise ActionRefused(f"saga is {record.status}; only a pending, running or awaiting_input saga can be "
                                 "cancelled",
                                 {"status": record.status})
-        committed = [s.name for s in record.steps if s.kind != "compensable" and s.status == "succeeded"]
-        if committed:
-            raise ActionRefused(f"saga passed its point of no return (step {committed[0]} succeeded); "
-                                "it can only go forward", {"status": record.status})
+        refuse_past_point_of_no_return(record)
         conn.execute(update(sagas).where(sagas.c.id == saga_id).values(cancel_requested=True, updated_at=func.now()))
         conn.execute(insert(saga_events).values(saga_id=saga_id, kind="cancel_requested", detail={}))
     # With a step in flight nothing starts yet: that step's end honours the cancel, or refuses it if the
     # step was past the point of no return and succeeded.
     compensation.begin(saga_id, versions.type_of(record), "cancelled", after_leases=True)
     return store.load(saga_id)
+
+
+def refuse_past_point_of_no_return(record: SagaRecord) -> None:
+    """ActionRefused once a step that cannot be undone (the pivot, or one after it) succeeded."""
+    committed = [s.name for s in record.steps if s.kind != "compensable" and s.status == "succeeded"]
+    if committed:
+        raise ActionRefused(f"saga passed its point of no return (step {committed[0]} succeeded); it can only go "
+                            "forward", {"status": record.status})
 
 
 def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
@@ -91,7 +96,7 @@ def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
             resumed = store.load(saga_id, conn=conn)
             undo = False
     if undo:
-        _send_compensations(resumed, saga_type)
+        send_compensations(resumed, saga_type)
     else:
         send_forward(saga_id, record.type, first.index, record.version)
     return resumed  # as resume left it: the workers may already have moved it on
@@ -106,7 +111,8 @@ def _paused_from(conn: Connection, saga_id: UUID) -> str | None:
     ).scalar()
 
 
-def _send_compensations(record: SagaRecord, saga_type: SagaType[Any]) -> None:
+def send_compensations(record: SagaRecord, saga_type: SagaType[Any]) -> None:
+    """Dispatch the compensations the saga owes; if the broker is down, recovery does once it is back."""
     try:
         dispatch.compensations(record, saga_type)
     except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
@@ -132,7 +138,7 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
         conn.execute(insert(saga_events).values(
             saga_id=saga_id, kind="compensation_rerun", detail={"steps": [record.steps[i].name for i in retry]}))
         record = store.load(saga_id, conn=conn)
-    _send_compensations(record, saga_type)
+    send_compensations(record, saga_type)
     return record  # as this action left it: the workers may already have moved it on
 
 

@@ -4,7 +4,6 @@ point of no return, or over a step that may have acted and has no compensation."
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -13,12 +12,11 @@ from sqlalchemy import text
 
 from saga import db, dispatch, store, versions
 from saga.claims import patience
+from saga.compensation import UNFINISHED_STEPS
 from saga.definitions import SagaType
 from saga.errors import ActionRefused, IdempotencyConflict, InvalidInput
-from saga.operator import locked, patched_input
+from saga.operator import locked, patched_input, refuse_past_point_of_no_return, send_compensations
 from saga.runner import valid_payload
-
-log = logging.getLogger("saga.rewinds")
 
 # Sagas a rewind may take back: no step is in flight in them.
 REWINDABLE = ("awaiting_input", "paused", "completed")
@@ -26,7 +24,7 @@ REWINDABLE = ("awaiting_input", "paused", "completed")
 # The saga is undone from step :idx on, as when a saga is undone (a step never started is skipped, one started
 # without an outcome may have acted, the step that waited for input said itself); `compensation.finish` then
 # runs it forward again instead of settling it.
-_REWIND = text("""
+_REWIND = text(f"""
 WITH before AS (
     SELECT status = 'awaiting_input' AS waited FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
 ), u AS (
@@ -35,10 +33,7 @@ WITH before AS (
     WHERE id = :saga_id AND status IN ('awaiting_input', 'paused', 'completed')
     RETURNING id
 ), st AS (
-    UPDATE saga_steps SET
-        status = CASE WHEN status = 'pending' AND attempts = 0 AND NOT effect_unknown THEN 'skipped' ELSE 'failed' END,
-        effect_unknown = effect_unknown OR NOT (status = 'pending' AND (attempts = 0 OR (SELECT waited FROM before))),
-        lease_expires_at = NULL, not_before = NULL
+    UPDATE saga_steps SET {UNFINISHED_STEPS}
     WHERE saga_id = :saga_id AND idx >= :idx AND status IN ('pending', 'running') AND EXISTS (SELECT FROM u)
 )
 INSERT INTO saga_events (saga_id, step, kind, detail)
@@ -81,10 +76,7 @@ def rewind(saga_id: UUID, to: str, patch: Mapping[str, Any] | None = None, tenan
                                   "idempotency_key": idempotency_key, "hash": store.digest(request)}),
         })
         record = store.load(saga_id, conn=conn)
-    try:
-        dispatch.compensations(record, saga_type)
-    except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
-        log.warning("saga %s: the rewind's undo not dispatched (%s); recovery will", saga_id, exc)
+    send_compensations(record, saga_type)
     return record
 
 
@@ -95,10 +87,7 @@ def _check_safe(record: store.SagaRecord, saga_type: SagaType[Any], index: int) 
         raise ActionRefused(f"saga is {record.status}; only a saga awaiting input, paused or completed can be "
                             "rewound (a running one: cancel it or wait; an undone one: restart it)",
                             {"status": record.status})
-    passed = [s.name for s in record.steps if s.kind != "compensable" and s.status == "succeeded"]
-    if passed:
-        raise ActionRefused(f"saga passed its point of no return (step {passed[0]} succeeded); it can only go "
-                            "forward", {"status": record.status})
+    refuse_past_point_of_no_return(record)
     for rec in record.steps[index:]:
         acted = dispatch.effect_may_exist(rec.status, rec.effect_unknown) or (rec.attempts > 0 and rec.effect_unknown)
         if acted and saga_type.steps[rec.index].compensation is None:
