@@ -30,6 +30,7 @@ SAGA_ERROR_STATUS = {
     "saga_not_found": 404,
     "action_not_allowed": 409,
     "saga_version_not_declared": 409,
+    "unknown_step": 422,
 }
 
 _HTTP_CODES = {

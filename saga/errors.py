@@ -68,6 +68,12 @@ class VersionNotDeclared(SagaError):
     code = "saga_version_not_declared"
 
 
+class UnknownStep(SagaError):
+    """A request named a step its saga type does not have (a rewind's `to`)."""
+
+    code = "unknown_step"
+
+
 class InvalidInput(SagaError):
     code = "invalid_input"
 

@@ -55,7 +55,7 @@ def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = 
                                 {"status": record.status})
         wanted = record.awaiting
         saga_type = versions.type_of(record)
-        whole = patched_input(conn, record, changed, allowed=wanted["fields"])
+        whole = patched_input(conn, record, saga_type, changed, allowed=wanted["fields"])
         stored, large = saga_type.split_input(valid_payload(saga_type, whole))
         index = next(s.index for s in record.steps if s.name == wanted["step"])
         received = db.fetchone(conn, _RECEIVE, {

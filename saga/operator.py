@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from saga import compensation, db, dispatch, runner, store, versions
 from saga.claims import patience
-from saga.definitions import SagaType
+from saga.definitions import SagaType, get_saga_type
 from saga.errors import ActionRefused, InvalidInput
 from saga.ledger import saga_events, saga_steps, sagas
 from saga.runner import Started, send_forward
@@ -161,7 +161,7 @@ def restart(saga_id: UUID, tenant: str | None = None, patch: Mapping[str, Any] |
                             {"status": record.status})
     changed = dict(patch or {})
     with db.transaction() as conn:
-        whole = patched_input(conn, record, changed)
+        whole = patched_input(conn, record, get_saga_type(record.type), changed)  # restarted on the newest
     try:
         return runner.start(record.type, whole,
                             idempotency_key=key, tenant=record.tenant, dispatch=dispatch, restart_of=saga_id,
@@ -172,11 +172,11 @@ def restart(saga_id: UUID, tenant: str | None = None, patch: Mapping[str, Any] |
         raise _restarted_already(store.load(saga_id)) from None  # a restart under another key won meanwhile
 
 
-def patched_input(conn: Connection, record: SagaRecord, patch: Mapping[str, Any],
+def patched_input(conn: Connection, record: SagaRecord, saga_type: SagaType[Any], patch: Mapping[str, Any],
                   allowed: Sequence[str] | None = None) -> dict[str, Any]:
     """The saga's whole input, its large fields included, with the fields in `patch` replaced (not validated
-    yet); InvalidInput naming each field its input model lacks, or that `allowed` leaves out."""
-    model = versions.type_of(record).input_model
+    yet); InvalidInput naming each field `saga_type`'s input model lacks, or that `allowed` leaves out."""
+    model = saga_type.input_model
     known = set(model.model_fields) if allowed is None else set(allowed)
     unknown = sorted(set(patch) - known)
     if unknown:

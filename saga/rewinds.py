@@ -14,7 +14,7 @@ from saga import db, dispatch, store, versions
 from saga.claims import patience
 from saga.compensation import UNFINISHED_STEPS
 from saga.definitions import SagaType
-from saga.errors import ActionRefused, IdempotencyConflict, InvalidInput
+from saga.errors import ActionRefused, IdempotencyConflict, UnknownStep
 from saga.operator import locked, patched_input, refuse_past_point_of_no_return, send_compensations
 from saga.runner import valid_payload
 
@@ -61,11 +61,11 @@ def rewind(saga_id: UUID, to: str, patch: Mapping[str, Any] | None = None, tenan
         saga_type = versions.type_of(record)
         target = next((s for s in saga_type.steps if s.name == to), None)
         if target is None:
-            raise InvalidInput(f"saga type {record.type!r} has no step {to!r} (steps: "
-                               f"{', '.join(s.name for s in saga_type.steps)})", [{"field": "to", "message":
-                                                                                    "no such step"}])
+            raise UnknownStep(f"saga type {record.type!r} has no step {to!r} (steps: "
+                              f"{', '.join(s.name for s in saga_type.steps)})", [{"field": "to", "message":
+                                                                                   "no such step"}])
         _check_safe(record, saga_type, target.index)
-        stored, large = saga_type.split_input(valid_payload(saga_type, patched_input(conn, record, changed)))
+        stored, large = saga_type.split_input(valid_payload(saga_type, patched_input(conn, record, saga_type, changed)))
         plan: dict[str, Any] = {"to": target.index, "step": to, "input": stored, "fields": sorted(changed)}
         if large is not None and set(changed) & set(saga_type.large_fields):
             plan["large"] = large
