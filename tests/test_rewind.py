@@ -9,9 +9,11 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
-from saga import db
+import saga
+from saga import ActionRefused, db
 from saga.client import SagaClient
 from saga.testing import Stack
 from standins import StandIns
@@ -114,3 +116,23 @@ def test_a_rewind_with_invalid_input_is_refused_and_the_cli_rewinds_on_the_datab
     assert begun[0]["detail"]["by"]["via"] == "cli" and begun[0]["detail"]["by"]["user"]
     assert executions(saga_id)["upload_logo"] == 1 and executions(saga_id)["create_posting"] == 1
     assert_clean_end(standins, uuid.UUID(saga_id), "completed")
+
+
+def test_a_rewind_over_a_step_that_may_have_acted_without_a_compensation_is_refused(stack: Stack, fresh: None) -> None:
+    from tests.test_definitions import declare
+
+    declare("pivot_without_undo", ["compensable", "pivot"])  # s0 has a compensation, the pivot s1 none
+    saga_id = saga.start("pivot_without_undo", {"email": "ann@example.com", "amount": 1}, dispatch=False).saga.id
+    # What the workers leave when s0 succeeded and s1's attempt, which may have acted, asked for input.
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE saga_steps SET status = 'succeeded', attempts = 1 WHERE saga_id = :s AND idx = 0"),
+                     {"s": saga_id})
+        conn.execute(text("UPDATE saga_steps SET attempts = 1, effect_unknown = true WHERE saga_id = :s AND idx = 1"),
+                     {"s": saga_id})
+        conn.execute(text("UPDATE sagas SET status = 'awaiting_input', awaiting = '{\"step\": \"s1\", \"fields\": "
+                          "[\"amount\"], \"reason\": \"r\", \"until\": \"2999-01-01T00:00:00+00:00\"}' WHERE id = :s"),
+                     {"s": saga_id})
+    before = saga.events(saga_id)
+    with pytest.raises(ActionRefused, match="step s1 cannot be undone"):
+        saga.rewind(saga_id, "s0", idempotency_key="k", by={"via": "test"})
+    assert saga.load(saga_id).status == "awaiting_input" and saga.events(saga_id) == before
