@@ -34,7 +34,9 @@ DATA_DIR = ROOT / ".saga" / "bench"
 QUEUE = "bench"
 POLL = 0.02
 SOLO_POLL = 0.002  # one-at-a-time runs poll faster: their latency is the figure
-GOAL = 0.8
+GOAL = 0.9
+# Sagas whose bodies commit on their own: a claim and a commit of their own per step.
+GOAL_OWN_TX = 0.8
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -288,7 +290,7 @@ def summarize(args: argparse.Namespace, rounds: list[dict[str, Any]], solo: Any,
         "n": args.n, "rounds": args.rounds, "concurrency": args.concurrency, "warmup": args.warmup,
         "order": "odd rounds: N plain chains, N sagas, N own-tx sagas; even rounds the reverse; one worker",
         "chains_per_s": round(chains_per_s, 2), "sagas_per_s": round(sagas_per_s, 2),
-        "ratio": round(sagas_per_s / chains_per_s, 3), "goal": GOAL,
+        "ratio": round(sagas_per_s / chains_per_s, 3), "goal": GOAL, "goal_own_tx": GOAL_OWN_TX,
         "ratio_by_round": [round(r["chains"]["wall_s"] / r["sagas"]["wall_s"], 3) for r in rounds],
         "sagas_own_tx_per_s": round(n_total / own_wall, 2),
         "ratio_own_tx": round(n_total / own_wall / chains_per_s, 3),
@@ -324,7 +326,10 @@ def _mean_parts(samples: list[dict[str, float]]) -> dict[str, float]:
 
 
 def report(r: dict[str, Any]) -> None:
-    verdict = "meets" if r["ratio"] >= r["goal"] else "below"
+    median = statistics.median(r["ratio_by_round"])
+    median_own = statistics.median(r["ratio_own_tx_by_round"])
+    verdict = "meets" if median >= r["goal"] else "below"
+    verdict_own = "meets" if median_own >= r["goal_own_tx"] else "below"
     lines = [
         "", "=== saga vs plain Celery benchmark ===",
         f"N per phase        {r['n']}  (x{r['rounds']} round(s), warm-up {r['warmup']})",
@@ -332,11 +337,11 @@ def report(r: dict[str, Any]) -> None:
         f"order              {r['order']}",
         f"plain chains/s     {r['chains_per_s']:.1f}",
         f"sagas/s            {r['sagas_per_s']:.1f}   (transactional steps: each row written in the step's commit)",
-        (f"ratio sagas/chains {r['ratio']:.3f}  ({verdict} the {r['goal']} goal; by round "
-         f"{' '.join(f'{x:.2f}' for x in r['ratio_by_round'])}, median {statistics.median(r['ratio_by_round']):.3f})"),
+        (f"ratio sagas/chains {r['ratio']:.3f}  (by round {' '.join(f'{x:.2f}' for x in r['ratio_by_round'])}, "
+         f"median {median:.3f}: {verdict} the {r['goal']} goal)"),
         (f"sagas/s, own tx    {r['sagas_own_tx_per_s']:.1f}   (each body writes in a transaction of its own; "
          f"ratio {r['ratio_own_tx']:.3f}, by round {' '.join(f'{x:.2f}' for x in r['ratio_own_tx_by_round'])}, "
-         f"median {statistics.median(r['ratio_own_tx_by_round']):.3f})"),
+         f"median {median_own:.3f}: {verdict_own} the {r['goal_own_tx']} goal)"),
         (f"saga latency       p50 {r['saga_latency_ms']['p50']:.0f} ms   p99 {r['saga_latency_ms']['p99']:.0f} ms"
          "   (updated_at - created_at, all N submitted at once, so it includes queueing)"),
     ]
