@@ -489,14 +489,9 @@ def _action(name: str, doc: str) -> None:
     def command(saga_id: UUID, use_api: bool, api_url: str | None, api_key: str | None) -> None:
         import saga
 
-        client = _client(use_api, api_url, api_key)
-        if client is not None:
-            with client:
-                click.echo(render(getattr(client, name)(saga_id).model_dump(mode="json")))
-            return
-        _boot()
-        record = getattr(saga, name)(saga_id)
-        click.echo(render(record))
+        _act_then_show(_client(use_api, api_url, api_key), saga_id, False, False,
+                       lambda client: getattr(client, name)(saga_id).model_dump(mode="json"),
+                       lambda: getattr(saga, name)(saga_id))
 
 
 _action("cancel", "Cancel a saga: compensate what was done (refused past the point of no return).")

@@ -102,10 +102,7 @@ def begin(saga_id: UUID, saga_type: SagaType[Any], reason: str, *, after_leases:
                                     "after_leases": after_leases, "waited_out": waited_out}).scalar()
     if won:
         log.info("saga %s compensating: %s", saga_id, reason)
-        try:
-            dispatch.compensations(store.load(saga_id), saga_type)
-        except Exception as exc:  # noqa: BLE001 - the broker is down: recovery dispatches once the deadline passes
-            log.warning("saga %s: compensations not dispatched (%s: %s)", saga_id, type(exc).__name__, exc)
+        dispatch.compensations_or_later(store.load(saga_id), saga_type)
     return bool(won)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from uuid import UUID
 
 from celery import chain
@@ -9,6 +10,8 @@ from celery import chain
 from saga import tracing
 from saga.definitions import SagaType, Step
 from saga.store import SagaRecord, StepRecord
+
+log = logging.getLogger("saga.dispatch")
 
 # The engine's own tasks (`saga.engine_tasks`), by name.
 ON_ERROR = "saga.on_error"
@@ -40,6 +43,15 @@ def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | No
                                                queue=saga_type.queue))
     with tracing.in_saga(record.id):
         chain(*sigs).on_error(_errback(saga_type, record.id)).apply_async(countdown=countdown)
+
+
+def compensations_or_later(record: SagaRecord, saga_type: SagaType) -> None:
+    """`compensations`, unless the broker is down: then recovery dispatches them once the saga's deadline passes."""
+    try:
+        compensations(record, saga_type)
+    except Exception as exc:  # noqa: BLE001 - any broker failure leaves the work to recovery
+        log.warning("saga %s: compensations not dispatched (%s: %s); recovery will", record.id,
+                    type(exc).__name__, exc)
 
 
 def owed(record: SagaRecord, saga_type: SagaType) -> list[Step]:

@@ -96,7 +96,7 @@ def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
             resumed = store.load(saga_id, conn=conn)
             undo = False
     if undo:
-        send_compensations(resumed, saga_type)
+        dispatch.compensations_or_later(resumed, saga_type)
     else:
         send_forward(saga_id, record.type, first.index, record.version)
     return resumed  # as resume left it: the workers may already have moved it on
@@ -109,14 +109,6 @@ def _paused_from(conn: Connection, saga_id: UUID) -> str | None:
                                                           saga_events.c.kind == "saga_paused")
         .order_by(saga_events.c.id.desc()).limit(1)
     ).scalar()
-
-
-def send_compensations(record: SagaRecord, saga_type: SagaType[Any]) -> None:
-    """Dispatch the compensations the saga owes; if the broker is down, recovery does once it is back."""
-    try:
-        dispatch.compensations(record, saga_type)
-    except Exception as exc:  # noqa: BLE001 - recovery dispatches once the broker is back
-        log.warning("saga %s: compensation not dispatched (%s); recovery will", record.id, exc)
 
 
 def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
@@ -138,7 +130,7 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
         conn.execute(insert(saga_events).values(
             saga_id=saga_id, kind="compensation_rerun", detail={"steps": [record.steps[i].name for i in retry]}))
         record = store.load(saga_id, conn=conn)
-    send_compensations(record, saga_type)
+    dispatch.compensations_or_later(record, saga_type)
     return record  # as this action left it: the workers may already have moved it on
 
 

@@ -15,7 +15,7 @@ from saga.claims import patience
 from saga.compensation import UNFINISHED_STEPS
 from saga.definitions import SagaType
 from saga.errors import ActionRefused, IdempotencyConflict, UnknownStep
-from saga.operator import locked, patched_input, refuse_past_point_of_no_return, send_compensations
+from saga.operator import locked, patched_input, refuse_past_point_of_no_return
 from saga.runner import valid_payload
 
 # Sagas a rewind may take back: no step is in flight in them.
@@ -76,7 +76,7 @@ def rewind(saga_id: UUID, to: str, patch: Mapping[str, Any] | None = None, tenan
                                   "idempotency_key": idempotency_key, "hash": store.digest(request)}),
         })
         record = store.load(saga_id, conn=conn)
-    send_compensations(record, saga_type)
+    dispatch.compensations_or_later(record, saga_type)
     return record
 
 

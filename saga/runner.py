@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +67,7 @@ def start(
     payload = valid_payload(saga_type, input_data)
 
     request = {"type": type_name, "input": payload} | ({"restart_of": str(restart_of)} if restart_of else {})
-    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    request_hash = store.digest(request)
     saga_id = uuid4()
     stored, large = saga_type.split_input(payload)
     # One statement, so autocommit: the ledger holds the saga before it is dispatched.
