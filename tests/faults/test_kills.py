@@ -72,4 +72,6 @@ def test_a_worker_frozen_past_its_leases_then_resumed_commits_nothing_late(
     assert not errors, errors
     report("a worker frozen past its leases", counts)
     print(f"  the frozen worker's executions discarded after it woke: {frozen.log_text().count('lease lost')}")
-    assert_kept(counts)
+    # I5's window: a receipt frozen between its send and its commit is sent again by the worker that takes the
+    # step over, at most one per pool process of the frozen worker (2).
+    assert_kept(counts, duplicate_emails=2)

@@ -72,7 +72,9 @@ def test_a_worker_cut_off_from_postgres_and_redis_mid_step_commits_nothing_late(
     report("a worker cut off from postgres and redis", counts)
     print(f"  connections the cut worker was refused: {to_db.refused} to postgres, {to_broker.refused} to redis")
     assert to_db.refused + to_broker.refused > 0, "the cut worker never tried to reconnect"
-    assert_kept(counts)
+    # I5's window: a receipt the cut worker had just handed to SMTP (not cut) cannot be committed, so the worker
+    # that takes the step over sends it again, at most one per pool process of the cut worker (2).
+    assert_kept(counts, duplicate_emails=2)
     late = succeeded_late(cut.log_text(), cut_at, restored_at)
     assert not late, f"the cut worker committed steps it had taken before the cut, after it came back: {late}"
 
