@@ -21,8 +21,12 @@ $(VENV)/.installed: pyproject.toml
 # crash tests that kill a pool process after a body acted or a whole worker.
 RABBITMQ_TESTS := tests/test_job_posting.py tests/test_crash.py -k "test_job_posting or whole_worker or (step_boundary and after)"
 
+# The main suite runs in two pytest-xdist processes, each on a stack of its own (database, Redis DB, workers,
+# stand-ins); a test file stays in one process, so its module fixtures (an API server, a browser) start once.
+TEST_PROCESSES ?= 2
+
 test: venv
-	$(BIN)/pytest -q --ignore=tests/faults --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile --ignore=tests/faults --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-rabbitmq
 

@@ -19,6 +19,8 @@ from tasks.settings import job_posting_settings
 # The crash-test kit's fixtures (saga_crashes), on this session's stack (saga_stack below).
 pytest_plugins = ["saga.testing.plugin"]
 ROOT = Path(__file__).resolve().parent.parent
+# This session's files (logs, stand-ins' data, embedded servers): one directory per pytest-xdist process.
+TEST_DIR = ROOT / ".saga" / "-".join(filter(None, ("test", os.environ.get("PYTEST_XDIST_WORKER"))))
 
 SETTINGS = {
     "SAGA_PICKUP_TIMEOUT": "4",
@@ -33,7 +35,7 @@ SETTINGS = {
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Services]:
     """PostgreSQL and Redis: local ones if they answer, else embedded ones (devstack.servers)."""
-    found = start_services(ROOT / ".saga" / "test" / "services")
+    found = start_services(TEST_DIR / "services")
     try:
         yield found
     finally:
@@ -61,7 +63,7 @@ def rabbitmqctl(*args: str) -> None:
 
 @pytest.fixture(scope="session")
 def stack(servers: Services, broker_url: str) -> Iterator[Stack]:
-    s = Stack(data_dir=ROOT / ".saga" / "test", database_server_url=servers.database_url,
+    s = Stack(data_dir=TEST_DIR, database_server_url=servers.database_url,
               broker_url=broker_url, broker_env="SAGA_BROKER_URL", queues=("probe", "celery"),
               settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting,tests.sagas", **SETTINGS}, cwd=ROOT).start()
     from saga import db
@@ -119,7 +121,7 @@ def workers(stack: Stack, standins: StandIns) -> Stack:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    Path(ROOT / ".saga" / "test").mkdir(parents=True, exist_ok=True)
+    TEST_DIR.mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The saga console at /ui, driven in headless Chromium (Debian's chromium and chromedriver) against a real API,
 real workers and the stand-ins. Screenshots of a completed and a compensated job posting go to
-.saga/test/artifacts/."""
+.saga/test*/artifacts/ (one directory per pytest-xdist process)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from api import keys as apikeys
 from saga.testing import Stack, wait_until
-from tests.conftest import ROOT
+from tests.conftest import TEST_DIR
 from tests.jobs import posting
 
-ARTIFACTS = ROOT / ".saga" / "test" / "artifacts"
+ARTIFACTS = TEST_DIR / "artifacts"
 FINAL = ("completed", "compensated", "paused", "failed")
 
 
@@ -85,6 +85,12 @@ def rows(browser: WebDriver) -> list[str]:
     return texts(browser, "#sagas tbody tr[data-id]", "data-id")
 
 
+def in_timeline(browser: WebDriver, *kinds: str, timeout: float = 20) -> None:
+    """Wait for these events in the timeline: the page draws a saga first and its timeline after it."""
+    WebDriverWait(browser, timeout).until(lambda b: set(kinds) <= set(texts(b, "#timeline .kind")),
+                                          f"{kinds} not in the timeline")
+
+
 def badge(browser: WebDriver) -> str:
     found = texts(browser, "#d-summary .status")
     return found[0] if found else ""
@@ -107,7 +113,7 @@ def test_list_filter_and_a_compensated_posting_undone_newest_first(
     WebDriverWait(browser, 10).until(lambda b: rows(b) == [declined])
 
     browser.find_element(By.LINK_TEXT, declined).click()
-    WebDriverWait(browser, 10).until(lambda b: texts(b, "#timeline li"))
+    in_timeline(browser, "saga_compensated")
     assert badge(browser) == "compensated"
     assert "card declined" in texts(browser, "#d-error")[0]
     undone = texts(browser, '#timeline li[data-kind="step_compensated"]', "data-step")
@@ -171,7 +177,7 @@ def test_resume_a_paused_saga_and_compensate_a_failed_one(
     switch(stuck, False)  # the operator fixed what made `d` fail
     browser.find_element(By.CSS_SELECTOR, '#actions [data-action="resume"]').click()
     WebDriverWait(browser, 30).until(lambda b: badge(b) == "completed")
-    assert texts(browser, '#timeline li[data-kind="saga_resumed"]'), "the resume is not in the timeline"
+    in_timeline(browser, "saga_resumed")
 
     undo_stuck = f"undo-b-{uuid.uuid4()}"
     switch(undo_stuck, True)
@@ -202,7 +208,7 @@ def test_restart_opens_the_new_saga_and_both_pages_link_to_each_other(
     browser.find_element(By.CSS_SELECTOR, '#d-links a[data-link="restart_of"]').click()
     WebDriverWait(browser, 20).until(lambda b: texts(b, '#d-links a[data-link="restarted_as"]') == [restarted])
     assert browser.find_element(By.CSS_SELECTOR, '#actions [data-action="restart"]').is_displayed() is False
-    assert "saga_restarted" in texts(browser, "#timeline .kind")
+    in_timeline(browser, "saga_restarted")
 
 
 def test_a_saga_awaiting_input_shows_what_it_waits_for_and_takes_it_from_the_page(
@@ -215,14 +221,14 @@ def test_a_saga_awaiting_input_shows_what_it_waits_for_and_takes_it_from_the_pag
     what = texts(browser, "#d-awaiting-what")[0]
     assert "payment_method for step charge_payment" in what and "insufficient_funds" in what, what
     assert browser.find_element(By.CSS_SELECTOR, '#actions [data-action="cancel"]').is_displayed()
-    assert "input_requested" in texts(browser, "#timeline .kind")
+    in_timeline(browser, "input_requested")
     box = browser.find_element(By.ID, "d-awaiting-input")
     box.clear()
     box.send_keys('{"payment_method": "pm_card_visa"}')
     browser.find_element(By.CSS_SELECTOR, "#d-awaiting button").click()
     WebDriverWait(browser, 60).until(lambda b: badge(b) == "completed")
     assert browser.find_element(By.ID, "d-awaiting").is_displayed() is False
-    assert "input_received" in texts(browser, "#timeline .kind")
+    in_timeline(browser, "input_received", "saga_completed")
     assert ended(client, waiting)["input"]["payment_method"] == "pm_card_visa"
 
 
@@ -239,8 +245,7 @@ def test_a_rewind_from_the_page_shows_in_the_timeline(
     box.send_keys('{"title": "Rocket scientist", "payment_method": "pm_card_visa"}')
     browser.find_element(By.CSS_SELECTOR, "#d-rewind button").click()
     WebDriverWait(browser, 60).until(lambda b: badge(b) == "completed")
-    kinds = texts(browser, "#timeline .kind")
-    assert "rewind_begun" in kinds and "saga_rewound" in kinds, kinds
+    in_timeline(browser, "rewind_begun", "saga_rewound", "saga_completed")
     assert texts(browser, '#timeline li[data-kind="step_compensated"]', "data-step") == [
         "charge_payment", "create_posting"]
     assert browser.find_element(By.ID, "d-rewind").is_displayed() is False, "no rewind past the point of no return"

@@ -8,7 +8,7 @@ import textwrap
 
 from devstack.servers import Services
 from saga.testing import Stack
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_DIR
 
 # A session whose test module imported the app, and read its settings, before the stack started.
 EARLY_APP = textwrap.dedent("""
@@ -31,7 +31,7 @@ EARLY_APP = textwrap.dedent("""
 
 def test_a_stack_points_an_app_that_read_its_settings_before_it_started(servers: Services) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", EARLY_APP, str(ROOT / ".saga" / "test" / "early"), servers.database_url,
+        [sys.executable, "-c", EARLY_APP, str(TEST_DIR / "early"), servers.database_url,
          servers.broker_url], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
 
