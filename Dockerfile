@@ -1,30 +1,33 @@
-# Image for the app services of docker-compose.yml (saga api / worker / beat / flower / migrate).
-# Stage 1 builds the package's wheel from the files below (tests/test_deploy.py builds the same wheel and checks
-# it holds every module the services import); stage 2 installs that wheel and nothing else of the sources.
+# Image of the service (docker-compose.yml: `python -m service api|worker|beat|flower|migrate`). Stage 1 builds the
+# library's wheel from its own sources alone; stage 2 installs that wheel with the service's dependency group and
+# copies the service's modules to /app, where they run (they are never installed as packages).
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md celeryconfig.py cli.py ./
+COPY pyproject.toml README.md ./
 COPY saga/ saga/
-COPY api/ api/
-COPY tasks/ tasks/
-COPY workers/ workers/
-COPY devstack/ devstack/
-COPY standins/ standins/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app
+WORKDIR /app
 COPY --from=build /wheels /wheels
-# With the tracing extra, so SAGA_TRACING=true needs no other image.
-RUN pip install "$(ls /wheels/*.whl)[tracing]" && rm -rf /wheels \
+COPY pyproject.toml ./
+# Dependency groups need pip 25.1 or newer.
+RUN pip install 'pip>=25.1' \
+    && pip install "$(ls /wheels/*.whl)[redis,metrics,tracing,client]" --group service && rm -rf /wheels \
     && useradd --system --create-home --home-dir /home/saga --shell /usr/sbin/nologin --uid 10001 saga
+COPY service.py celeryconfig.py ./
+COPY api/ api/
+COPY tasks/ tasks/
+COPY workers/ workers/
+COPY migrations/ migrations/
 
-# Unprivileged; the home directory is the writable working directory (e.g. beat's schedule file).
+# Unprivileged; the home directory is the writable place (e.g. beat's schedule file).
 USER saga
-WORKDIR /home/saga
 EXPOSE 8000 5555 9100
-CMD ["saga", "api"]
+CMD ["python", "-m", "service", "api"]

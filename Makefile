@@ -11,10 +11,12 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-# The stamp is touched only after a successful install, so a failed one is retried.
+# The library (editable, with every extra) and the service's and the tests' dependency groups, which need
+# pip 25.1 or newer. The stamp is touched only after a successful install, so a failed one is retried.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -q 'pip>=25.1'
+	$(BIN)/python -m pip install -e '.[redis,metrics,tracing,client,testing]' --group dev
 	touch $@
 
 # The whole suite on Redis, then on RabbitMQ (a vhost of their own) the job-posting integration tests and the
@@ -38,7 +40,7 @@ test-rabbitmq: venv
 	SAGA_TEST_BROKER=rabbitmq $(BIN)/pytest -q $(RABBITMQ_TESTS)
 
 run: venv
-	$(BIN)/saga dev
+	$(BIN)/python -m service dev
 
 bench: venv
 	$(BIN)/python -m bench.run

@@ -1,1 +1,1 @@
-"""The HTTP API (FastAPI): `api.app.create_app()`, served by `saga api` (see `api.server`)."""
+"""The HTTP API (FastAPI): `api.app.create_app()`, served by `python -m service api` (see `api.server`)."""

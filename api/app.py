@@ -1,7 +1,8 @@
 """The FastAPI application: `/v1/sagas`, `/healthz`, `/metrics`, OpenAPI at `/openapi.json`, docs at `/docs`
 and `/redoc` (with their scripts and styles, so they work without internet).
 
-`create_app()` loads every saga type (the `SAGA_MODULES` setting) once, so the API knows them all.
+`create_app()` loads the Celery app it serves (`SAGA_APP`: the job board's `workers.app`, or a shop's own) with
+every saga type it declares, once, so the API knows them all.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from api.routes import router
 from api.schemas import Health
 from api.watch import ChangeWatcher
 from saga import tracing
+from saga.engine import find_sagas
 from saga.settings import get_settings
-from workers.app import load_modules
+from workers.settings import service_settings
 
 DESCRIPTION = """
 Start multi-step business operations ("sagas") and follow them until every step happened exactly once
@@ -38,7 +40,7 @@ Every error is `{"error": {"code", "message", "details"}}`.
 
 def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     """The API application, ready to serve (uvicorn: `api.app:create_app` with `--factory`)."""
-    load_modules()
+    celery_app = find_sagas(service_settings().app).app
     traced = get_settings().tracing
     if traced:
         tracing.install("saga-api")
@@ -61,7 +63,7 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
              summary="Whether the database and the broker answer (no key needed)", operation_id="health")
     async def healthz() -> JSONResponse:
         database = await run_in_threadpool(health.database)
-        broker = await run_in_threadpool(health.broker)
+        broker = await run_in_threadpool(health.broker, celery_app)
         ok = database is None and broker is None
         return JSONResponse({
             "status": "ok" if ok else "unavailable",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import text
 
 from saga import db
-from workers.app import app as celery_app
 
 # Seconds a health check waits for the broker before calling it down.
 BROKER_TIMEOUT = 2.0
@@ -21,8 +22,8 @@ def database() -> str | None:
         return type(exc).__name__
 
 
-def broker() -> str | None:
-    """None if a connection to the broker can be opened, else the kind of error."""
+def broker(celery_app: Any) -> str | None:
+    """None if a connection to `celery_app`'s broker can be opened, else the kind of error."""
     try:
         with celery_app.connection_for_write(connect_timeout=BROKER_TIMEOUT,
                                              transport_options={"socket_connect_timeout": BROKER_TIMEOUT,

@@ -1,6 +1,6 @@
 """API keys: each belongs to one tenant, and only its SHA-256 is stored (in the `api_keys` table).
 
-Keys come from two places: the database (created with `saga keys create`, revocable) and the
+Keys come from two places: the database (created with `python -m service keys create`, revocable) and the
 `SAGA_API_KEYS` setting (`tenant:key,...`, for development and tests). A key is a long random token,
 so a fast hash is enough to store it safely; the plain key is shown once, when it is created.
 """
@@ -15,11 +15,33 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import RowMapping, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    RowMapping,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from saga import db
-from saga.ledger import api_keys
 from workers.settings import service_settings
+
+# The service's own table (migrations/), beside the ledger's: created by `python -m service migrate`.
+api_keys = Table(
+    "api_keys", MetaData(),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant", Text, nullable=False),
+    Column("name", Text),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+)
 
 KEY_PREFIX = "saga_"
 # What every stored key looks like (the prefix and 32 random bytes, URL-safe base64).

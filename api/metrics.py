@@ -1,6 +1,6 @@
 """Prometheus metrics of the API: requests by route and status, their latency, and sagas started.
 
-Metrics are per process (`saga api --workers N` gives each process its own).
+Metrics are per process (`python -m service api --workers N` gives each process its own).
 """
 
 from __future__ import annotations

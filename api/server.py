@@ -1,4 +1,4 @@
-"""Serving the API with uvicorn in this process (`saga api`)."""
+"""Serving the API with uvicorn in this process (`python -m service api`)."""
 
 from __future__ import annotations
 

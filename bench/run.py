@@ -27,6 +27,7 @@ from typing import Any
 
 from bench import cpu
 from devstack.servers import start_services
+from devstack.service_stack import ServiceStack
 from saga.testing import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     servers = start_services(DATA_DIR / "services")
-    stack = Stack(data_dir=DATA_DIR, database_server_url=servers.database_url, broker_url=servers.broker_url,
-                  broker_env="SAGA_BROKER_URL", settings={"SAGA_MODULES": "tasks.demo,bench.sagas"}, cwd=ROOT)
+    stack = ServiceStack(data_dir=DATA_DIR, database_server_url=servers.database_url, broker_url=servers.broker_url,
+                  settings={"SAGA_MODULES": "tasks.demo,bench.sagas"}, cwd=ROOT)
     (DATA_DIR / "bench.log").unlink(missing_ok=True)  # the worker's log, appended to by each start: this run only
     try:
         stack.start()

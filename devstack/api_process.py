@@ -1,4 +1,4 @@
-"""The HTTP API as a child process (`saga dev`, tests, the benchmark), returned once it answers."""
+"""The HTTP API as a child process (`python -m service dev`, tests, the benchmark), returned once it answers."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def spawn(name: str, env: dict[str, str], log_dir: Path, host: str = "127.0.0.1", port: int = 8000,
           extra: tuple[str, ...] = (), timeout: float = 60.0) -> Process:
-    """Start `saga api` as a child process in its own process group; returns once it answers HTTP."""
-    argv = [sys.executable, "-m", "cli", "api", "--host", host, "--port", str(port), *extra]
+    """Start `python -m service api` as a child process in its own process group; returns once it answers HTTP."""
+    argv = [sys.executable, "-m", "service", "api", "--host", host, "--port", str(port), *extra]
     process = Process.spawn(name, argv, env, log_dir, cwd=ROOT)
     url = f"http://{host}:{port}/healthz"
     deadline = time.monotonic() + timeout

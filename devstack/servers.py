@@ -88,7 +88,7 @@ class ServiceError(RuntimeError):
 
 @dataclass
 class Services:
-    """The servers a test session or ``saga dev`` talks to; :meth:`stop` ends the embedded ones it started."""
+    """The servers a test session or ``python -m service dev`` talks to; :meth:`stop` ends the embedded ones it started."""
 
     #: SQLAlchemy URL, driver psycopg 3. Of the server's ``postgres`` maintenance database, or
     #: SAGA_DATABASE_URL as given (with its database) when set; see :func:`with_database`.

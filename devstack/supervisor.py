@@ -1,4 +1,4 @@
-"""`saga dev` (what `make run` runs): the whole stack on one machine, on embedded servers by default."""
+"""`python -m service dev` (what `make run` runs): the whole stack on one machine, on embedded servers by default."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import uuid4
 
 from devstack.servers import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
@@ -28,18 +27,14 @@ EXAMPLES = ROOT / "examples"
 STOP_GRACE = 1.5
 
 
-def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bool = True,
-        api_port: int = 8000, flower_port: int = 5555) -> None:
-    """Start servers, migrate, start workers and beat, optionally run the demo sagas; Ctrl-C stops it all.
-
-    `render` shows a saga as text (the CLI's table), for the demo's progress.
-    """
+def run(data_dir: Path, workers: int = 2, demo: bool = True, api_port: int = 8000, flower_port: int = 5555) -> None:
+    """Start servers, migrate, start workers and beat, optionally run the demo sagas; Ctrl-C stops it all."""
     # Killed outright, `make` (our parent) takes us down too: SIGTERM, so we stop what we started.
     die_with_parent(signal.SIGTERM)
     missing = [m for m in ("moto", "aiosmtpd") if importlib.util.find_spec(m) is None]
     if missing:
-        raise SystemExit(f"saga dev: the S3 and SMTP stand-ins need {', '.join(missing)}: "
-                         "pip install 'celery-sagas[local]'")
+        raise SystemExit(f"service dev: the S3 and SMTP stand-ins need {', '.join(missing)}: "
+                         "make venv installs them")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -68,13 +63,14 @@ def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bo
         env |= standins.env | {"SAGA_TENANT": "dev",  # the tenant of the dev API key, so CLI and API agree
                                "SAGA_FLOWER_URL": f"http://127.0.0.1:{flower_port}"}
         os.environ.update(env)
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        import migrations
         from saga import migrate, settings
 
         settings.configure(database_url=env[DATABASE_ENV])
         migrate.upgrade(env[DATABASE_ENV])
+        migrations.upgrade(env[DATABASE_ENV])
         logs = data_dir / "logs"
-        saga_cmd = [sys.executable, "-m", "cli"]
+        saga_cmd = [sys.executable, "-m", "service"]
         for n in range(1, workers + 1):
             processes.append(Process.spawn(f"worker-{n}", [*saga_cmd, "worker", "-n", f"worker{n}@%h"], env, logs,
                                            cwd=ROOT))
@@ -83,14 +79,18 @@ def run(data_dir: Path, render: Callable[[Any], str], workers: int = 2, demo: bo
         from api.keys import ensure_dev_key
 
         api_key = ensure_dev_key(data_dir / "api-key")
+        api_url = f"http://127.0.0.1:{api_port}"
+        # What `saga --env-file .saga/env` (the library's operator CLI) needs to act on this stack, here or --api.
+        operator = {"SAGA_APP": "workers.app", "SAGA_API_URL": api_url, "SAGA_API_KEY": api_key}
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in (env | operator).items()))
         processes.append(_api(env, logs, api_port))
         # Flower is watched by nobody: if its port is taken the rest of the stack still runs.
         extras.append(Process.spawn("flower", [*saga_cmd, "flower", f"--port={flower_port}"],
                                     {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logs, cwd=ROOT))
         _wait_ready(processes[:workers])
-        _banner(env, logs, env_file, api_key, f"http://127.0.0.1:{api_port}", flower_port)
+        _banner(env, logs, env_file, api_key, api_url, flower_port)
         if demo:
-            _demo(standins, render)
+            _demo(standins)
         print("\nRunning. Ctrl-C stops every process started here.", flush=True)
         while all(p.alive() for p in processes):
             time.sleep(0.5)
@@ -112,9 +112,9 @@ def _wait_ready(workers: list[Process], timeout: float = 60) -> None:
     while not all(" ready." in p.log_text() for p in workers):
         dead = [p for p in workers if not p.alive()]
         if dead:
-            raise SystemExit(f"saga dev: {dead[0].name} exited:\n{dead[0].log_text()[-2000:]}")
+            raise SystemExit(f"service dev: {dead[0].name} exited:\n{dead[0].log_text()[-2000:]}")
         if time.monotonic() > deadline:
-            raise SystemExit("saga dev: workers did not become ready in time; see .saga/logs")
+            raise SystemExit("service dev: workers did not become ready in time; see .saga/logs")
         time.sleep(0.2)
 
 
@@ -124,7 +124,7 @@ def _api(env: dict[str, str], logs: Path, port: int) -> Process:
     try:
         return spawn("api", env, logs, port=port)
     except (RuntimeError, TimeoutError) as exc:
-        raise SystemExit(f"saga dev: the API could not start on port {port} ({exc}); is it in use?") from exc
+        raise SystemExit(f"service dev: the API could not start on port {port} ({exc}); is it in use?") from exc
 
 
 def _banner(env: dict[str, str], logs: Path, env_file: Path, api_key: str, api_url: str,
@@ -139,10 +139,11 @@ def _banner(env: dict[str, str], logs: Path, env_file: Path, api_key: str, api_u
 SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in .saga/standins/maildir)
   logs       {logs}/
 
-  In another terminal (the CLI reads {env_file} while this runs):
-    .venv/bin/saga submit job_posting --input @examples/job_posting.json --wait
-    .venv/bin/saga submit job_posting --input @examples/job_posting_declined.json --wait
-    .venv/bin/saga list            .venv/bin/saga status <id>      .venv/bin/saga events <id>
+  In another terminal ({env_file} holds this stack's servers, app and API while it runs):
+    .venv/bin/python -m service submit job_posting --input @examples/job_posting.json --wait
+    .venv/bin/python -m service submit job_posting --input @examples/job_posting_declined.json --wait
+    .venv/bin/saga --env-file {env_file} list
+    .venv/bin/saga --env-file {env_file} status <id>      .venv/bin/saga --env-file {env_file} events <id>
   or over HTTP:
     curl -s {api_url}/v1/sagas -H "Authorization: Bearer $(cat .saga/api-key)" \\
       -H "Idempotency-Key: first-posting" -H "Content-Type: application/json" \\
@@ -150,9 +151,10 @@ SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in .saga/standins/mai
 """, flush=True)
 
 
-def _demo(standins: StandIns, render: Callable[[Any], str]) -> None:
+def _demo(standins: StandIns) -> None:
     """Post one job that completes and one whose card is declined; show their steps, then the evidence."""
     import saga
+    from saga.cli import render
     from workers.app import load_modules
 
     load_modules()

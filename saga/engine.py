@@ -14,9 +14,11 @@ from pydantic import BaseModel
 
 from saga import db, engine_tasks, execution, logs, metrics, recovery, settings, tracing, worker_checks
 from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
-from saga.errors import StepFailed
+from saga.errors import ConfigurationError, StepFailed
 
 InputT = TypeVar("InputT", bound=BaseModel)
+# The engines bound in this process, one per Celery app.
+BOUND: list[Sagas] = []
 
 
 class Sagas:
@@ -24,12 +26,20 @@ class Sagas:
     worker start; saga types declared with `saga_type` get one Celery task per step and compensation on `app`.
 
     `database_url` and the other keyword arguments are engine settings (`saga.settings.Settings`); any left
-    out come from `SAGA_*` environment variables (`SAGA_DATABASE_URL`, ...).
+    out come from `SAGA_*` environment variables (`SAGA_DATABASE_URL`, ...). A bad setting, or one that needs an
+    extra that is not installed, raises `ConfigurationError` naming it.
     """
 
     def __init__(self, app: Any, *, database_url: str | None = None, **options: Any) -> None:
         self.app = app
-        settings.configure(database_url=database_url, **options)
+        configured = settings.configure(database_url=database_url, **options)
+        if configured.metrics_port and not metrics.AVAILABLE:
+            raise ConfigurationError("bad setting SAGA_METRICS_PORT: needs the metrics extra "
+                                     "(pip install 'celery-sagas[metrics]')")
+        if configured.tracing and not tracing.available():
+            raise ConfigurationError("bad setting SAGA_TRACING: needs the tracing extra "
+                                     "(pip install 'celery-sagas[tracing]')")
+        BOUND[:] = [s for s in BOUND if s.app is not app] + [self]
         db.dispose()
         engine_tasks.register(app)
         worker_checks.install(app)
@@ -97,3 +107,20 @@ class Sagas:
             # dies mid-step requeues it, and a failed or timed-out one is acked (the ledger decides what next).
             acks_late=True, reject_on_worker_lost=True, acks_on_failure=True, acks_on_timeout=True,
         )
+
+
+def find_sagas(target: str) -> Sagas:
+    """The `Sagas` of the Celery app that `target` names, as `celery -A target` finds it (`module`,
+    `module:app`, `package.module.attribute`), with the modules its `imports`/`include` settings list loaded, so
+    every saga type it declares is known. `ConfigurationError` if that app has none."""
+    from celery.app.utils import find_app
+
+    try:
+        app = find_app(target)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot load the Celery app {target!r}: {exc}") from exc
+    app.loader.import_default_modules()
+    for bound in BOUND:
+        if bound.app is app:
+            return bound
+    raise ConfigurationError(f"the Celery app {target!r} has no sagas: call saga.Sagas(app) where it is defined")

@@ -42,6 +42,15 @@ class LeaseLost(Exception):
     """Raised by `StepContext.checkpoint` when the attempt no longer holds its step: the body must stop."""
 
 
+class ConfigurationError(ValueError):
+    """A setting the engine cannot run with; the message names the setting (e.g. `SAGA_DATABASE_URL`)."""
+
+
+class WorkerRefused(SystemExit):
+    """A worker's or beat's settings would break a guarantee, so it does not start. A `SystemExit`, because
+    Celery logs and swallows any `Exception` raised while a worker or beat starts (its signal handlers)."""
+
+
 class StepFailed(Exception):
     """Raised by a step task once its failure is recorded, so Celery fires the chain's errback."""
 

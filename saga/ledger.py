@@ -104,12 +104,7 @@ saga_events = Table(
     Index("saga_events_saga", "saga_id", "id"),
 )
 
-api_keys = Table(
-    "api_keys", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("tenant", Text, nullable=False),
-    Column("name", Text),
-    Column("key_hash", Text, nullable=False, unique=True),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("revoked_at", DateTime(timezone=True)),
-)
+# The version table of the ledger's own Alembic history (`saga.migrate`), apart from any other in the database.
+VERSION_TABLE = "saga_alembic_version"
+# Every table the ledger owns: leave them out of your own Alembic autogenerate (`include_name`).
+TABLES = frozenset({*metadata.tables, VERSION_TABLE})

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the engine, counted in whichever process does the work (workers, the API, beat).
+"""Prometheus metrics of the engine, counted in whichever process does the work (workers, the API, beat); with
+the `metrics` extra (prometheus-client) installed, else counted nowhere.
 
 Under Celery's prefork pool each worker process counts into files under PROMETHEUS_MULTIPROC_DIR, and the
 worker's main process serves their sum on SAGA_METRICS_PORT (`serve`); beat serves its own there too. `LedgerCollector` reads
@@ -13,19 +14,48 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from saga import db
+from saga.errors import WorkerRefused
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError:  # the `metrics` extra is not installed: every metric below counts nothing
+    AVAILABLE = False
+    Collector = object  # type: ignore[assignment,misc]
+else:
+    AVAILABLE = True
 
 log = logging.getLogger("saga.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 if os.environ.get(MULTIPROC_ENV):  # each process's counts go to files there, made as the metrics are declared
     os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+
+
+class _Uncounted:
+    """A metric that counts nothing, for processes without prometheus-client."""
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def labels(self, *_: Any) -> _Uncounted:
+        return self
+
+    def inc(self, *_: Any) -> None:
+        pass
+
+    def observe(self, *_: Any) -> None:
+        pass
+
+
+if not AVAILABLE:
+    Counter = Histogram = _Uncounted  # type: ignore[assignment,misc]
+
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 SAGAS_STARTED = Counter("saga_sagas_started_total", "Sagas accepted (not replays of an idempotency key).",
@@ -56,7 +86,7 @@ def serve(port: int, *, pool: bool) -> None:
         start_http_server(port)
         return
     if not directory:
-        raise SystemExit(f"saga: SAGA_METRICS_PORT={port} needs {MULTIPROC_ENV} (a directory of this worker's "
+        raise WorkerRefused(f"saga: SAGA_METRICS_PORT={port} needs {MULTIPROC_ENV} (a directory of this worker's "
                          "own) so that every pool process's counts are added up")
     for stale in Path(directory).glob("*.db"):  # counts of an earlier run of this worker (the pool is not forked)
         if not stale.stem.endswith(f"_{os.getpid()}"):

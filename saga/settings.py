@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from saga.errors import ConfigurationError
+
 S = TypeVar("S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
-    """What the engine reads: `Sagas(app, database_url=...)` arguments first, then `SAGA_*` variables (or `.env`)."""
+    """What the engine reads: `Sagas(app, database_url=...)` arguments first, then `SAGA_*` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="SAGA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore")
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/saga"
     # Tenant of sagas started without one (`saga.start`, the CLI).
@@ -37,6 +38,7 @@ class Settings(BaseSettings):
     # "json": workers write one JSON object per log line (with the saga id, step, attempt and tenant).
     log_format: Literal["text", "json"] = "text"
     # A worker serves its Prometheus metrics on this port (with PROMETHEUS_MULTIPROC_DIR set); none if unset.
+    # Needs the `metrics` extra.
     metrics_port: int | None = None
     # OpenTelemetry: one trace per saga, exported over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT); the `tracing` extra.
     tracing: bool = False
@@ -64,12 +66,13 @@ def configure(**values: Any) -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide engine settings; a bad setting stops start-up with one line naming it."""
+    """The process-wide engine settings; a bad one raises `ConfigurationError` naming it."""
     return load(Settings, **_overrides)
 
 
 def load(cls: type[S], **values: Any) -> S:
-    """Settings of any layer, or exit with one line naming the first bad variable."""
+    """Settings of any layer (from `values`, then the environment), or `ConfigurationError` naming the first
+    bad variable."""
     try:
         return cls(**values)
     except ValidationError as exc:
@@ -78,4 +81,4 @@ def load(cls: type[S], **values: Any) -> S:
         info = cls.model_fields.get(field)
         prefix = cls.model_config.get("env_prefix", "")
         name = str(info.validation_alias) if info and info.validation_alias else f"{prefix}{field}".upper()
-        sys.exit(f"saga: bad setting {name}: {first['msg']}")
+        raise ConfigurationError(f"bad setting {name}: {first['msg']}") from None

@@ -8,6 +8,7 @@ Spans go out over OTLP/HTTP to `OTEL_EXPORTER_OTLP_ENDPOINT` (the standard `OTEL
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -16,6 +17,8 @@ from typing import Any
 from uuid import UUID
 
 from celery.exceptions import Ignore, Retry
+
+from saga.errors import ConfigurationError
 
 _provider: Any = None
 # The ids the next span takes (the root span of a saga: trace id and span id both derived from the saga id).
@@ -37,7 +40,8 @@ def install(service: str) -> None:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
     except ImportError as exc:
-        raise SystemExit(f"saga: SAGA_TRACING needs the tracing extra (pip install 'celery-sagas[tracing]'): {exc}")
+        raise ConfigurationError(f"bad setting SAGA_TRACING: needs the tracing extra "
+                                 f"(pip install 'celery-sagas[tracing]'): {exc}") from None
 
     class SagaIds(RandomIdGenerator):
         """Random ids, except where a saga's root span pins them."""
@@ -55,6 +59,14 @@ def install(service: str) -> None:
     _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(_provider)
     CeleryInstrumentor().instrument(tracer_provider=_provider)
+
+
+def available() -> bool:
+    """Whether the `tracing` extra is installed."""
+    try:
+        return importlib.util.find_spec("opentelemetry.sdk") is not None
+    except ModuleNotFoundError:  # not even the opentelemetry namespace
+        return False
 
 
 def instrument_api(app: Any) -> None:

@@ -7,13 +7,13 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from saga.settings import load
+from workers.settings import load_or_exit
 
 
 class JobPostingSettings(BaseSettings):
     """Read from `SAGA_*` (and `STRIPE_*`) variables; the stand-ins in `standins/` speak the same protocols."""
 
-    model_config = SettingsConfigDict(env_prefix="SAGA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore")
 
     s3_endpoint_url: str | None = None  # None: AWS itself
     s3_bucket: str = "saga-logos"
@@ -30,4 +30,4 @@ class JobPostingSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def job_posting_settings() -> JobPostingSettings:
     """The process-wide settings of the job-posting saga; a bad one stops start-up naming it."""
-    return load(JobPostingSettings)
+    return load_or_exit(JobPostingSettings)

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from devstack.servers import Services, start_services
+from devstack.service_stack import ServiceStack
 from saga.testing import Stack
 from standins import StandIns, start_standins
 from tasks.settings import job_posting_settings
@@ -63,8 +64,8 @@ def rabbitmqctl(*args: str) -> None:
 
 @pytest.fixture(scope="session")
 def stack(servers: Services, broker_url: str) -> Iterator[Stack]:
-    s = Stack(data_dir=TEST_DIR, database_server_url=servers.database_url,
-              broker_url=broker_url, broker_env="SAGA_BROKER_URL", queues=("probe", "celery"),
+    s = ServiceStack(data_dir=TEST_DIR, database_server_url=servers.database_url,
+              broker_url=broker_url, queues=("probe", "celery"),
               settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting,tests.sagas", **SETTINGS}, cwd=ROOT).start()
     from saga import db
     from tests.sagas import PROBE_TABLES
@@ -126,7 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> Iterator[object]:
-    """A real `saga api` process on this session's database and broker."""
+    """A real `python -m service api` process on this session's database and broker."""
     from tests.test_api import serve
 
     server = serve(stack)

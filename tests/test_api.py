@@ -1,4 +1,4 @@
-"""The HTTP API's contract, over HTTP against a real `saga api` process, PostgreSQL, Redis and workers.
+"""The HTTP API's contract, over HTTP against a real `python -m service api` process, PostgreSQL, Redis and workers.
 
 The helpers at the top (`ApiServer`, `serve`, `TcpProxy`) are shared with the other `test_api_*` modules.
 """
@@ -44,7 +44,7 @@ def free_port() -> int:
 
 @dataclass
 class ApiServer:
-    """A running `saga api` process and its two tenants configured in SAGA_API_KEYS, alpha and beta (their
+    """A running `python -m service api` process and its two tenants configured in SAGA_API_KEYS, alpha and beta (their
     real names get a suffix unique to the server, so that servers sharing the database share no tenant)."""
 
     process: Process
@@ -62,7 +62,7 @@ class ApiServer:
         return client
 
     def new_tenant(self) -> httpx.Client:
-        """A client for a fresh tenant whose key is stored in the database (as `saga keys create` does)."""
+        """A client for a fresh tenant whose key is stored in the database (as `python -m service keys create` does)."""
         _, key = apikeys.create_key(f"t-{uuid.uuid4().hex[:10]}")
         return self.client(key=key)
 
@@ -73,7 +73,7 @@ class ApiServer:
 
 
 def serve(stack: Stack, name: str = "api", **env: str) -> ApiServer:
-    """Start `saga api` on a free port with the stack's settings, two configured tenants, and `env` on top."""
+    """Start `python -m service api` on a free port with the stack's settings, two configured tenants, and `env` on top."""
     suffix = uuid.uuid4().hex[:8]
     tenants = {"alpha": f"alpha-{suffix}", "beta": f"beta-{suffix}"}
     keys = {"alpha": f"alpha-{uuid.uuid4().hex}", "beta": f"beta-{uuid.uuid4().hex}"}

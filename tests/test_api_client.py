@@ -1,4 +1,4 @@
-"""The Python client and the CLI against a real `saga api` process (and, for the CLI, the database too)."""
+"""The Python client and the CLI against a real `python -m service api` process (and, for the CLI, the database too)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+import service
 from api import keys as apikeys
-from cli import main
 from saga import db
 from saga.client import ApiError, ApiUnreachable, SagaClient
 from saga.ledger import sagas
@@ -86,29 +86,38 @@ def test_errors_arrive_as_api_errors(api: ApiServer) -> None:
 
 
 def saga_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    """The library's operator command on the service's app: `saga -A workers.app ...`."""
+    from saga.cli import main
+
+    result = CliRunner().invoke(main, ["-A", "workers.app", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def service_cli(*args: str) -> tuple[int, str]:
+    """The service's command: `python -m service ...`."""
+    result = CliRunner().invoke(service.main, list(args), catch_exceptions=False)
     return result.exit_code, result.output
 
 
 def test_keys_are_created_printed_once_listed_and_revoked(stack: Stack) -> None:
     tenant = f"k-{uuid.uuid4().hex[:8]}"
-    code, out = saga_cli("keys", "create", "--tenant", tenant, "--name", "ci")
+    code, out = service_cli("keys", "create", "--tenant", tenant, "--name", "ci")
     assert code == 0
     key = out.strip().splitlines()[-1]
     assert apikeys.tenant_for_key(key) == tenant
-    code, out = saga_cli("keys", "list", "--tenant", tenant, "--json")
+    code, out = service_cli("keys", "list", "--tenant", tenant, "--json")
     listed = json.loads(out)
     assert [(k["tenant"], k["name"], k["revoked_at"]) for k in listed] == [(tenant, "ci", None)]
     assert key not in out
-    assert saga_cli("keys", "revoke", str(listed[0]["id"]))[0] == 0
+    assert service_cli("keys", "revoke", str(listed[0]["id"]))[0] == 0
     assert apikeys.tenant_for_key(key) is None
-    assert saga_cli("keys", "create", "--tenant", "no spaces")[0] == 2
+    assert service_cli("keys", "create", "--tenant", "no spaces")[0] == 2
 
 
 def test_operator_commands_work_through_the_api(api: ApiServer, workers: Stack) -> None:
     _, key = apikeys.create_key(f"cli-{uuid.uuid4().hex[:8]}")
-    via = ["--api-url", api.url, "--api-key", key]
-    code, out = saga_cli("submit", "demo", "--input", json.dumps(DEMO), "-k", "cli-1", "--wait", *via)
+    via = ["--api", "--api-url", api.url, "--api-key", key]
+    code, out = service_cli("submit", "demo", "--input", json.dumps(DEMO), "-k", "cli-1", "--wait", *via)
     assert code == 0, out
     saga_id = out.split()[1]
     assert "status=completed  progress=4/4" in out
@@ -125,12 +134,12 @@ def test_operator_commands_work_through_the_api(api: ApiServer, workers: Stack) 
     assert code == 0 and "status=completed" in out
     code, out = saga_cli("cancel", saga_id, *via)
     assert code == 2 and "action_not_allowed" in out
-    code, out = saga_cli("submit", "demo", "--input", json.dumps(DEMO), "-k", "cli-1", *via)
+    code, out = service_cli("submit", "demo", "--input", json.dumps(DEMO), "-k", "cli-1", *via)
     assert out.strip() == f"already exists: {saga_id}"
 
 
 def test_watch_on_the_database_shows_progress_until_the_end(stack: Stack, workers: Stack) -> None:
-    code, out = saga_cli("submit", "demo", "--input", json.dumps(DEMO))
+    code, out = service_cli("submit", "demo", "--input", json.dumps(DEMO))
     saga_id = out.split()[1]
     code, out = saga_cli("watch", saga_id)
     assert code == 0 and out.rstrip().count("status=") >= 2 and "status=completed" in out
@@ -162,8 +171,8 @@ def test_restart_through_the_client_and_the_cli(api: ApiServer, workers: Stack) 
         assert refused.value.status == 409 and "only a compensated or failed saga" in refused.value.message
 
     _, key = apikeys.create_key(f"cli-{uuid.uuid4().hex[:8]}")
-    via = ["--api-url", api.url, "--api-key", key]
-    code, out = saga_cli("submit", "demo", "--input", json.dumps(declined), "--wait", *via)
+    via = ["--api", "--api-url", api.url, "--api-key", key]
+    code, out = service_cli("submit", "demo", "--input", json.dumps(declined), "--wait", *via)
     assert code == 0 and "status=compensated" in out, out
     saga_id = out.split()[1]
     code, out = saga_cli("restart", saga_id, "--input", '{"card": "ok"}', "--wait", *via)
@@ -171,7 +180,7 @@ def test_restart_through_the_client_and_the_cli(api: ApiServer, workers: Stack) 
     code, out = saga_cli("restart", saga_id, "--input", '{"colour": "red"}', "-k", "other", *via)
     assert code == 2 and "action_not_allowed" in out, out
 
-    code, out = saga_cli("submit", "demo", "--input", json.dumps(declined), "--wait")  # on the database
+    code, out = service_cli("submit", "demo", "--input", json.dumps(declined), "--wait")  # on the database
     saga_id = out.split()[1]
     code, out = saga_cli("restart", saga_id, "--input", '{"card": "ok"}', "--wait")
     assert code == 0 and "status=completed" in out, out
@@ -197,14 +206,14 @@ def test_input_through_the_client_and_the_cli_and_watch_shows_the_wait(api: ApiS
         assert refused.value.status == 409 and "only a saga awaiting input" in refused.value.message
 
     _, key = apikeys.create_key(f"cli-{uuid.uuid4().hex[:8]}")
-    via = ["--api-url", api.url, "--api-key", key]
-    code, out = saga_cli("submit", "job_posting", "--input", json.dumps(declined), *via)
+    via = ["--api", "--api-url", api.url, "--api-key", key]
+    code, out = service_cli("submit", "job_posting", "--input", json.dumps(declined), *via)
     saga_id = out.split()[1]
     code, out = saga_cli("watch", saga_id, *via)  # follows the wait to its end: nobody sends a card
     assert code == 0 and "status=awaiting_input" in out and "status=compensated" in out, out
     assert "awaiting input until " in out and "payment_method for step charge_payment" in out, out
 
-    code, out = saga_cli("submit", "job_posting", "--input", json.dumps(declined), *via)
+    code, out = service_cli("submit", "job_posting", "--input", json.dumps(declined), *via)
     saga_id = out.split()[1]
     with SagaClient(api.url, key) as client:
         client.wait(saga_id, timeout=60)

@@ -1,5 +1,5 @@
 """Fuzzing every operation of the OpenAPI document with schemathesis (its `st run` command, against a real
-`saga api` process): no answer is a 5xx, and every answer matches the document (status codes, content
+`python -m service api` process): no answer is a 5xx, and every answer matches the document (status codes, content
 types, headers, bodies); requests without a key are refused."""
 
 from __future__ import annotations

@@ -104,58 +104,75 @@ def test_the_worker_health_check_passes_for_a_live_worker_and_fails_for_a_missin
         workers.stop_workers(keep=[p.name for p in workers.workers() if p.name != "worker"])
 
 
-def _build_context(tmp: Path) -> Path:
-    """The files the Dockerfile's build stage copies, laid out as it lays them out."""
-    context = tmp / "src"
-    context.mkdir()
+def _stage(name: str | None) -> list[str]:
+    """The lines of the Dockerfile's build stage (`AS name`), or of its last stage (None)."""
     stages = (ROOT / "Dockerfile").read_text().split("\nFROM ")
-    [stage] = [s for s in stages if s.splitlines()[0].endswith(" AS build")]
-    for line in stage.splitlines():
-        if not line.startswith("COPY "):
+    if name is None:
+        return stages[-1].splitlines()
+    [stage] = [s for s in stages if s.splitlines()[0].endswith(f" AS {name}")]
+    return stage.splitlines()
+
+
+def _copied(lines: list[str], into: Path) -> None:
+    """Lay out in `into` what the stage's COPY lines (from the build context) copy into its working directory."""
+    for line in lines:
+        if not line.startswith("COPY ") or "--from=" in line:
             continue
         *sources, dest = shlex.split(line)[1:]
         for source in sources:
-            target = context / (Path(source).name if dest == "./" else dest)
+            target = into / (Path(source).name if dest == "./" else dest)
             if (ROOT / source).is_dir():
                 shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy(ROOT / source, target)
-    return context
 
 
 def services_import() -> set[str]:
-    """Every module of ours the `saga` command (all its subcommands), the worker, beat and API load: the entry
-    points, the saga types of the default SAGA_MODULES, and what they import, lazily or not."""
+    """Every module of ours the service's command (all its subcommands but `dev`, which runs the local stack), the
+    worker, beat and API load: the entry points, the saga types of the default SAGA_MODULES, and what they
+    import, lazily or not."""
     edges = graph()
-    todo = ["cli", "celeryconfig", "workers.app", "api.app", *ServiceSettings.model_fields["modules"].default.split(",")]
+    todo = ["service", "celeryconfig", "workers.app", "api.app", *ServiceSettings.model_fields["modules"].default.split(",")]
     seen: set[str] = set()
     while todo:
         name = todo.pop()
-        if name not in seen:
+        if name not in seen and name.split(".")[0] != "devstack":
             seen.add(name)
             todo.extend(edges[name])
     return seen
 
 
-def test_the_wheel_the_dockerfile_builds_holds_every_module_the_services_import(tmp_path: Path) -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip wheel --no-deps --wheel-dir /wheels ." in dockerfile
-    assert "COPY --from=build /wheels /wheels" in dockerfile and 'pip install "$(ls /wheels/*.whl)' in dockerfile
+def test_the_image_holds_the_library_wheel_and_every_service_module_the_services_import(tmp_path: Path) -> None:
+    context = tmp_path / "src"
+    context.mkdir()
+    _copied(_stage("build"), context)
+    assert "RUN pip wheel --no-deps --wheel-dir /wheels ." in _stage("build")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                            "--wheel-dir", str(tmp_path / "wheels"), str(_build_context(tmp_path))],
+                            "--wheel-dir", str(tmp_path / "wheels"), str(context)],
                            capture_output=True, text=True, check=False, timeout=300)
     assert built.returncode == 0, built.stderr
     [wheel] = (tmp_path / "wheels").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-
-    needed = services_import()
-    assert {"cli", "api.app", "tasks.job_posting", "devstack.supervisor", "standins"} <= needed
-    assert not {n for n in needed if n.split(".")[0] in ("tests", "bench")}, "a service imports test code"
-    missing = sorted(n for n in needed if f"{n.replace('.', '/')}.py" not in names
-                     and f"{n.replace('.', '/')}/__init__.py" not in names)
-    assert not missing, f"modules the services import but the wheel lacks: {missing}"
-    data = [p.relative_to(ROOT).as_posix() for pattern in ("saga/migrations/**/*", "api/console/**/*")
-            for p in ROOT.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
-    assert data and not [p for p in data if p not in names], "package data missing from the wheel"
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"saga"}
+    data = [p.relative_to(ROOT).as_posix() for p in ROOT.glob("saga/migrations/**/*")
+            if p.is_file() and "__pycache__" not in p.parts]
+    assert data and not [p for p in data if p not in names], "the ledger's migrations are missing from the wheel"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "saga = cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "saga = saga.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+    final = _stage(None)
+    assert any("--group service" in line and "/wheels/" in line for line in final), "the service's dependencies"
+    assert any("PYTHONPATH=/app" in line for line in final), "the service runs from /app"
+    app = tmp_path / "app"
+    app.mkdir()
+    _copied(final, app)
+    needed = services_import()
+    assert {"service", "api.app", "tasks.job_posting", "migrations"} <= needed
+    assert not {n for n in needed if n.split(".")[0] in ("tests", "bench", "standins")}, "a service imports test code"
+    missing = sorted(n for n in needed if n.split(".")[0] != "saga" and not (app / f"{n.replace('.', '/')}.py").exists()
+                     and not (app / n.replace(".", "/") / "__init__.py").exists())
+    assert not missing, f"modules the services import but the image lacks: {missing}"
+    console = [p.relative_to(ROOT) for p in ROOT.glob("api/console/**/*") if p.is_file()]
+    assert console and all((app / p).exists() for p in console), "the console's files are missing from the image"
+    migrations = [p.relative_to(ROOT) for p in ROOT.glob("migrations/**/*.py")]
+    assert migrations and all((app / p).exists() for p in migrations)

@@ -22,7 +22,7 @@ FINAL = ("completed", "compensated", "paused", "failed")
 @pytest.fixture()
 def flower(workers: Stack) -> Iterator[str]:
     port = free_port()
-    process = Process.spawn("flower", [sys.executable, "-m", "cli", "flower", f"--port={port}"],
+    process = Process.spawn("flower", [sys.executable, "-m", "service", "flower", f"--port={port}"],
                             {**workers.env, "FLOWER_UNAUTHENTICATED_API": "true"}, workers.data_dir, cwd=workers.cwd)
     url = f"http://127.0.0.1:{port}"
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 from datetime import timedelta
 
 import pytest
@@ -62,7 +63,9 @@ def remaining(ids: dict[str, uuid.UUID]) -> dict[str, tuple[int, int, int]]:
 
 
 def saga_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, check=False,
+    """The library's `saga` command (installed beside this Python), on the service's app and this stack."""
+    saga = Path(sys.executable).parent / "saga"
+    return subprocess.run([str(saga), "-A", "workers.app", *args], capture_output=True, text=True, check=False,
                           cwd=ROOT, env={**os.environ, **stack.env}, timeout=120)
 
 

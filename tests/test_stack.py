@@ -18,7 +18,7 @@ EARLY_APP = textwrap.dedent("""
     from saga.testing import Stack
     from pathlib import Path
     stack = Stack(data_dir=Path(sys.argv[1]), database_server_url=sys.argv[2], broker_url=sys.argv[3],
-                  broker_env="SAGA_BROKER_URL").start()
+                  app="workers.app", broker_env="SAGA_BROKER_URL").start()
     try:
         app.send_task("early.ping", queue="early")
         sent = [json.loads(m)["headers"]["task"] for m in stack.redis().lrange("early", 0, -1)]

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
+from typing import TypeVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from saga.errors import ConfigurationError
 from saga.settings import load
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class ServiceSettings(BaseSettings):
-    """Read from `SAGA_*` variables (and `.env`); the engine's own (`SAGA_DATABASE_URL`...) are `saga.settings`."""
+    """Read from `SAGA_*` variables; the engine's own (`SAGA_DATABASE_URL`...) are `saga.settings`."""
 
-    model_config = SettingsConfigDict(env_prefix="SAGA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore")
 
+    # The Celery app whose saga types the API serves, as `celery -A` takes it: the job board's, or a shop's own.
+    app: str = "workers.app"
     broker_url: str = "redis://127.0.0.1:6379/0"
     # Comma-separated modules that declare saga types; workers, beat, the API and the CLI import them.
     modules: str = "tasks.demo,tasks.job_posting"
@@ -54,7 +61,15 @@ class ServiceSettings(BaseSettings):
         return url
 
 
+def load_or_exit(cls: type[S]) -> S:
+    """Settings of a layer of the service; a bad one stops the process with one line naming it."""
+    try:
+        return load(cls)
+    except ConfigurationError as exc:
+        sys.exit(f"saga: {exc}")
+
+
 @lru_cache(maxsize=1)
 def service_settings() -> ServiceSettings:
     """The process-wide service settings; a bad one stops start-up with one line naming it."""
-    return load(ServiceSettings)
+    return load_or_exit(ServiceSettings)

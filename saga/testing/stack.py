@@ -47,7 +47,8 @@ class Stack:
     data_dir: Path
     database_server_url: str
     broker_url: str
-    app: str = "workers.app"
+    # Your Celery app, as `celery -A` takes it (the module that calls `Sagas(app)`).
+    app: str
     # The queues a worker consumes unless told otherwise.
     queues: tuple[str, ...] = ("celery",)
     settings: dict[str, str] = field(default_factory=dict)

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from devstack.servers import Services
+from devstack.service_stack import ServiceStack
 from saga import db
 from saga.testing import Stack
 from standins import StandIns, free_port, start_standins
@@ -160,8 +161,8 @@ def main() -> int:
     postgres, redis_server = Postgres().start(), Redis().start()
     services = Services(database_url=postgres.url, broker_url=redis_server.url)
     standins = start_standins(DATA / "standins")
-    stack = Stack(data_dir=DATA, database_server_url=services.database_url, broker_url=services.broker_url,
-                  broker_env="SAGA_BROKER_URL", queues=("celery",),
+    stack = ServiceStack(data_dir=DATA, database_server_url=services.database_url, broker_url=services.broker_url,
+                  queues=("celery",),
                   settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting", **SETTINGS, **standins.env},
                   cwd=ROOT).start()
     api: ApiServer | None = None

@@ -1,14 +1,14 @@
 """Checkpoints written by a step while it runs, and what a compensation reported when it finished.
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0001
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0004"
-down_revision = "0003"
+down_revision = "0001"
 branch_labels = None
 depends_on = None
 

@@ -1,18 +1,21 @@
-"""API keys: each belongs to one tenant; only a hash of the key is stored.
+"""API keys: each belongs to one tenant; only a hash of the key is stored. A ledger from before the service had
+its own migrations made this table already: then it is kept as it is.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: api_0001
+Revises:
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
+revision = "api_0001"
+down_revision = None
+branch_labels = ("api",)
 depends_on = None
 
 
 def upgrade() -> None:
+    if sa.inspect(op.get_bind()).has_table("api_keys"):
+        return
     op.create_table(
         "api_keys",
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),

@@ -1,19 +1,22 @@
-"""Job postings, the rows the job-posting saga creates, publishes and (when compensating) deletes.
+"""Job postings, the rows the job-posting saga creates, publishes and (when compensating) deletes. A ledger from
+before the service had its own migrations made this table already: then it is kept as it is.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: jobs_0001
+Revises:
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-revision = "0003"
-down_revision = "0002"
-branch_labels = None
+revision = "jobs_0001"
+down_revision = None
+branch_labels = ("jobs",)
 depends_on = None
 
 
 def upgrade() -> None:
+    if sa.inspect(op.get_bind()).has_table("job_postings"):
+        return
     op.create_table(
         "job_postings",
         sa.Column("id", UUID(as_uuid=True), primary_key=True),

@@ -1,11 +1,23 @@
-"""The `saga` command: run the service's processes and act on sagas as an operator (`python -m cli`)."""
+"""The `saga` command: act on the sagas of your own Celery app as an operator, and migrate its ledger.
+
+    saga -A shop list                    # the app as `celery -A` takes it (SAGA_APP)
+    saga -A shop status 5f0c...          # a saga and its steps
+    saga -A shop cancel 5f0c...          # cancel, resume, compensate, rewind, input, restart
+    saga -A shop migrate                 # the ledger's tables, in the app's database
+
+`-A` loads the app, which binds the engine (`Sagas(app, database_url=...)`) and declares its saga types; the
+commands then work on that database. With `--api` they go through the HTTP API instead (the `client` extra).
+"""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -14,31 +26,8 @@ from uuid import UUID
 
 import click
 
-from saga.errors import SagaError
+from saga.errors import ConfigurationError, SagaError
 from saga.states import FINAL
-
-# Where `make run` keeps a development API key, which `--api` uses when no other key is given.
-DEV_KEY_FILE = Path(".saga") / "api-key"
-# Written by `saga dev` while it runs, so other commands in the same directory find its servers.
-DEV_ENV_FILE = Path(".saga") / "env"
-
-
-def _boot() -> None:
-    """Load settings (exits on a bad one) and every saga type, before any command touches sagas."""
-    from saga.settings import get_settings
-    from workers.app import load_modules
-
-    get_settings()
-    load_modules()
-
-
-def _dev_env() -> None:
-    """Take the running `saga dev` stack's servers from its env file, where the environment names none."""
-    if DEV_ENV_FILE.exists():
-        for line in DEV_ENV_FILE.read_text().splitlines():
-            name, sep, value = line.partition("=")
-            if sep:
-                os.environ.setdefault(name, value)
 
 
 def _uuid(value: str) -> UUID:
@@ -49,141 +38,65 @@ def _uuid(value: str) -> UUID:
 
 
 class _Group(click.Group):
+    """Errors the engine reports become one line on stderr and an exit code (2: the action is not allowed)."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigurationError as exc:
+            click.echo(f"saga: {exc}", err=True)
+            sys.exit(1)
         except SagaError as exc:
             click.echo(f"error ({exc.code}): {exc.message}", err=True)
             sys.exit(2 if exc.code == "action_not_allowed" else 1)
 
 
+def read_env_file(path: Path) -> None:
+    """Set `NAME=value` lines of `path` as environment variables, where the environment has none yet."""
+    for line in path.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and name and not name.startswith("#"):
+            os.environ.setdefault(name, value)
+
+
 @click.group(cls=_Group)
-def main() -> None:
-    """Durable sagas on Celery."""
-    _dev_env()
+@click.option("-A", "--app", "app", envvar="SAGA_APP", metavar="APP",
+              help="Your Celery app, as `celery -A` takes it (module or module:attribute); default $SAGA_APP.")
+@click.option("--env-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read NAME=value settings from this file (the environment wins).")
+@click.pass_context
+def main(ctx: click.Context, app: str | None, env_file: Path | None) -> None:
+    """Act on the sagas of a Celery app that binds the engine (`Sagas(app)`)."""
+    if env_file is not None:
+        read_env_file(env_file)
+    ctx.obj = app or os.environ.get("SAGA_APP")
+
+
+def boot(*, need_app: bool = True) -> None:
+    """Load the app named by `-A` (its `Sagas`, settings and saga types), before a command touches sagas. Without
+    `-A`, commands that need no saga type run on the database named by SAGA_DATABASE_URL."""
+    from saga.engine import find_sagas
+    from saga.settings import get_settings
+
+    target = click.get_current_context().find_root().obj
+    if target:
+        if os.getcwd() not in sys.path:  # as `celery -A` does: the app's module may sit in this directory
+            sys.path.insert(0, os.getcwd())
+        find_sagas(target)
+    elif need_app:
+        raise click.UsageError("this command needs your Celery app: -A APP (or SAGA_APP), as `celery -A` takes it")
+    get_settings()
 
 
 @main.command()
 def migrate() -> None:
-    """Create or upgrade the ledger's tables."""
+    """Create or upgrade the ledger's tables (and only those) in the app's database."""
     from saga import migrate as migrations
     from saga.settings import get_settings
 
+    boot(need_app=False)
     migrations.upgrade(get_settings().database_url)
     click.echo("ledger is up to date")
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--concurrency", "-c", default=2, show_default=True, help="Pool processes.")
-@click.option("--hostname", "-n", default=None, help="Worker node name (default: celery@<host>).")
-@click.pass_context
-def worker(ctx: click.Context, concurrency: int, hostname: str | None) -> None:
-    """Run a Celery worker that executes steps (extra options go to `celery worker`)."""
-    from workers.app import app
-    from workers.settings import service_settings
-
-    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={service_settings().log_level}", *ctx.args]
-    if hostname:
-        argv.append(f"--hostname={hostname}")
-    app.worker_main(argv)
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def beat(ctx: click.Context) -> None:
-    """Run Celery beat, which schedules recovery."""
-    from workers.app import app
-    from workers.settings import service_settings
-
-    app.start(["beat", f"--loglevel={service_settings().log_level}", *ctx.args])
-
-
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--port", default=5555, show_default=True)
-@click.option("--address", default="127.0.0.1", show_default=True)
-@click.pass_context
-def flower(ctx: click.Context, port: int, address: str) -> None:
-    """Run Flower, Celery's live monitor (FLOWER_BASIC_AUTH=user:password protects it)."""
-    from workers.app import app
-
-    app.start(["flower", f"--port={port}", f"--address={address}", *ctx.args])
-
-
-@main.command()
-@click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
-@click.option("--demo/--no-demo", default=True, show_default=True, help="Submit the demo sagas.")
-@click.option("--api-port", default=8000, show_default=True)
-@click.option("--flower-port", default=5555, show_default=True)
-def dev(workers: int, demo: bool, api_port: int, flower_port: int) -> None:
-    """Start the whole stack locally (what `make run` does); Ctrl-C or SIGTERM stops it within seconds."""
-    from devstack.supervisor import run
-
-    run(Path(".saga"), render, workers=workers, demo=demo, api_port=api_port, flower_port=flower_port)
-
-
-@main.command(name="api")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, help="Server processes (each with its own metrics).")
-@click.option("--access-log/--no-access-log", default=True, show_default=True)
-def api_(host: str, port: int, workers: int, access_log: bool) -> None:
-    """Run the HTTP API (FastAPI on uvicorn; OpenAPI at /openapi.json, docs at /docs)."""
-    from api.server import serve
-    from workers.settings import service_settings
-
-    serve(host, port, workers=workers, access_log=access_log, log_level=service_settings().log_level)
-
-
-@main.group()
-def keys() -> None:
-    """Manage API keys: each belongs to one tenant; only a hash is stored (works on the database)."""
-
-
-@keys.command(name="create")
-@click.option("--tenant", required=True, help="The tenant whose sagas the key reaches.")
-@click.option("--name", default=None, help="What the key is for (shown by `saga keys list`).")
-def keys_create(tenant: str, name: str | None) -> None:
-    """Create a key and print it (only now: it is stored hashed)."""
-    from api import keys as apikeys
-
-    _boot()
-    try:
-        record, key = apikeys.create_key(tenant, name)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--tenant") from None
-    click.echo(f"key {record.id} for tenant {record.tenant}; it is shown only once:", err=True)
-    click.echo(key)
-
-
-@keys.command(name="list")
-@click.option("--tenant", default=None)
-@click.option("--json", "as_json", is_flag=True)
-def keys_list(tenant: str | None, as_json: bool) -> None:
-    """List stored keys (not the keys themselves: who they belong to, and whether they are revoked)."""
-    from dataclasses import asdict
-
-    from api import keys as apikeys
-
-    _boot()
-    found = apikeys.list_keys(tenant)
-    if as_json:
-        click.echo(json.dumps([asdict(k) for k in found], indent=2, default=str))
-        return
-    for k in found:
-        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
-        click.echo(f"{k.id:<6} {k.tenant:<20} {state:<24} {k.created_at:%Y-%m-%d %H:%M}  {k.name or ''}")
-
-
-@keys.command(name="revoke")
-@click.argument("key_id", type=int)
-def keys_revoke(key_id: int) -> None:
-    """Revoke a stored key (the API stops taking it within seconds)."""
-    from api import keys as apikeys
-
-    _boot()
-    if not apikeys.revoke_key(key_id):
-        raise click.ClickException(f"no active key {key_id}")
-    click.echo(f"key {key_id} revoked")
 
 
 @main.command()
@@ -200,81 +113,57 @@ def prune(older_than: str, batch: int) -> None:
         age = retention.parse_age(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    _boot()
+    boot(need_app=False)
     total = retention.prune(age, batch, progress=lambda n: click.echo(f"deleted {n} saga(s) so far", err=True))
     click.echo(f"deleted {total} saga(s) that ended more than {older_than} ago")
 
 
-def _api_options(fn: Any) -> Any:
+def api_options(fn: Any) -> Any:
     """`--api` (and its URL and key) on an operator command: go through the HTTP API, not the database."""
-    fn = click.option("--api-key", default=None, envvar="SAGA_API_KEY",
-                      help=f"API key for --api (default: $SAGA_API_KEY, else the key in {DEV_KEY_FILE}).")(fn)
-    fn = click.option("--api-url", default=None, help="API for --api (default: $SAGA_API_URL).")(fn)
+    fn = click.option("--api-key", default=None, envvar="SAGA_API_KEY", help="API key for --api ($SAGA_API_KEY).")(fn)
+    fn = click.option("--api-url", default=None, envvar="SAGA_API_URL", help="API for --api ($SAGA_API_URL).")(fn)
     return click.option("--api", "use_api", is_flag=True,
                         help="Act through the HTTP API instead of on the database.")(fn)
 
 
-def _client(use_api: bool, api_url: str | None, api_key: str | None) -> Any:
-    """A client of the API if one was asked for (`--api`, `--api-url` or `--api-key`), else None."""
-    if not (use_api or api_url or api_key):
+def api_client(use_api: bool, api_url: str | None, api_key: str | None) -> Any:
+    """A client of the API if one was asked for (`--api`), else None."""
+    if not use_api:
         return None
     from saga.client import SagaClient
-    from workers.settings import service_settings
 
-    key = api_key or (DEV_KEY_FILE.read_text().strip() if DEV_KEY_FILE.exists() else None)
-    if not key:
-        raise click.UsageError(f"--api needs a key: --api-key, $SAGA_API_KEY or {DEV_KEY_FILE}")
-    return SagaClient(api_url or service_settings().api_url, key)
+    if not api_url or not api_key:
+        raise click.UsageError("--api needs --api-url (or $SAGA_API_URL) and --api-key (or $SAGA_API_KEY)")
+    return SagaClient(api_url, api_key)
 
 
-@main.command()
-@click.argument("saga_type")
-@click.option("--input", "input_", required=True, help="The input as JSON, or @file.json.")
-@click.option("--idempotency-key", "-k", default=None, help="Repeat the same key to get the same saga back.")
-@click.option("--tenant", default=None)
-@click.option("--wait", is_flag=True, help="Follow progress until the saga ends.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_api_options
-def submit(saga_type: str, input_: str, idempotency_key: str | None, tenant: str | None, wait: bool,
-           as_json: bool, use_api: bool, api_url: str | None, api_key: str | None) -> None:
-    """Start a saga."""
-    import saga
-
-    data = _json_input(input_)
-    client = _client(use_api, api_url, api_key)
-    if client is not None:
-        if tenant:
-            raise click.UsageError("with --api the tenant is the API key's")
-        with client:
-            sent = client.start(saga_type, data, idempotency_key=idempotency_key)
-            _show_started(sent.saga.id, sent.created, ("started", "already exists"), as_json, wait,
-                          lambda: _follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
-        return
-    _boot()
-    started = saga.start(saga_type, data, idempotency_key=idempotency_key, tenant=tenant)
-    _show_started(started.saga.id, started.created, ("started", "already exists"), as_json, wait,
-                  lambda: _follow(started.saga.id, tenant, as_json), started.saga.to_dict)
-
-
-def _show_started(saga_id: Any, created: bool, said: tuple[str, str], as_json: bool, wait: bool,
-                  follow: Any, dump: Any) -> None:
-    """What `submit` and `restart` print: the new saga's id (`said[0]`, or `said[1]` for a replay), then the saga
-    followed to its end (`--wait`) or as JSON (`--json`)."""
-    if not as_json:
-        click.echo(f"{said[0] if created else said[1]}: {saga_id}")
-    if wait:
-        follow()
-    elif as_json:
-        click.echo(json.dumps(dump(), indent=2))
-
-
-def _json_input(value: str) -> Any:
+def json_input(value: str) -> Any:
     """`--input`: JSON, or @file.json."""
     text = Path(value[1:]).read_text() if value.startswith("@") else value
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--input is not JSON: {exc}") from None
+
+
+def _patch(value: str | None) -> dict[str, Any]:
+    """`--input` of fields to replace: a JSON object (or nothing)."""
+    patch = json_input(value) if value else {}
+    if not isinstance(patch, dict):
+        raise click.BadParameter("--input must be a JSON object of the fields to replace")
+    return patch
+
+
+def show_started(saga_id: Any, created: bool, said: tuple[str, str], as_json: bool, wait: bool,
+                 follow_it: Callable[[], None], dump: Callable[[], Any]) -> None:
+    """What a command that starts a saga prints: its id (`said[0]`, or `said[1]` for a replay), then the saga
+    followed to its end (`--wait`) or as JSON (`--json`)."""
+    if not as_json:
+        click.echo(f"{said[0] if created else said[1]}: {saga_id}")
+    if wait:
+        follow_it()
+    elif as_json:
+        click.echo(json.dumps(dump(), indent=2))
 
 
 RESTARTED = ("restarted as", "already restarted as")
@@ -286,26 +175,24 @@ RESTARTED = ("restarted as", "already restarted as")
 @click.option("--idempotency-key", "-k", default=None, help="The new saga's key (default restart-of:<id>).")
 @click.option("--wait", is_flag=True, help="Follow the new saga until it ends.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_api_options
+@api_options
 def restart(saga_id: UUID, input_: str | None, idempotency_key: str | None, wait: bool, as_json: bool,
             use_api: bool, api_url: str | None, api_key: str | None) -> None:
     """Start a compensated or failed saga again from its first step, as a new saga linked to it."""
     import saga
 
-    patch = _json_input(input_) if input_ else {}
-    if not isinstance(patch, dict):
-        raise click.BadParameter("--input must be a JSON object of the fields to replace")
-    client = _client(use_api, api_url, api_key)
+    patch = _patch(input_)
+    client = api_client(use_api, api_url, api_key)
     if client is not None:
         with client:
             sent = client.restart(saga_id, patch, idempotency_key=idempotency_key)
-            _show_started(sent.saga.id, sent.created, RESTARTED, as_json, wait,
-                          lambda: _follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
+            show_started(sent.saga.id, sent.created, RESTARTED, as_json, wait,
+                         lambda: follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
         return
-    _boot()
+    boot()
     started = saga.restart(saga_id, patch=patch, idempotency_key=idempotency_key)
-    _show_started(started.saga.id, started.created, RESTARTED, as_json, wait,
-                  lambda: _follow(started.saga.id, None, as_json), started.saga.to_dict)
+    show_started(started.saga.id, started.created, RESTARTED, as_json, wait,
+                 lambda: follow(started.saga.id, None, as_json), started.saga.to_dict)
 
 
 @main.command(name="input")
@@ -315,19 +202,17 @@ def restart(saga_id: UUID, input_: str | None, idempotency_key: str | None, wait
               help="Repeat the same key to make a retry safe (default: a new one).")
 @click.option("--wait", is_flag=True, help="Follow the saga until it ends (or awaits input again).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_api_options
+@api_options
 def input_(saga_id: UUID, input_: str, idempotency_key: str | None, wait: bool, as_json: bool, use_api: bool,
            api_url: str | None, api_key: str | None) -> None:
     """Give a saga awaiting input the fields its step asked for; that step runs again with them."""
-    import uuid
-
     import saga
 
-    patch = _json_input(input_)
+    patch = json_input(input_)
     if not isinstance(patch, dict) or not patch:
         raise click.BadParameter("--input must be a JSON object of the fields the saga awaits")
     key = idempotency_key or str(uuid.uuid4())
-    _act_then_show(_client(use_api, api_url, api_key), saga_id, wait, as_json,
+    _act_then_show(api_client(use_api, api_url, api_key), saga_id, wait, as_json,
                    lambda client: client.provide_input(saga_id, patch, idempotency_key=key).model_dump(mode="json"),
                    lambda: saga.provide_input(saga_id, patch, idempotency_key=key).saga.to_dict())
 
@@ -339,13 +224,13 @@ def _act_then_show(client: Any, saga_id: UUID, wait: bool, as_json: bool, via_ap
         with client:
             data = via_api(client)
             if wait:
-                _follow_api(client, saga_id, as_json)
+                follow_api(client, saga_id, as_json)
                 return
     else:
-        _boot()
+        boot()
         data = on_database()
         if wait:
-            _follow(saga_id, None, as_json)
+            follow(saga_id, None, as_json)
             return
     click.echo(json.dumps(data, indent=2) if as_json else render(data))
 
@@ -358,23 +243,17 @@ def _act_then_show(client: Any, saga_id: UUID, wait: bool, as_json: bool, via_ap
               help="Repeat the same key to make a retry safe (default: a new one).")
 @click.option("--wait", is_flag=True, help="Follow the saga until it ends (or awaits input).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@_api_options
+@api_options
 def rewind(saga_id: UUID, to: str, input_: str | None, idempotency_key: str | None, wait: bool, as_json: bool,
            use_api: bool, api_url: str | None, api_key: str | None) -> None:
     """Take a saga back to step STEP: undo it and every later step, newest first, then run forward from it
     (refused past the point of no return, or over a step that cannot be undone)."""
-    import getpass
-    import socket
-    import uuid
-
     import saga
 
-    patch = _json_input(input_) if input_ else {}
-    if not isinstance(patch, dict):
-        raise click.BadParameter("--input must be a JSON object of the fields to replace")
+    patch = _patch(input_)
     key = idempotency_key or str(uuid.uuid4())
     by = {"via": "cli", "user": getpass.getuser(), "host": socket.gethostname()}
-    _act_then_show(_client(use_api, api_url, api_key), saga_id, wait, as_json,
+    _act_then_show(api_client(use_api, api_url, api_key), saga_id, wait, as_json,
                    lambda client: client.rewind(saga_id, to, patch, idempotency_key=key).model_dump(mode="json"),
                    lambda: saga.rewind(saga_id, to, patch, idempotency_key=key, by=by).to_dict())
 
@@ -382,17 +261,17 @@ def rewind(saga_id: UUID, to: str, input_: str | None, idempotency_key: str | No
 @main.command()
 @click.argument("saga_id", type=_uuid)
 @click.option("--json", "as_json", is_flag=True)
-@_api_options
+@api_options
 def status(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api_key: str | None) -> None:
     """Show a saga and its steps."""
     import saga
 
-    client = _client(use_api, api_url, api_key)
+    client = api_client(use_api, api_url, api_key)
     if client is not None:
         with client:
             data = client.get(saga_id).model_dump(mode="json")
     else:
-        _boot()
+        boot(need_app=False)
         data = saga.load(saga_id).to_dict()
     click.echo(json.dumps(data, indent=2) if as_json else render(data))
 
@@ -400,33 +279,33 @@ def status(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api
 @main.command()
 @click.argument("saga_id", type=_uuid)
 @click.option("--json", "as_json", is_flag=True, help="Print only the final state, as JSON.")
-@_api_options
+@api_options
 def watch(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api_key: str | None) -> None:
     """Show a saga's progress live until it is completed, compensated, paused or failed (a wait for input is
     shown, with what to send and by when, and followed until it ends)."""
-    client = _client(use_api, api_url, api_key)
+    client = api_client(use_api, api_url, api_key)
     if client is not None:
         with client:
-            _follow_api(client, saga_id, as_json)
+            follow_api(client, saga_id, as_json)
         return
-    _boot()
-    _follow(saga_id, None, as_json)
+    boot(need_app=False)
+    follow(saga_id, None, as_json)
 
 
 @main.command(name="list")
 @click.option("--status", "status_", default=None)
 @click.option("--type", "type_", default=None)
-@click.option("--tenant", default=None)
+@click.option("--tenant", default=None, help="Whose sagas (default: $SAGA_TENANT, else `default`).")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@_api_options
+@api_options
 def list_(status_: str | None, type_: str | None, tenant: str | None, limit: int, as_json: bool,
           use_api: bool, api_url: str | None, api_key: str | None) -> None:
     """List sagas, newest first."""
     import saga
     from saga.settings import get_settings
 
-    client = _client(use_api, api_url, api_key)
+    client = api_client(use_api, api_url, api_key)
     if client is not None:
         if tenant:
             raise click.UsageError("with --api the tenant is the API key's")
@@ -440,7 +319,7 @@ def list_(status_: str | None, type_: str | None, tenant: str | None, limit: int
                 if not (cursor := page.next_cursor):
                     break
     else:
-        _boot()
+        boot(need_app=False)
         rows = [r.to_dict() for r in
                 saga.list_sagas(tenant or get_settings().tenant, status=status_, type_=type_, limit=limit)]
     if as_json:
@@ -456,12 +335,12 @@ def list_(status_: str | None, type_: str | None, tenant: str | None, limit: int
 @main.command()
 @click.argument("saga_id", type=_uuid)
 @click.option("--json", "as_json", is_flag=True)
-@_api_options
+@api_options
 def events(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api_key: str | None) -> None:
     """Show a saga's audit log, oldest first."""
     import saga
 
-    client = _client(use_api, api_url, api_key)
+    client = api_client(use_api, api_url, api_key)
     if client is not None:
         rows: list[dict[str, Any]] = []
         after: int | None = 0
@@ -471,7 +350,7 @@ def events(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api
                 rows += [e.model_dump(mode="json") for e in page.items]
                 after = page.next_after
     else:
-        _boot()
+        boot(need_app=False)
         rows = [e.to_dict() for e in saga.events(saga_id)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -485,11 +364,11 @@ def events(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api
 def _action(name: str, doc: str) -> None:
     @main.command(name=name, help=doc)
     @click.argument("saga_id", type=_uuid)
-    @_api_options
+    @api_options
     def command(saga_id: UUID, use_api: bool, api_url: str | None, api_key: str | None) -> None:
         import saga
 
-        _act_then_show(_client(use_api, api_url, api_key), saga_id, False, False,
+        _act_then_show(api_client(use_api, api_url, api_key), saga_id, False, False,
                        lambda client: getattr(client, name)(saga_id).model_dump(mode="json"),
                        lambda: getattr(saga, name)(saga_id))
 
@@ -525,7 +404,8 @@ def render(record: Any) -> str:
     return "\n".join(lines)
 
 
-def _follow(saga_id: UUID, tenant: str | None, as_json: bool) -> None:
+def follow(saga_id: UUID, tenant: str | None, as_json: bool) -> None:
+    """Print the saga each time it changes (read from the database), until it is final."""
     import saga
 
     last = None
@@ -542,7 +422,7 @@ def _follow(saga_id: UUID, tenant: str | None, as_json: bool) -> None:
         time.sleep(0.5)
 
 
-def _follow_api(client: Any, saga_id: Any, as_json: bool) -> None:
+def follow_api(client: Any, saga_id: Any, as_json: bool) -> None:
     """Print the saga each time it changes (the API's long poll wakes us), until it is final."""
     last = None
     for version in client.watch(saga_id):
