@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from saga.cli import (
+    Commands,
     api_client,
     api_options,
     follow,
@@ -19,7 +20,6 @@ from saga.cli import (
     read_env_file,
     show_started,
 )
-from saga.errors import ConfigurationError, SagaError
 
 # Written by `python -m service dev` while it runs, so other commands in the same directory (this one, and
 # `saga --env-file .saga/env`) find its servers, app and API.
@@ -35,19 +35,7 @@ def _boot() -> None:
     find_sagas(service_settings().app)
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except ConfigurationError as exc:
-            click.echo(f"saga: {exc}", err=True)
-            sys.exit(1)
-        except SagaError as exc:
-            click.echo(f"error ({exc.code}): {exc.message}", err=True)
-            sys.exit(2 if exc.code == "action_not_allowed" else 1)
-
-
-@click.group(cls=_Group)
+@click.group(cls=Commands)
 def main() -> None:
     """The saga service: HTTP API, workers, beat and Flower for the job board's saga types (and yours)."""
     if DEV_ENV_FILE.exists():
@@ -215,4 +203,4 @@ def submit(saga_type: str, input_: str, idempotency_key: str | None, tenant: str
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="python -m service")

@@ -10,6 +10,7 @@ from saga.definitions import SagaType, Step, StepContext
 from saga.engine import Sagas
 from saga.errors import (
     ActionRefused,
+    ConfigurationError,
     IdempotencyConflict,
     InvalidInput,
     LeaseLost,
@@ -21,6 +22,7 @@ from saga.errors import (
     UnknownSagaType,
 )
 from saga.inputs import provide_input
+from saga.ledger import TABLES as LEDGER_TABLES
 from saga.operator import cancel, compensate, restart, resume
 from saga.retry import RetryPolicy
 from saga.rewinds import rewind
@@ -29,7 +31,9 @@ from saga.states import SagaStatus, StepKind, StepStatus
 from saga.store import Event, SagaRecord, StepRecord, events, list_sagas, load
 
 __all__ = [
+    "LEDGER_TABLES",
     "ActionRefused",
+    "ConfigurationError",
     "Event",
     "IdempotencyConflict",
     "InvalidInput",

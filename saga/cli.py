@@ -37,7 +37,7 @@ def _uuid(value: str) -> UUID:
         raise click.BadParameter(f"{value!r} is not a saga id (a UUID)") from None
 
 
-class _Group(click.Group):
+class Commands(click.Group):
     """Errors the engine reports become one line on stderr and an exit code (2: the action is not allowed)."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -45,10 +45,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConfigurationError as exc:
             click.echo(f"saga: {exc}", err=True)
-            sys.exit(1)
+            raise click.exceptions.Exit(1) from None
         except SagaError as exc:
             click.echo(f"error ({exc.code}): {exc.message}", err=True)
-            sys.exit(2 if exc.code == "action_not_allowed" else 1)
+            raise click.exceptions.Exit(2 if exc.code == "action_not_allowed" else 1) from None
 
 
 def read_env_file(path: Path) -> None:
@@ -59,7 +59,7 @@ def read_env_file(path: Path) -> None:
             os.environ.setdefault(name, value)
 
 
-@click.group(cls=_Group)
+@click.group(cls=Commands)
 @click.option("-A", "--app", "app", envvar="SAGA_APP", metavar="APP",
               help="Your Celery app, as `celery -A` takes it (module or module:attribute); default $SAGA_APP.")
 @click.option("--env-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

@@ -13,6 +13,7 @@ from celery import concurrency
 from celery.signals import worker_init
 
 from saga.definitions import REGISTRY, TASKS
+from saga.errors import WorkerRefused
 from saga.settings import get_settings
 
 # Brokers that redeliver an unacked message after a visibility timeout, measured from delivery.
@@ -30,7 +31,7 @@ def install(app: Any) -> None:
             return
         found = problems(app, pool=sender.pool_cls, prefetch=sender.prefetch_multiplier)
         if found:
-            raise SystemExit("\n".join(f"saga: {p}" for p in found))
+            raise WorkerRefused("\n".join(f"saga: {p}" for p in found))
 
     worker_init.connect(check, weak=False)
 

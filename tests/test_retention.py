@@ -8,8 +8,8 @@ import subprocess
 import sys
 import threading
 import uuid
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text

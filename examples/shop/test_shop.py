@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 from conftest import add_stock, shipments, stock
-from shop import orders
+from shop.tasks import orders
 
 import saga
 from saga.testing import CrashTester, Stack, crash_points, wait_for_status
