@@ -25,7 +25,7 @@ from api.watch import ChangeWatcher
 from saga import tracing
 from saga.engine import find_sagas
 from saga.settings import get_settings
-from workers.settings import service_settings
+from workers.settings import check_startup, service_settings
 
 DESCRIPTION = """
 Start multi-step business operations ("sagas") and follow them until every step happened exactly once
@@ -41,6 +41,7 @@ Every error is `{"error": {"code", "message", "details"}}`.
 def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     """The API application, ready to serve (uvicorn: `api.app:create_app` with `--factory`)."""
     celery_app = find_sagas(service_settings().app).app
+    check_startup()
     traced = get_settings().tracing
     if traced:
         tracing.install("saga-api")

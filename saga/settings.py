@@ -71,14 +71,21 @@ def get_settings() -> Settings:
 
 
 def load(cls: type[S], **values: Any) -> S:
-    """Settings of any layer (from `values`, then the environment), or `ConfigurationError` naming the first
-    bad variable."""
+    """Settings of any layer (from `values`, then the environment), or `ConfigurationError` naming every bad or
+    missing variable, one line each."""
     try:
         return cls(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        info = cls.model_fields.get(field)
-        prefix = cls.model_config.get("env_prefix", "")
-        name = str(info.validation_alias) if info and info.validation_alias else f"{prefix}{field}".upper()
-        raise ConfigurationError(f"bad setting {name}: {first['msg']}") from None
+        raise ConfigurationError("\n".join(
+            f"bad setting {_variable(cls, e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+
+
+def _variable(cls: type[BaseSettings], loc: tuple[Any, ...]) -> str:
+    """The environment variable behind a settings field."""
+    field = str(loc[0]) if loc else ""
+    if field not in cls.model_fields:  # already the variable's own name (a field's validation alias)
+        return field
+    info = cls.model_fields[field]
+    if info.validation_alias:
+        return str(info.validation_alias)
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()

@@ -60,6 +60,7 @@ class StandIns:
             "SAGA_S3_BUCKET": self.bucket,
             "SAGA_SMTP_HOST": self.smtp_host,
             "SAGA_SMTP_PORT": str(self.smtp_port),
+            "SAGA_MAIL_FROM": "jobs@example.com",  # any sender: the sink keeps every message
             **DUMMY_CREDENTIALS,
         }
 

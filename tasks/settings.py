@@ -7,20 +7,21 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workers.settings import load_or_exit
+from workers.settings import STARTUP_CHECKS, load_or_exit
 
 
 class JobPostingSettings(BaseSettings):
-    """Read from `SAGA_*` (and `STRIPE_*`) variables; the stand-ins in `standins/` speak the same protocols."""
+    """Read from `SAGA_*` (and `STRIPE_*`) variables; the stand-ins in `standins/` speak the same protocols. The
+    third parties' bucket, mail server, sender and key have no defaults: a process without them does not start."""
 
     model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore")
 
     s3_endpoint_url: str | None = None  # None: AWS itself
-    s3_bucket: str = "saga-logos"
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 8025
-    mail_from: str = "jobs@example.com"
-    stripe_api_key: str = Field(default="sk_test_local", validation_alias="STRIPE_API_KEY")
+    s3_bucket: str = Field(min_length=1)
+    smtp_host: str = Field(min_length=1)
+    smtp_port: int = Field(gt=0, lt=65536)
+    mail_from: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    stripe_api_key: str = Field(min_length=1, validation_alias="STRIPE_API_KEY")
     stripe_api_base: str = Field(default="https://api.stripe.com", validation_alias="STRIPE_API_BASE")
     # How long a posting whose card was declined waits for another payment method before it is undone;
     # 0 undoes it at once.
@@ -29,5 +30,8 @@ class JobPostingSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def job_posting_settings() -> JobPostingSettings:
-    """The process-wide settings of the job-posting saga; a bad one stops start-up naming it."""
+    """The process-wide settings of the job-posting saga; bad or missing ones stop the process naming each."""
     return load_or_exit(JobPostingSettings)
+
+
+STARTUP_CHECKS.append(job_posting_settings)

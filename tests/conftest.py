@@ -15,7 +15,6 @@ from devstack.servers import Services, start_services
 from devstack.service_stack import ServiceStack
 from saga.testing import Stack
 from standins import StandIns, start_standins
-from tasks.settings import job_posting_settings
 
 # The crash-test kit's fixtures (saga_crashes), on this session's stack (saga_stack below).
 pytest_plugins = ["saga.testing.plugin"]
@@ -63,10 +62,22 @@ def rabbitmqctl(*args: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(servers: Services, broker_url: str) -> Iterator[Stack]:
+def standins() -> Iterator[StandIns]:
+    """S3 (moto), Stripe and SMTP stand-ins; every process of the stack is pointed at them (the service refuses
+    to start without its third parties' settings)."""
+    running = start_standins(TEST_DIR / "standins")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Services, broker_url: str, standins: StandIns) -> Iterator[Stack]:
     s = ServiceStack(data_dir=TEST_DIR, database_server_url=servers.database_url,
-              broker_url=broker_url, queues=("probe", "celery"),
-              settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting,tests.sagas", **SETTINGS}, cwd=ROOT).start()
+                     broker_url=broker_url, queues=("probe", "celery"),
+                     settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting,tests.sagas", **SETTINGS, **standins.env},
+                     cwd=ROOT).start()
     from saga import db
     from tests.sagas import PROBE_TABLES
     from workers.app import load_modules
@@ -78,19 +89,6 @@ def stack(servers: Services, broker_url: str) -> Iterator[Stack]:
         yield s
     finally:
         s.stop()
-
-
-@pytest.fixture(scope="session")
-def standins(stack: Stack) -> Iterator[StandIns]:
-    """S3 (moto), Stripe and SMTP stand-ins; workers started after this point are pointed at them."""
-    running = start_standins(stack.data_dir / "standins")
-    stack.env.update(running.env)
-    os.environ.update(running.env)
-    job_posting_settings.cache_clear()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture()

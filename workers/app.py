@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import beat_init, worker_init
 
 from saga import Sagas
+from workers.settings import check_startup
 
 app = Celery("saga")
 app.config_from_object("celeryconfig")
 app.set_default()
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_without_settings(sender: Any = None, **_: Any) -> None:
+    """A worker or beat of this app starts only with every setting its saga types' steps need (connected before
+    the engine's own start-up, so recovery never starts in a beat that refuses)."""
+    if getattr(sender, "app", None) is app:
+        check_startup()
+
+
 # The ledger's database comes from SAGA_DATABASE_URL.
 sagas = Sagas(app)
 

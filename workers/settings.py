@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TypeVar
 
@@ -62,11 +63,22 @@ class ServiceSettings(BaseSettings):
 
 
 def load_or_exit(cls: type[S]) -> S:
-    """Settings of a layer of the service; a bad one stops the process with one line naming it."""
+    """Settings of a layer of the service; bad or missing ones stop the process with one line naming each."""
     try:
         return load(cls)
     except ConfigurationError as exc:
-        sys.exit(f"saga: {exc}")
+        sys.exit("\n".join(f"saga: {line}" for line in str(exc).splitlines()))
+
+
+# What a worker, beat or the API checks before it starts serving: each module of saga types adds the settings its
+# steps need, so a process missing one refuses to start instead of failing saga by saga.
+STARTUP_CHECKS: list[Callable[[], object]] = []
+
+
+def check_startup() -> None:
+    """Run every startup check (each exits naming what is missing)."""
+    for check in STARTUP_CHECKS:
+        check()
 
 
 @lru_cache(maxsize=1)
