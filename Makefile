@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-faults test-rabbitmq run bench soak lint clean
+.PHONY: venv test test-faults test-rabbitmq run bench soak lint docs clean
 
 venv: $(VENV)/.installed
 
@@ -27,7 +27,7 @@ RABBITMQ_TESTS := tests/test_job_posting.py tests/test_crash.py -k "test_job_pos
 # stand-ins); a test file stays in one process, so its module fixtures (an API server, a browser) start once.
 TEST_PROCESSES ?= 2
 
-test: venv
+test: venv docs
 	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile --ignore=tests/faults --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-faults
 	$(MAKE) --no-print-directory test-rabbitmq
@@ -53,7 +53,11 @@ soak: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# The documentation site (docs/, mkdocs.yml) into site/; strict: a broken link or a page left out of the nav fails.
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir site
+
 # Stop `make run` first: this deletes the embedded servers' data.
 clean:
-	rm -rf .saga .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .saga .pytest_cache .ruff_cache .mypy_cache site
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
