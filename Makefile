@@ -39,8 +39,10 @@ test-faults: venv
 test-rabbitmq: venv
 	SAGA_TEST_BROKER=rabbitmq $(BIN)/pytest -q $(RABBITMQ_TESTS)
 
+# RUN_ARGS="--api-port 8001 --flower-port 5556 --data-dir DIR" to run beside another stack.
+RUN_ARGS ?=
 run: venv
-	$(BIN)/python -m service dev
+	$(BIN)/python -m service dev $(RUN_ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.run

@@ -36,9 +36,10 @@ def _boot() -> None:
 
 
 @click.group(cls=Commands)
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """The saga service: HTTP API, workers, beat and Flower for the job board's saga types (and yours)."""
-    if DEV_ENV_FILE.exists():
+    if ctx.invoked_subcommand != "dev" and DEV_ENV_FILE.exists():  # `dev` writes it; one left by a killed run is stale
         read_env_file(DEV_ENV_FILE)
 
 
@@ -98,11 +99,14 @@ def flower(ctx: click.Context, port: int, address: str) -> None:
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Submit the demo sagas.")
 @click.option("--api-port", default=8000, show_default=True)
 @click.option("--flower-port", default=5555, show_default=True)
-def dev(workers: int, demo: bool, api_port: int, flower_port: int) -> None:
-    """Start the whole stack locally (what `make run` does); Ctrl-C or SIGTERM stops it within seconds."""
+@click.option("--data-dir", default=".saga", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Embedded servers' data, stand-ins' records, logs, the dev key and the env file.")
+def dev(workers: int, demo: bool, api_port: int, flower_port: int, data_dir: Path) -> None:
+    """Start the whole stack locally and play the demo (what `make run` does); Ctrl-C or SIGTERM stops it all
+    within seconds."""
     from devstack.supervisor import run
 
-    run(Path(".saga"), workers=workers, demo=demo, api_port=api_port, flower_port=flower_port)
+    run(data_dir, workers=workers, demo=demo, api_port=api_port, flower_port=flower_port)
 
 
 @main.command(name="api")

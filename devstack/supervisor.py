@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-from uuid import uuid4
 
 from devstack.servers import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
-from saga.states import FINAL
 from saga.testing.processes import Process, die_with_parent, stop_all
-
-if TYPE_CHECKING:
-    from standins import StandIns
 
 log = logging.getLogger("devstack.supervisor")
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
 # Seconds the stack's processes get to exit after SIGTERM before they are killed.
 STOP_GRACE = 1.5
 
@@ -61,7 +53,9 @@ def run(data_dir: Path, workers: int = 2, demo: bool = True, api_port: int = 800
 
         standins = start_standins(data_dir / "standins")
         env |= standins.env | {"SAGA_TENANT": "dev",  # the tenant of the dev API key, so CLI and API agree
-                               "SAGA_FLOWER_URL": f"http://127.0.0.1:{flower_port}"}
+                               "SAGA_FLOWER_URL": f"http://127.0.0.1:{flower_port}",
+                               # Long enough to send a new card by hand (1800 in production).
+                               "SAGA_PAYMENT_RETRY_SECONDS": os.environ.get("SAGA_PAYMENT_RETRY_SECONDS", "120")}
         os.environ.update(env)
         import migrations
         from saga import migrate, settings
@@ -88,10 +82,12 @@ def run(data_dir: Path, workers: int = 2, demo: bool = True, api_port: int = 800
         extras.append(Process.spawn("flower", [*saga_cmd, "flower", f"--port={flower_port}"],
                                     {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logs, cwd=ROOT))
         _wait_ready(processes[:workers])
-        _banner(env, logs, env_file, api_key, api_url, flower_port)
         if demo:
-            _demo(standins)
-        print("\nRunning. Ctrl-C stops every process started here.", flush=True)
+            from devstack.demo import play
+
+            play(api_url, api_key, standins, lambda line: print(line, flush=True))
+        _banner(env, logs, env_file, data_dir / "api-key", api_url, flower_port, env["SAGA_PAYMENT_RETRY_SECONDS"])
+        print("Running. Ctrl-C stops every process started here.", flush=True)
         while all(p.alive() for p in processes):
             time.sleep(0.5)
         dead = [p.name for p in processes if not p.alive()]
@@ -114,7 +110,7 @@ def _wait_ready(workers: list[Process], timeout: float = 60) -> None:
         if dead:
             raise SystemExit(f"service dev: {dead[0].name} exited:\n{dead[0].log_text()[-2000:]}")
         if time.monotonic() > deadline:
-            raise SystemExit("service dev: workers did not become ready in time; see .saga/logs")
+            raise SystemExit(f"service dev: workers did not become ready in time; see {workers[0].log.parent}")
         time.sleep(0.2)
 
 
@@ -127,67 +123,36 @@ def _api(env: dict[str, str], logs: Path, port: int) -> Process:
         raise SystemExit(f"service dev: the API could not start on port {port} ({exc}); is it in use?") from exc
 
 
-def _banner(env: dict[str, str], logs: Path, env_file: Path, api_key: str, api_url: str,
-            flower_port: int) -> None:
+def _banner(env: dict[str, str], logs: Path, env_file: Path, key_file: Path, api_url: str, flower_port: int,
+            wait: str) -> None:
+    """Where everything runs, and how to try each flow by hand."""
+    key = f"$(cat {key_file})"
+    saga = f".venv/bin/saga --env-file {env_file}"
     print(f"""
-  API        {api_url}  (docs {api_url}/docs; dev key in .saga/api-key: {api_key})
+  API        {api_url}  (docs {api_url}/docs; the dev key is in {key_file})
   console    {api_url}/ui  (paste the dev key once)
+  flower     http://127.0.0.1:{flower_port}  (Celery's live view of workers and tasks)
   database   {env[DATABASE_ENV]}
   broker     {env[BROKER_ENV]}
-  flower     http://127.0.0.1:{flower_port}  (Celery's live view of workers and tasks)
   stand-ins  S3 {env["SAGA_S3_ENDPOINT_URL"]} (bucket {env["SAGA_S3_BUCKET"]}), Stripe {env["STRIPE_API_BASE"]}, \
-SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in .saga/standins/maildir)
+SMTP {env["SAGA_SMTP_HOST"]}:{env["SAGA_SMTP_PORT"]} (mail in {logs.parent / "standins" / "maildir"})
   logs       {logs}/
 
-  In another terminal ({env_file} holds this stack's servers, app and API while it runs):
+Try each flow by hand, in another terminal in this directory ({env_file} tells the CLI where this stack is):
+  a posting that completes
     .venv/bin/python -m service submit job_posting --input @examples/job_posting.json --wait
-    .venv/bin/python -m service submit job_posting --input @examples/job_posting_declined.json --wait
-    .venv/bin/saga --env-file {env_file} list
-    .venv/bin/saga --env-file {env_file} status <id>      .venv/bin/saga --env-file {env_file} events <id>
-  or over HTTP:
-    curl -s {api_url}/v1/sagas -H "Authorization: Bearer $(cat .saga/api-key)" \\
-      -H "Idempotency-Key: first-posting" -H "Content-Type: application/json" \\
-      -d "{{\\"type\\": \\"job_posting\\", \\"input\\": $(cat examples/job_posting.json)}}"
+  a declined card: the saga waits {wait} s for another one; send it, and the same PaymentIntent is charged
+    .venv/bin/python -m service submit job_posting --input @examples/job_posting_declined.json
+    {saga} input <id> --input '{{"payment_method": "pm_card_visa"}}' --wait
+  or give up on it: everything it did is undone
+    {saga} cancel <id>
+  look around
+    {saga} list        {saga} status <id>        {saga} events <id>
+  the same over HTTP
+    curl -s {api_url}/v1/sagas -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+      -H "Idempotency-Key: my-posting-1" -d "{{\\"type\\": \\"job_posting\\", \\"input\\": $(cat examples/job_posting_declined.json)}}"
+    curl -s {api_url}/v1/sagas/<id> -H "Authorization: Bearer {key}"
+    curl -s {api_url}/v1/sagas/<id>/input -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+      -H "Idempotency-Key: my-card-2" -d '{{"input": {{"payment_method": "pm_card_visa"}}}}'
+    curl -s -X POST {api_url}/v1/sagas/<id>/cancel -H "Authorization: Bearer {key}"
 """, flush=True)
-
-
-def _demo(standins: StandIns) -> None:
-    """Post one job that completes and one whose card is declined; show their steps, then the evidence."""
-    import saga
-    from saga.cli import render
-    from workers.app import load_modules
-
-    load_modules()
-    started = [
-        saga.start("job_posting", json.loads((EXAMPLES / name).read_text()), idempotency_key=f"demo-{uuid4()}")
-        for name in ("job_posting.json", "job_posting_declined.json")
-    ]
-    print("Demo: Initech's posting goes through; Globex's card is declined, so its saga compensates.\n", flush=True)
-    shown: dict[object, str] = {}
-    while True:
-        records = [saga.load(s.saga.id) for s in started]
-        for record in records:
-            view = render(record)
-            if shown.get(record.id) != view:
-                print(view + "\n", flush=True)
-                shown[record.id] = view
-        if all(r.status in FINAL for r in records):
-            break
-        time.sleep(0.3)
-    print("What the third parties hold now:", flush=True)
-    keys, intents, mails = standins.s3_keys(), standins.payment_intents(), standins.messages()
-    for r in records:
-        sid = str(r.id)
-        charges = [f"{pi['id']} {pi['status']}" for pi in intents if pi.get("metadata", {}).get("saga_id") == sid]
-        print(f"  {r.input['company']:<8} saga {r.status}: logo {[k for k in keys if sid in k] or 'none'}; "
-              f"posting {_posting_status(r.id) or 'none'}; stripe {charges or 'no payment'}; "
-              f"email {[m['Message-ID'].strip() for m in mails if sid in (m['Message-ID'] or '')] or 'none'}", flush=True)
-
-
-def _posting_status(saga_id: object) -> str | None:
-    from sqlalchemy import text
-
-    from saga import db
-
-    with db.transaction() as conn:
-        return conn.execute(text("SELECT status FROM job_postings WHERE saga_id = :s"), {"s": saga_id}).scalar()

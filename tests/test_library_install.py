@@ -18,7 +18,6 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -26,7 +25,15 @@ import redis
 
 from devstack.api_process import spawn as spawn_api
 from devstack.servers import Services
-from saga.testing import Process, create_database, drop_database, wait_until, with_database
+from saga.testing import (
+    Process,
+    claim_redis_db,
+    create_database,
+    drop_database,
+    wait_until,
+    with_database,
+    with_redis_db,
+)
 from saga.testing.databases import libpq_url
 from tests.conftest import ROOT, TEST_DIR
 from tests.test_api import free_port
@@ -68,15 +75,6 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def claim_redis_db(url: str) -> int:
-    """An empty Redis DB number, marked as ours (as the test stacks claim theirs)."""
-    for number in range(15, 0, -1):
-        client = redis.Redis.from_url(url, db=number)
-        if client.dbsize() == 0 and client.set("saga:test-owner", os.getpid(), nx=True, ex=3600):
-            return number
-    raise RuntimeError("no empty Redis database (1-15)")
-
-
 @pytest.fixture(scope="module")
 def shop(servers: Services) -> Iterator[Shop]:
     work = TEST_DIR / "library-install"
@@ -94,7 +92,7 @@ def shop(servers: Services) -> Iterator[Shop]:
     create_database(servers.database_url, database)
     redis_db = claim_redis_db(servers.broker_url)
     database_url = with_database(servers.database_url, database)
-    broker = urlsplit(servers.broker_url)._replace(path=f"/{redis_db}").geturl()
+    broker = with_redis_db(servers.broker_url, redis_db)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "CELERY_", "PYTHON", "VIRTUAL_ENV"))}
     env |= {"PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "SAGA_DATABASE_URL": database_url,
             "SHOP_BROKER_URL": broker, "PYTHONUNBUFFERED": "1"}

@@ -31,7 +31,6 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # HTTP API: development keys as "tenant:key,tenant:key" (production keys live hashed in the database).
     api_keys: str = ""
-    api_url: str = "http://127.0.0.1:8000"
     flower_basic_auth: str | None = Field(default=None, validation_alias="FLOWER_BASIC_AUTH")
     # Where operators reach Flower; the console links each step to its task there.
     flower_url: str | None = None

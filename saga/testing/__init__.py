@@ -12,9 +12,9 @@
 from saga.testing.crashes import CrashOutcome, CrashPoint, CrashTester, crash_points
 from saga.testing.databases import create_database, drop_database, with_database
 from saga.testing.processes import Process
-from saga.testing.stack import Stack, wait_for_status, wait_until
+from saga.testing.stack import Stack, claim_redis_db, wait_for_status, wait_until, with_redis_db
 
 __all__ = [
-    "CrashOutcome", "CrashPoint", "CrashTester", "Process", "Stack", "crash_points", "create_database",
-    "drop_database", "wait_for_status", "wait_until", "with_database",
+    "CrashOutcome", "CrashPoint", "CrashTester", "Process", "Stack", "claim_redis_db", "crash_points",
+    "create_database", "drop_database", "wait_for_status", "wait_until", "with_database", "with_redis_db",
 ]

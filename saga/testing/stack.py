@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 
@@ -98,17 +99,8 @@ class Stack:
     def _broker(self) -> str:
         if not self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
-        self.redis_db = self._claim_redis_db(self.broker_url)
-        broker = self.broker_url.rstrip("/").rsplit("/", 1)
-        base = self.broker_url.rstrip("/") if not broker[-1].isdigit() else broker[0]
-        return f"{base}/{self.redis_db}"
-
-    def _claim_redis_db(self, url: str) -> int:
-        for number in range(15, 0, -1):
-            client = redis.Redis.from_url(url, db=number)
-            if client.dbsize() == 0 and client.set("saga:test-owner", os.getpid(), nx=True, ex=86400):
-                return number
-        raise RuntimeError("no empty Redis database (1-15) to run in")
+        self.redis_db = claim_redis_db(self.broker_url)
+        return with_redis_db(self.broker_url, self.redis_db)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.env[self.broker_env])
@@ -200,6 +192,21 @@ class Stack:
             drop_database(self.database_server_url, self.database)
         if self.redis_db > 0:
             self.redis().flushdb()
+
+
+def claim_redis_db(url: str) -> int:
+    """An empty database number (15 down to 1) on the Redis server of `url`, marked as taken for a day, so that
+    test sessions sharing a server never share a database."""
+    for number in range(15, 0, -1):
+        client = redis.Redis.from_url(url, db=number)
+        if client.dbsize() == 0 and client.set("saga:test-owner", os.getpid(), nx=True, ex=86400):
+            return number
+    raise RuntimeError("no empty Redis database (1-15) to run in")
+
+
+def with_redis_db(url: str, number: int) -> str:
+    """The same Redis server URL naming database `number`."""
+    return urlsplit(url)._replace(path=f"/{number}").geturl()
 
 
 def wait_for_status(saga_id: Any, statuses: Iterable[str], timeout: float = 60.0) -> Any:
