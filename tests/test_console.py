@@ -176,6 +176,12 @@ def test_list_filter_and_a_compensated_posting_undone_newest_first(
     assert bars(browser, "upload_logo", "attempt")[0]["x"] < undo[0]["x"], "the undo comes after the attempts"
     assert {b["fill"] for b in undo}.isdisjoint({b["fill"] for b in bars(browser, kind="attempt")})
     assert pivot(browser) == {"step": "charge_payment", "passed": False, "x": None}, "never past its point of no return"
+    # The 8 s wait is drawn short (a break in the axis), so the quick undo after it stays wide enough to see.
+    assert browser.execute_script("return document.querySelectorAll('#gantt-chart .tl-cut').length") == 1
+    [wait] = bars(browser, "charge_payment", "input-wait")
+    span = browser.execute_script("const s = document.querySelector('#gantt-chart').dataset;"
+                                  "return [Date.parse(s.stop) - Date.parse(s.start), s.plot]")
+    assert wait["width"] < 0.5 * wait["ms"] / span[0] * float(span[1]), (wait, span)
     screenshot(browser, "console-compensated")
 
     browser.get(f"{api.url}/ui#/saga/{done}")

@@ -54,7 +54,8 @@ function timelineModel(saga, events, now) {
     if (!lanes.has(name)) lanes.set(name, { name, kind: kind || "", bars: [], marks: [] });
     return lanes.get(name);
   };
-  const sagaLane = lane("saga", "");
+  const sagaLane = { name: "saga", kind: "", bars: [], marks: [], saga: true };
+  lanes.set("", sagaLane);  // keyed apart from the steps, which may have any name
   for (const step of saga.steps) lane(step.name, step.kind);
   const open = new Map();  // `${step}|forward` / `${step}|undo` / `${step}|input` -> the bar still open
   const waits = [];        // backoff bars, clipped by whatever ends them early
@@ -70,7 +71,9 @@ function timelineModel(saga, events, now) {
     return bar;
   };
   const clipWaits = (stepName, at) => {
-    for (const wait of waits) if ((stepName === null || wait.step === stepName) && wait.end > at && wait.start <= at) wait.end = at;
+    for (const wait of waits) {
+      if ((stepName === null || wait.step === stepName) && wait.start <= at && wait.end > at) wait.end = at;
+    }
   };
   let last = new Date(saga.created_at).getTime();
   for (const event of events) {
@@ -115,7 +118,6 @@ function timelineModel(saga, events, now) {
         for (const key of [...open.keys()]) if (key.endsWith("|input")) close(key, at, "ended", detail.reason);
         clipWaits(null, at);
       }
-      if (event.kind === "saga_rewound" && pivot) pivotPassedAt = null;
       sagaLane.marks.push({ kind: event.kind, at, label: SAGA_MARKS[event.kind] || event.kind.replace(/_/g, " "),
         note: detail.reason || detail.error || (Object.keys(detail).length ? JSON.stringify(detail) : "") });
     }
@@ -136,9 +138,10 @@ function timelineModel(saga, events, now) {
     active };
 }
 
-// A stretch of time in which nothing but waiting happened, longer than this share of the whole, is drawn this many
-// pixels wide (with a break in the axis), so the attempts around a long wait stay wide enough to see.
-const GAP_SHARE = 0.2;
+// A past stretch in which nothing but waiting happened, longer than GAP_MS and this share of the whole, is drawn
+// GAP_PIXELS wide (with a break in the axis), so the attempts around a long wait stay wide enough to see.
+const GAP_SHARE = 0.3;
+const GAP_MS = 5000;
 const GAP_PIXELS = 56;
 
 /** Time to x: linear, except over long past stretches where nothing ran (their segments are `cut`). */
@@ -155,7 +158,7 @@ function timeScale(model, left, width) {
   let reach = model.start;
   for (const [from, to] of busy) {
     const gap = [reach + pad, from - pad];
-    if (gap[1] - gap[0] > Math.max(GAP_SHARE * span, 1000) && gap[1] <= model.last) cuts.push(gap);
+    if (gap[1] - gap[0] > Math.max(GAP_SHARE * span, GAP_MS) && gap[1] <= model.last) cuts.push(gap);
     reach = Math.max(reach, to);
   }
   const cutTime = cuts.reduce((n, [a, b]) => n + (b - a), 0);
@@ -228,6 +231,7 @@ function drawTimeline(svg, model, width) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.dataset.start = new Date(model.start).toISOString();
   svg.dataset.stop = new Date(model.stop).toISOString();
+  svg.dataset.plot = plot;
 
   const step = TICKS.find((t) => scale.linear / t <= 8) || TICKS[TICKS.length - 1];
   const grid = svgEl("g", { class: "tl-grid" });
@@ -251,7 +255,7 @@ function drawTimeline(svg, model, width) {
 
   model.lanes.forEach((lane, i) => {
     const y = top + i * laneHeight;
-    const row = svgEl("g", { class: `tl-lane${lane.name === "saga" && !lane.kind ? " tl-saga" : ""}` });
+    const row = svgEl("g", { class: `tl-lane${lane.saga ? " tl-saga" : ""}` });
     row.dataset.step = lane.name;
     row.append(svgEl("rect", { x: 0, y, width, height: laneHeight, class: `tl-band${i % 2 ? " odd" : ""}` }));
     const label = svgEl("text", { x: 8, y: y + laneHeight / 2 + 4, class: "tl-label" }, lane.name);
@@ -261,6 +265,11 @@ function drawTimeline(svg, model, width) {
     }
     row.append(label);
     for (const bar of lane.bars) {
+      if (bar.kind === "input-wait" && bar.outcome === "waiting" && bar.until > bar.end) {
+        const rest = Math.min(bar.until, model.stop);  // what is left of the wait, drawn as an outline
+        row.append(withTitle(svgEl("rect", { x: x(bar.end), y: y + 9, width: Math.max(0, x(rest) - x(bar.end)),
+          height: laneHeight - 18, rx: 2, class: "tl-remaining" }), `${seconds(bar.until - bar.end)} of the wait left`));
+      }
       const x1 = x(bar.start);
       const w = Math.max(3, x(bar.end) - x1);
       const thin = bar.kind === "retry-wait" || bar.kind === "input-wait";

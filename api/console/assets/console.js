@@ -485,7 +485,10 @@ async function route() {
     if (match) await showSaga(match[1]);
     else {
       await Promise.all([showList(), renderOverview()]);
-      overviewTimer = setInterval(() => renderOverview().catch((e) => notice(e.message)), OVERVIEW_REFRESH_MS);
+      // Refreshed while the tab is in view (a tab left open in the background costs the ledger nothing).
+      overviewTimer = setInterval(() => {
+        if (!document.hidden) renderOverview().catch((e) => notice(e.message));
+      }, OVERVIEW_REFRESH_MS);
     }
   } catch (error) {
     if (error.message !== "unauthorized") notice(error.message);
