@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -140,6 +141,12 @@ def pivot(browser: WebDriver) -> dict[str, Any]:
 
 def outcomes(found: list[dict[str, Any]]) -> list[str]:
     return [b["outcome"] for b in found]
+
+
+def click(browser: WebDriver, selector: str) -> None:
+    """Click what the selector finds, finding it again if the page redrew it meanwhile (the front page refreshes)."""
+    WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(
+        lambda b: b.find_element(By.CSS_SELECTOR, selector).click() or True)
 
 
 def test_list_filter_and_a_compensated_posting_undone_newest_first(
@@ -434,12 +441,11 @@ def test_the_front_page_lists_who_needs_an_operator_first_with_counts_by_status_
     screenshot(browser, "console-front")
 
     # From the list to the saga: its wait for input on the time axis, with where it ends.
-    browser.find_element(By.CSS_SELECTOR, f'#needs tr[data-id="{soon}"] a').click()
+    click(browser, f'#needs tr[data-id="{soon}"] a')
     drawn(browser, lambda found: ("input-wait", "waiting") in [(b["kind"], b["outcome"]) for b in found],
           "the wait for input")
     assert badge(browser) == "awaiting_input"
     # A tile leads to the sagas in that status.
     browser.get(f"{api.url}/ui#/")
-    WebDriverWait(browser, 10).until(lambda b: len(texts(b, "#status-tiles .tile")) == 8)
-    browser.find_element(By.CSS_SELECTOR, '#status-tiles .tile[data-status="paused"]').click()
+    click(browser, '#status-tiles .tile[data-status="paused"]')
     WebDriverWait(browser, 10).until(lambda b: rows(b) == [paused])

@@ -146,7 +146,7 @@ const GAP_PIXELS = 56;
 
 /** Time to x: linear, except over long past stretches where nothing ran (their segments are `cut`). */
 function timeScale(model, left, width) {
-  const span = Math.max(model.stop - model.start, 1000);
+  const span = Math.max(model.stop - model.start, 50);
   const pad = span * 0.01;
   const busy = [];
   for (const lane of model.lanes) {
