@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
-from api import console, errors, health, metrics
+from api import console, errors, health, metrics, stats
 from api import keys as apikeys
 from api.auth import KeyRing
 from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
@@ -58,6 +58,7 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     app.state.watcher = ChangeWatcher()
     errors.install(app)
     app.include_router(router)
+    app.include_router(stats.router)
     console.install(app)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["operations"],

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from saga.models import Event, EventPage, Progress, Saga, SagaPage, Step
+from saga.states import SagaStatus
 from saga.storable import storable
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "EventPage",
     "FieldProblem",
     "Health",
+    "Minute",
+    "NeedsOperator",
     "Progress",
     "ProvideInput",
     "RestartSaga",
@@ -24,6 +27,8 @@ __all__ = [
     "Saga",
     "SagaPage",
     "StartSaga",
+    "Stats",
+    "StatusCount",
     "Step",
 ]
 
@@ -97,3 +102,47 @@ class Health(BaseModel):
     status: str = Field(description="`ok`, or `unavailable` when a dependency does not answer.")
     database: Check
     broker: Check
+
+
+class StatusCount(BaseModel):
+    type: str
+    status: SagaStatus
+    count: int = Field(ge=1)
+
+
+class NeedsOperator(BaseModel):
+    """A saga that needs an operator: `failed` (a compensation gave up), `awaiting_input` with less than half of
+    its wait left, or `paused` (forward recovery needs a person)."""
+
+    id: str
+    type: str
+    status: SagaStatus
+    reason: str | None = Field(description="The saga's error, or what it awaits input for.")
+    since: str = Field(description="When it stopped, or asked for input (ISO 8601).")
+    until: str | None = Field(description="When its wait for input ends (ISO 8601); null for the others.")
+
+
+class Minute(BaseModel):
+    """One minute of the last hour: sagas started in it, and sagas that reached each ending in it."""
+
+    at: str = Field(description="The minute's start (ISO 8601).")
+    started: int = Field(ge=0)
+    completed: int = Field(ge=0)
+    compensated: int = Field(ge=0)
+    paused: int = Field(ge=0)
+    failed: int = Field(ge=0)
+
+
+class Stats(BaseModel):
+    """Body of `GET /v1/stats`: the caller's tenant at a glance."""
+
+    now: str = Field(description="The server's clock when the figures were taken (ISO 8601).")
+    counts: list[StatusCount] = Field(description=(
+        "How many of the tenant's sagas are in each status, by type (pairs with none are left out)."))
+    needs_operator: list[NeedsOperator] = Field(description=(
+        "Failed sagas, then sagas awaiting input past half their wait (the soonest to end first), then paused "
+        "ones; oldest first within each; at most 50."))
+    needs_operator_total: int = Field(ge=0, description="How many sagas need an operator in all.")
+    last_hour: list[Minute] = Field(description=(
+        "Sixty minutes, oldest first, the current (partial) one last. A saga counts as ended in the minute it "
+        "reached the status it is in now, if it was created within the last day."))

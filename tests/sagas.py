@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from saga import PermanentError, RetryPolicy, SagaType, StepContext, TransientError, db
+from saga import NeedsInput, PermanentError, RetryPolicy, SagaType, StepContext, TransientError, db
 from workers.app import sagas
 
 log = logging.getLogger("tests.probe")
@@ -43,6 +43,8 @@ class ProbeInput(BaseModel):
     fail_from: dict[str, int] = Field(default_factory=dict)  # label -> first attempt that fails permanently
     crash: str | None = None  # label whose body kills its own worker process, every attempt
     bad_result: str | None = None  # label whose result PostgreSQL's jsonb refuses (a NUL character)
+    ask: dict[str, float] = Field(default_factory=dict)  # step -> seconds it waits for `answer` while that is unset
+    answer: str | None = None
 
 
 def _hang() -> None:
@@ -68,6 +70,8 @@ def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
         _hang()
     if spec.crash == label:
         os.kill(os.getpid(), signal.SIGKILL)
+    if label in spec.ask and spec.answer is None:
+        raise NeedsInput("answer", reason=f"{label} needs an answer", within=spec.ask[label])
     if spec.fail == label or ctx.attempt >= spec.fail_from.get(label, ctx.attempt + 1):
         raise PermanentError(f"{label} refused")
     if ctx.attempt <= spec.transient.get(label, 0):

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -553,6 +554,66 @@ def test_listings_and_idempotency_keys_are_per_tenant(api: ApiServer) -> None:
     assert mine in [s["id"] for s in owner.get("/v1/sagas", params={"limit": 200}).json()["items"]]
 
 
+# The tenant at a glance ------------------------------------------------------------------------------
+
+
+def test_stats_count_by_type_and_status_list_who_needs_an_operator_and_chart_the_last_hour(
+    api: ApiServer, workers: Stack,
+) -> None:
+    client, other = api.new_tenant(), api.new_tenant()
+    stuck, undo_stuck = f"d-{uuid.uuid4()}", f"undo-b-{uuid.uuid4()}"
+    switch(stuck, True)
+    switch(undo_stuck, True)
+    try:
+        done = [start(client, "probe").json()["id"] for _ in range(2)]
+        compensated = start(client, "probe", {"fail": "c"}).json()["id"]
+        paused = start(client, "probe", {"switch": {"d": stuck}}).json()["id"]
+        failed = start(client, "probe", {"fail": "c", "switch": {"undo_b": undo_stuck}}).json()["id"]
+        start(client, "probe_idle")  # no worker reads its queue: it stays pending
+        ended = {saga_id: settle(client, saga_id)["status"] for saga_id in [*done, compensated, paused, failed]}
+    finally:
+        switch(stuck, False)
+        switch(undo_stuck, False)
+    assert list(ended.values()) == ["completed", "completed", "compensated", "paused", "failed"]
+    # Two waits for input: one whose first half is soon over, one far from it.
+    soon = start(client, "probe", {"ask": {"c": 6}}).json()["id"]
+    later = start(client, "probe", {"ask": {"c": 600}}).json()["id"]
+    for saga_id in (soon, later):
+        wait_until(lambda i=saga_id: client.get(f"/v1/sagas/{i}").json()["status"] == "awaiting_input", timeout=30,
+                   what=f"saga {saga_id} to await input")
+
+    def listed() -> dict[str, Any] | None:
+        answer = client.get("/v1/stats")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        return body if soon in [n["id"] for n in body["needs_operator"]] else None
+
+    stats = wait_until(listed, timeout=10, interval=0.2, what="the wait for input past its half to be listed")
+    assert stats["needs_operator_total"] == 3
+    assert [(n["id"], n["status"]) for n in stats["needs_operator"]] == [
+        (failed, "failed"), (soon, "awaiting_input"), (paused, "paused")], "failed, then waits, then paused"
+    waiting = stats["needs_operator"][1]
+    now = datetime.fromisoformat(stats["now"])
+    assert waiting["reason"] == "c needs an answer"
+    assert datetime.fromisoformat(waiting["since"]) < now < datetime.fromisoformat(waiting["until"])
+    assert "compensation of b gave up" in stats["needs_operator"][0]["reason"]
+    counts = {(c["type"], c["status"]): c["count"] for c in stats["counts"]}
+    assert counts == {("probe", "completed"): 2, ("probe", "compensated"): 1, ("probe", "paused"): 1,
+                      ("probe", "failed"): 1, ("probe", "awaiting_input"): 2, ("probe_idle", "pending"): 1}
+    hour = stats["last_hour"]
+    assert len(hour) == 60 and hour == sorted(hour, key=lambda m: m["at"])
+    assert datetime.fromisoformat(hour[-1]["at"]) <= now < datetime.fromisoformat(hour[-1]["at"]) + timedelta(minutes=1)
+    totals = {k: sum(m[k] for m in hour) for k in ("started", "completed", "compensated", "paused", "failed")}
+    assert totals == {"started": 8, "completed": 2, "compensated": 1, "paused": 1, "failed": 1}, totals
+    assert later not in [n["id"] for n in stats["needs_operator"]], "a wait far from its half is not listed"
+
+    # Another tenant sees none of it; without a key there is nothing to see.
+    theirs = other.get("/v1/stats").json()
+    assert theirs["counts"] == [] and theirs["needs_operator"] == [] and theirs["needs_operator_total"] == 0
+    assert sum(m["started"] for m in theirs["last_hour"]) == 0
+    assert_error(api.client().get("/v1/stats"), 401, "unauthorized")
+
+
 # Errors, health and metrics --------------------------------------------------------------------------
 
 
@@ -584,7 +645,8 @@ def test_health_and_metrics(api: ApiServer) -> None:
     docs = httpx.get(f"{api.url}/openapi.json").json()
     paths = {"/v1/sagas", "/v1/sagas/{saga_id}", "/v1/sagas/{saga_id}/events", "/v1/sagas/{saga_id}/stream",
              "/v1/sagas/{saga_id}/cancel", "/v1/sagas/{saga_id}/resume", "/v1/sagas/{saga_id}/compensate",
-             "/v1/sagas/{saga_id}/restart", "/v1/sagas/{saga_id}/input", "/v1/sagas/{saga_id}/rewind", "/healthz", "/metrics"}
+             "/v1/sagas/{saga_id}/restart", "/v1/sagas/{saga_id}/input", "/v1/sagas/{saga_id}/rewind", "/v1/stats",
+             "/healthz", "/metrics"}
     assert set(docs["paths"]) == paths
 
 

@@ -8,9 +8,14 @@ const ACTIONS = {
   cancel: ["pending", "running", "awaiting_input"], resume: ["paused"], compensate: ["failed"], restart: ["compensated", "failed"],
 };
 const REWINDABLE = ["awaiting_input", "paused", "completed"];
+const STATUSES = ["pending", "running", "awaiting_input", "compensating", "completed", "compensated", "paused", "failed"];
+const OVERVIEW_REFRESH_MS = 10000;
 const $ = (selector) => document.querySelector(selector);
 let stream = null;   // the AbortController of the live view's stream
 let nextCursor = null;
+let overviewTimer = null;  // redraws the front page's figures while it is shown
+let liveTimer = null;      // moves a running saga's timeline along with the clock
+const shown = { saga: null, events: [] };  // what the saga page draws its timeline from
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -50,7 +55,7 @@ async function api(path, options = {}) {
 }
 
 function showKeyForm(message) {
-  for (const id of ["#list", "#detail", "#forget"]) $(id).hidden = true;
+  for (const id of ["#overview", "#list", "#detail", "#forget"]) $(id).hidden = true;
   $("#key-form").hidden = false;
   notice(message);
 }
@@ -68,6 +73,109 @@ function cell(row, content, pre) {
   return td;
 }
 
+// --- the front page: who needs an operator, counts, the last hour ------------------------------------------
+
+function statusLink(text, params) {
+  const link = el("a", text);
+  link.href = `#/?${new URLSearchParams(params)}`;
+  return link;
+}
+
+function renderNeeds(stats) {
+  const now = new Date(stats.now).getTime();
+  const rows = stats.needs_operator.map((item) => {
+    const row = el("tr");
+    row.dataset.id = item.id;
+    row.dataset.status = item.status;
+    const link = el("a", item.id);
+    link.href = `#/saga/${item.id}`;
+    cell(row, link);
+    cell(row, item.type);
+    cell(row, statusBadge(item.status));
+    cell(row, item.reason).className = "why";
+    const since = now - new Date(item.since).getTime();
+    if (item.until) {
+      const left = new Date(item.until).getTime() - now;
+      cell(row, `asked ${seconds(since)} ago; ` + (left > 0 ? `the wait ends in ${seconds(left)}` : "the wait is over"),
+        false).className = "urgent";
+    } else cell(row, `${seconds(since)} ago`);
+    return row;
+  });
+  if (!rows.length) {
+    const row = el("tr");
+    cell(row, "Nothing needs an operator.").colSpan = 5;
+    rows.push(row);
+  }
+  $("#needs tbody").replaceChildren(...rows);
+  const total = stats.needs_operator_total;
+  $("#needs-total").textContent = total > stats.needs_operator.length ? `(${stats.needs_operator.length} of ${total})`
+    : total ? `(${total})` : "";
+}
+
+function renderCounts(stats) {
+  const byStatus = Object.fromEntries(STATUSES.map((s) => [s, 0]));
+  const byType = new Map();
+  for (const { type, status, count } of stats.counts) {
+    byStatus[status] += count;
+    if (!byType.has(type)) byType.set(type, Object.fromEntries(STATUSES.map((s) => [s, 0])));
+    byType.get(type)[status] += count;
+  }
+  $("#status-tiles").replaceChildren(...STATUSES.map((status) => {
+    const tile = statusLink("", { status });
+    tile.className = `tile st-${status}${byStatus[status] ? "" : " zero"}`;
+    tile.dataset.status = status;
+    tile.append(el("b", byStatus[status]), el("span", status.replace("_", " ")));
+    return tile;
+  }));
+  const present = STATUSES.filter((s) => byStatus[s]);
+  const head = el("tr");
+  for (const title of ["Type", ...present.map((s) => s.replace("_", " ")), "Total", ""]) head.append(el("th", title));
+  $("#by-type thead").replaceChildren(head);
+  const rows = [...byType.entries()].map(([type, counts]) => {
+    const row = el("tr");
+    row.dataset.type = type;
+    cell(row, statusLink(type, { type }));
+    for (const status of present) {
+      const td = cell(row, counts[status] ? statusLink(counts[status], { status, type }) : "");
+      td.className = "num";
+      td.dataset.status = status;
+    }
+    const total = STATUSES.reduce((n, s) => n + counts[s], 0);
+    cell(row, total).className = "num total";
+    const bar = svgEl("svg", { width: 160, height: 12, class: "type-bar" });
+    let x = 0;
+    for (const status of STATUSES) {
+      if (!counts[status]) continue;
+      const w = (counts[status] / total) * 160;
+      bar.append(withTitle(svgEl("rect", { x, y: 0, width: w, height: 12, class: `st-${status}` }),
+        `${counts[status]} ${status}`));
+      x += w;
+    }
+    cell(row, bar);
+    return row;
+  });
+  if (!rows.length) {
+    const row = el("tr");
+    cell(row, "No sagas yet.").colSpan = present.length + 3;
+    rows.push(row);
+  }
+  $("#by-type tbody").replaceChildren(...rows);
+}
+
+function renderHour(stats) {
+  const svg = $("#hour-chart");
+  drawHour(svg, stats.last_hour, Math.max(420, svg.parentElement.clientWidth - 4));
+  const sum = (series) => stats.last_hour.reduce((n, m) => n + m[series], 0);
+  $("#hour-totals").textContent = `(${["started", ...ENDED_SERIES].map((s) => `${sum(s)} ${s}`).join(", ")})`;
+}
+
+async function renderOverview() {
+  const stats = await api("/v1/stats");
+  renderNeeds(stats);
+  renderCounts(stats);
+  renderHour(stats);
+}
+
 // --- the list ----------------------------------------------------------------------------------------------
 
 function filtersFromHash() {
@@ -81,6 +189,7 @@ function filtersFromHash() {
 
 async function showList(append = false) {
   $("#detail").hidden = true;
+  $("#overview").hidden = false;
   $("#list").hidden = false;
   const params = filtersFromHash();
   const query = new URLSearchParams({ limit: "50" });
@@ -137,6 +246,8 @@ function duration(step) {
 }
 
 function renderSaga(saga) {
+  if (shown.saga?.id !== saga.id) shown.events = [];
+  shown.saga = saga;
   $("#d-title").textContent = `${saga.type} ${saga.id}`;
   const summary = $("#d-summary");
   summary.replaceChildren(statusBadge(saga.status),
@@ -203,6 +314,35 @@ function renderSaga(saga) {
   });
 }
 
+// What the timeline's legend can say, in this order; it shows the entries the drawing uses.
+const GANTT_LEGEND = [
+  ["attempt succeeded", "attempt that succeeded"], ["attempt retried", "attempt that failed, then retried"],
+  ["attempt failed", "attempt that failed for good"], ["attempt asked", "attempt that asked for input"],
+  ["retry-wait", "backoff before a retry"], ["input-wait", "waiting for input"],
+  ["undo compensated", "undo (compensation)"], ["undo retried", "undo that failed, then retried"],
+  ["undo failed", "undo that failed for good"], ["attempt running", "running"], ["attempt lost", "no outcome reported"],
+];
+
+function drawGantt() {
+  const svg = $("#gantt-chart");
+  if (!shown.saga || $("#detail").hidden) return;
+  const model = timelineModel(shown.saga, shown.events, Date.now());
+  drawTimeline(svg, model, Math.max(600, svg.parentElement.clientWidth - 2));
+  const used = new Set(model.lanes.flatMap((l) => l.bars).map((bar) => {
+    if (bar.kind === "retry-wait" || bar.kind === "input-wait") return bar.kind;
+    if (bar.outcome === "running" || bar.outcome === "lost") return `attempt ${bar.outcome}`;  // one colour for both
+    return `${bar.kind} ${bar.outcome}`;
+  }));
+  const legend = GANTT_LEGEND.filter(([kind]) => used.has(kind)).map(([kind, words]) => [`tl-bar ${kind}`, words]);
+  if (model.pivot) legend.push(["tl-pivot-swatch", `point of no return (${model.pivot}${model.pivotPassedAt ? ", passed" : ", not passed"})`]);
+  drawLegend($("#gantt-legend"), legend);
+  $("#gantt-span").textContent = `(from ${new Date(model.start).toLocaleString()}, ` +
+    (model.active ? `${seconds(Math.max(Date.now(), model.last) - model.start)} so far)`
+      : `${seconds(model.last - model.start)})`);
+  if (model.active && !liveTimer) liveTimer = setInterval(drawGantt, 1000);
+  if (!model.active && liveTimer) { clearInterval(liveTimer); liveTimer = null; }
+}
+
 async function renderTimeline(id) {
   const list = $("#timeline");
   const items = [];
@@ -211,6 +351,10 @@ async function renderTimeline(id) {
     const page = await api(`/v1/sagas/${id}/events?after=${after}`);
     items.push(...page.items);
     after = page.next_after;
+  }
+  if (shown.saga?.id === id.toLowerCase()) {
+    shown.events = items;
+    drawGantt();
   }
   list.replaceChildren(...items.map((event) => {
     const item = el("li");
@@ -251,6 +395,7 @@ async function follow(id, controller) {
 
 async function showSaga(id) {
   $("#list").hidden = true;
+  $("#overview").hidden = true;
   $("#detail").hidden = false;
   const saga = await api(`/v1/sagas/${id}`);
   renderSaga(saga);
@@ -328,6 +473,9 @@ $("#d-rewind").addEventListener("submit", async (event) => {
 
 async function route() {
   if (stream) { stream.abort(); stream = null; }
+  if (overviewTimer) { clearInterval(overviewTimer); overviewTimer = null; }
+  if (liveTimer) { clearInterval(liveTimer); liveTimer = null; }
+  shown.saga = null;
   if (!sessionStorage.getItem(KEY)) { showKeyForm(""); return; }
   $("#key-form").hidden = true;
   $("#forget").hidden = false;
@@ -335,7 +483,13 @@ async function route() {
   const match = location.hash.match(/^#\/saga\/([0-9a-f-]{36})$/i);
   try {
     if (match) await showSaga(match[1]);
-    else await showList();
+    else {
+      await Promise.all([showList(), renderOverview()]);
+      // Refreshed while the tab is in view (a tab left open in the background costs the ledger nothing).
+      overviewTimer = setInterval(() => {
+        if (!document.hidden) renderOverview().catch((e) => notice(e.message));
+      }, OVERVIEW_REFRESH_MS);
+    }
   } catch (error) {
     if (error.message !== "unauthorized") notice(error.message);
   }
@@ -349,4 +503,8 @@ $("#key-form").addEventListener("submit", (event) => {
 });
 $("#forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); route(); });
 window.addEventListener("hashchange", route);
+window.addEventListener("resize", () => {
+  if (!$("#detail").hidden) drawGantt();
+});
+drawLegend($("#hour-legend"), [["hc-bar started", "started"], ...ENDED_SERIES.map((s) => [`hc-bar ${s}`, s])]);
 route();
