@@ -20,7 +20,14 @@ import pytest
 import redis
 
 from devstack.servers import Services
-from saga.testing import claim_redis_db, create_database, drop_database, wait_until, with_database, with_redis_db
+from saga.testing import (
+    claim_redis_db,
+    create_database,
+    drop_database,
+    wait_until,
+    with_database,
+    with_redis_db,
+)
 from saga.testing.databases import libpq_url
 from standins import StandIns, free_port
 from tests.conftest import ROOT
@@ -28,7 +35,7 @@ from tests.conftest import ROOT
 BANNER = re.compile(r"stand-ins +S3 (?P<s3>\S+) \(bucket (?P<bucket>[^)]+)\), Stripe (?P<stripe>\S+), "
                     r"SMTP (?P<host>[\d.]+):(?P<port>\d+) \(mail in (?P<maildir>[^)]+)\)")
 EVIDENCE = re.compile(r"^  (?P<company>\w+) +(?P<status>\w+) +logo (?P<logo>.*?); posting (?P<posting>.*?); "
-                      r"stripe (?P<stripe>.*?); receipt (?P<receipt>.*)$", re.M)
+                      r"stripe (?P<stripe>.*?); receipt (?P<receipt>.*)$", re.MULTILINE)
 
 
 @dataclass
@@ -53,11 +60,10 @@ def make_run(servers: Services, tmp_path_factory: pytest.TempPathFactory) -> Ite
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "STRIPE_", "CELERY_", "AWS_", "PYTEST"))}
     env |= {"SAGA_DATABASE_URL": database_url, "SAGA_BROKER_URL": broker}
     log = data / "make-run.log"
+    run_args = f"RUN_ARGS=--data-dir {data / 'saga'} --api-port {free_port()} --flower-port {free_port()}"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["make", "-s", "run", f"RUN_ARGS=--data-dir {data / 'saga'} --api-port {free_port()} "
-                                  f"--flower-port {free_port()}"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(["make", "-s", "run", run_args], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
     run = Run(process, log, database_url, time.monotonic())
     try:
         yield run
@@ -81,7 +87,7 @@ def test_make_run_shows_three_outcomes_and_evidence_that_the_third_parties_confi
     print(f"make run: demo played and Running. printed {time.monotonic() - make_run.started:.0f} s after start")
     assert "Globex's client sends another card." in out and "Umbrella's client cancels." in out
     for company in ("Globex", "Umbrella"):
-        assert re.search(rf"^{company}: saga \S+  type=job_posting  status=awaiting_input", out, re.M), company
+        assert re.search(rf"^{company}: saga \S+  type=job_posting  status=awaiting_input", out, re.MULTILINE), company
 
     printed = {m["company"]: m.groupdict() for m in EVIDENCE.finditer(out.split("hold now:", 1)[1])}
     assert set(printed) == {"Initech", "Globex", "Umbrella"}, out[-3000:]
