@@ -31,6 +31,7 @@ from saga.testing import (
 from saga.testing.databases import libpq_url
 from standins import StandIns, free_port
 from tests.conftest import ROOT
+from tests.test_dev_stack import still_running
 
 BANNER = re.compile(r"stand-ins +S3 (?P<s3>\S+) \(bucket (?P<bucket>[^)]+)\), Stripe (?P<stripe>\S+), "
                     r"SMTP (?P<host>[\d.]+):(?P<port>\d+) \(mail in (?P<maildir>[^)]+)\)")
@@ -133,15 +134,6 @@ def test_sigterm_to_make_leaves_no_process_behind(make_run: Run) -> None:
     make_run.process.send_signal(signal.SIGTERM)
     make_run.process.wait(timeout=30)
 
-    def alive() -> list[str]:
-        found = []
-        for p in started:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(" ".join(p.cmdline()[:5]))
-            except psutil.NoSuchProcess:
-                pass
-        return found
-
-    wait_until(lambda: not alive(), timeout=20, what=f"every process make run started to stop: {alive()}")
+    wait_until(lambda: not still_running(started), timeout=20,
+               what=f"every process make run started to stop: {still_running(started)}")
     assert "Stopped." in make_run.output()
