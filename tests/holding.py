@@ -1,0 +1,90 @@
+"""Which step attempts a worker holds when a test faults it (kills, freezes or cuts it off), so a fault test can
+show its fault landed on work in flight, await the takeover of that work, and count what was overtaken.
+
+A worker holds an attempt when the ledger has a live claim (a step running or compensating, its lease not yet
+ended) made under the id of a task this worker received, by its own log, and no other worker received. That
+is judged after the fault began: a frozen, killed or cut-off worker can no longer end what it holds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import text
+
+from saga import db
+from saga.testing import Process, Stack
+
+# Celery's line for a message a worker took: "Task tasks.storage.upload_logo[<task id>] received".
+_RECEIVED = re.compile(r"\] Task [\w.]+\[([\w-]+)\] received$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One step attempt in flight: the claim the ledger holds for it (its fencing token) and the task it runs in."""
+
+    saga_id: UUID
+    step: str
+    status: str  # running (forward) or compensating
+    task_id: str
+    token: int
+
+    def __str__(self) -> str:
+        return f"{self.step} ({self.status}) of saga {self.saga_id}"
+
+
+def received(log: str) -> set[str]:
+    """The ids of every task a worker's log says it received."""
+    return set(_RECEIVED.findall(log))
+
+
+def live_claims(task_ids: Iterable[str] | None = None) -> list[Attempt]:
+    """Every attempt whose claim is live now (of these tasks only, if given)."""
+    with db.transaction() as conn:
+        rows = conn.execute(text(
+            "SELECT saga_id, name, status, task_id, fencing_token FROM saga_steps "
+            "WHERE status IN ('running', 'compensating') AND lease_expires_at > now() "
+            "AND (CAST(:ids AS text[]) IS NULL OR task_id = ANY(CAST(:ids AS text[])))"),
+            {"ids": None if task_ids is None else list(task_ids)}).all()
+    return [Attempt(*row) for row in rows]
+
+
+def held_by(stack: Stack, worker: Process) -> list[Attempt]:
+    """The attempts `worker` holds now: live claims under tasks its log received and no other worker's did."""
+    mine = received(worker.log_text())
+    for log in Path(stack.data_dir).glob("*.log"):
+        if log != worker.log:
+            mine -= received(log.read_text(errors="replace"))
+    return live_claims(mine) if mine else []
+
+
+def still_held(attempt: Attempt) -> bool:
+    """The attempt's claim is still the step's, and still live."""
+    return attempt in live_claims([attempt.task_id])
+
+
+def taken_over(attempt: Attempt) -> bool:
+    """Another attempt claimed the step since (its fencing token moved on): this one is overtaken."""
+    return _token(attempt) > attempt.token
+
+
+def _token(attempt: Attempt) -> int:
+    with db.transaction() as conn:
+        return int(conn.execute(text("SELECT fencing_token FROM saga_steps WHERE saga_id = :s AND name = :n"),
+                                {"s": attempt.saga_id, "n": attempt.step}).scalar_one())
+
+
+def by_step(attempts: Iterable[Attempt]) -> Counter[str]:
+    """How many of the attempts each step had."""
+    return Counter(a.step for a in attempts)
+
+
+def describe(attempts: Iterable[Attempt]) -> dict[str, Any]:
+    """Attempts by step and status, for a test's report."""
+    return dict(Counter(f"{a.step} {a.status}" for a in attempts))
