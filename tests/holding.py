@@ -2,15 +2,17 @@
 show its fault landed on work in flight, await the takeover of that work, and count what was overtaken.
 
 A worker holds an attempt when the ledger has a live claim (a step running or compensating, its lease not yet
-ended) made under the id of a task this worker received, by its own log, and no other worker received. That
-is judged after the fault began: a frozen, killed or cut-off worker can no longer end what it holds.
+ended) made under the id of a task this worker received, by its own log, after any other worker did (a retry
+keeps its task's id, and may have passed through another worker first). That is judged after the fault began:
+a frozen, killed or cut-off worker can no longer end what it holds.
 """
 
 from __future__ import annotations
 
 import re
+import signal
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from sqlalchemy import text
 from saga import db
 from saga.testing import Process, Stack
 
-# Celery's line for a message a worker took: "Task tasks.storage.upload_logo[<task id>] received".
-_RECEIVED = re.compile(r"\] Task [\w.]+\[([\w-]+)\] received$", re.MULTILINE)
+# Celery's line for a message a worker took: "[<time>: INFO/MainProcess] Task tasks.x.y[<task id>] received".
+_RECEIVED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]+\] Task [\w.]+\[([\w-]+)\] received$",
+                       re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,9 @@ class Attempt:
         return f"{self.step} ({self.status}) of saga {self.saga_id}"
 
 
-def received(log: str) -> set[str]:
-    """The ids of every task a worker's log says it received."""
-    return set(_RECEIVED.findall(log))
+def received(log: str) -> dict[str, str]:
+    """Every task a worker's log says it received: task id -> when it last did (the log's own time stamp)."""
+    return {task_id: at for at, task_id in _RECEIVED.findall(log)}
 
 
 def live_claims(task_ids: Iterable[str] | None = None) -> list[Attempt]:
@@ -60,7 +63,9 @@ def held_by(stack: Stack, worker: Process) -> list[Attempt]:
     mine = received(worker.log_text())
     for log in Path(stack.data_dir).glob("*.log"):
         if log != worker.log:
-            mine -= received(log.read_text(errors="replace"))
+            for task_id, at in received(log.read_text(errors="replace")).items():
+                if task_id in mine and at > mine[task_id]:
+                    del mine[task_id]  # another worker took this task after it
     return live_claims(mine) if mine else []
 
 
@@ -88,3 +93,14 @@ def by_step(attempts: Iterable[Attempt]) -> Counter[str]:
 def describe(attempts: Iterable[Attempt]) -> dict[str, Any]:
     """Attempts by step and status, for a test's report."""
     return dict(Counter(f"{a.step} {a.status}" for a in attempts))
+
+
+def stop_holding(stack: Stack, worker: Process, exclude: Collection[Attempt] = ()) -> list[Attempt]:
+    """Stop `worker` (SIGSTOP to its process group) if it holds attempts (other than `exclude`) and return them;
+    else let it run on (SIGCONT) and return []. For `wait_until`, so a fault begins while the worker holds work:
+    the caller then kills it, keeps it frozen, or cuts it off and lets it go on."""
+    worker.send(signal.SIGSTOP)
+    held = [a for a in held_by(stack, worker) if a not in exclude]
+    if not held:
+        worker.send(signal.SIGCONT)
+    return held
