@@ -56,6 +56,12 @@ def per_attempt(effects_at: Iterable[float], starts: list[float]) -> Counter[int
     return Counter(sum(start <= at for start in starts) for at in effects_at)
 
 
+def beyond_one_per_attempt(effects_at: Iterable[float], starts: list[float]) -> int:
+    """How many of the effects are more than one per attempt (or came before any attempt began)."""
+    counts = per_attempt(effects_at, starts)
+    return counts[0] + sum(n - 1 for attempt, n in counts.items() if attempt and n > 1)
+
+
 def third_party_records(standins: StandIns, saga_id: UUID) -> dict[str, Any]:
     """What S3, the posting table, Stripe and the mail sink hold for one saga, and every call each of them took
     for it (one entry per execution)."""
