@@ -75,6 +75,13 @@ def check_invariants(saga_id: UUID, one_pass: bool = True) -> str:
     elif record.status == "compensated":
         assert set(done) <= set(undone), f"effects {done} but undone {undone}"
         assert set(done) <= set(compensated), f"effects {done} but compensated {compensated}"
+    elif record.status == "paused":  # past the pivot, waiting for an operator: nothing is undone
+        assert undone == [] and compensated == [], f"a paused saga undid {undone}"
+        assert done == order[:len(done)], f"paused saga effects {done}"
+    elif record.status == "failed":  # a compensation gave up: only effects that were made were undone
+        assert set(undone) <= set(done), f"undid {undone} of effects {done}"
+    else:
+        raise AssertionError(f"saga {saga_id} has not ended: {record.status}")
     return record.status
 
 
