@@ -1,5 +1,6 @@
 """Which step attempts a worker holds when a test faults it (kills, freezes or cuts it off), so a fault test can
-show its fault landed on work in flight, await the takeover of that work, and count what was overtaken.
+show its fault landed on work in flight, await the takeover of that work, and count what was overtaken; and a
+kill of one pool process that is known to land inside a step.
 
 A worker holds an attempt when the ledger has a live claim (a step running or compensating, its lease not yet
 ended) made under the id of a task this worker received, by its own log, after any other worker did (a retry
@@ -9,8 +10,11 @@ a frozen, killed or cut-off worker can no longer end what it holds.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
+import socket
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import psutil
 from sqlalchemy import text
 
 from saga import db
@@ -104,3 +109,25 @@ def stop_holding(stack: Stack, worker: Process, exclude: Collection[Attempt] = (
     if not held:
         worker.send(signal.SIGCONT)
     return held
+
+
+def kill_a_running_step(stack: Stack, steps: Collection[str] | None, exclude: Collection[Attempt]) -> Attempt | None:
+    """SIGKILL a pool process of the live worker while it runs one of `steps` (any step if None); the attempt the
+    kill landed in (the ledger's claim for the task the worker says that process runs, live before the kill and
+    after it), or None if no such step ran or the process ended it first (it is killed all the same). Attempts
+    in `exclude` (killed before: the worker may still list them) are passed over."""
+    from celery.app.utils import find_app
+
+    worker = next(p for p in stack.workers() if p.name.startswith("w"))
+    hostname = f"{worker.name}@{socket.gethostname()}"
+    inspect = find_app(stack.app).control.inspect(destination=[hostname], timeout=1, limit=1)
+    active = (inspect.active() or {}).get(hostname, [])
+    children = {c.pid for c in psutil.Process(worker.popen.pid).children(recursive=True)}
+    for request in active:
+        claimed = [a for a in live_claims([request["id"]]) if (steps is None or a.step in steps) and a not in exclude]
+        if not claimed or request["worker_pid"] not in children:
+            continue  # not claimed yet, a transactional step (claimed only with its commit), another step, or gone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(request["worker_pid"], signal.SIGKILL)
+        return claimed[0] if still_held(claimed[0]) else None
+    return None

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
+from functools import partial
 from uuid import uuid4
 
 import pytest
@@ -12,6 +11,7 @@ from sqlalchemy.engine import make_url
 
 import saga
 from saga.testing import CrashPoint, CrashTester, Stack, crash_points, wait_for_status, wait_until
+from tests.holding import Attempt, describe, kill_a_running_step
 from tests.probes import check_invariants, effects, event_kinds, runs
 from tests.proxy import Proxy
 from tests.sagas import probe
@@ -128,24 +128,15 @@ def test_whole_worker_killed_during_compensation(workers: Stack) -> None:
 def test_many_sagas_survive_repeated_child_kills(workers: Stack) -> None:
     """Twelve sagas in flight while pool children are killed three times: every one ends cleanly."""
     records = [start(hold={"b": 0.3}, fail=("c" if i % 3 == 0 else None)) for i in range(12)]
-    killed: set[int] = set()
-
-    def fresh_victim() -> int | None:
-        latest = [run for r in records for run in runs(r.id)]
-        pids = [run.pid for run in sorted(latest, key=lambda run: run.at) if run.pid not in killed]
-        return pids[-1] if pids else None
-
-    for _ in range(3):
-        pid = wait_until(fresh_victim, timeout=60, what="a pool child that has not been killed yet")
-        killed.add(pid)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    landed: list[Attempt] = []
+    for _ in range(3):  # each kill lands in a step a pool process runs (the worker says which, the ledger agrees)
+        landed.append(wait_until(partial(kill_a_running_step, workers, None, list(landed)), timeout=60,
+                                 interval=0.05, what="a kill to land in a running step"))
     outcomes = [wait_for_status(r.id, FINAL, timeout=120).status for r in records]
     for r, status in zip(records, outcomes):
         assert status == ("compensated" if r.input.get("fail") else "completed")
         assert check_invariants(r.id) == status
+    print(f"kills landed in: {describe(landed)}")
 
 
 @pytest.fixture()

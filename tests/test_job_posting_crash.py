@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Collection, Iterator
 from functools import partial
@@ -23,6 +21,7 @@ from tests.holding import (
     by_step,
     describe,
     held_by,
+    kill_a_running_step,
     live_claims,
     still_held,
     stop_holding,
@@ -35,27 +34,6 @@ from tests.proxy import Proxy
 def pool_children(stack: Stack) -> list[int]:
     worker = next(p for p in stack.processes if p.name.startswith("w") and p.alive())
     return [c.pid for c in psutil.Process(worker.popen.pid).children(recursive=True)]
-
-
-def kill_a_running_step(stack: Stack, steps: Collection[str] | None, exclude: Collection[Attempt]) -> Attempt | None:
-    """SIGKILL a pool process of the live worker while it runs one of `steps` (any step if None); the attempt the
-    kill landed in (the ledger's claim for the task the worker says that process runs, live before the kill and
-    after it), or None if no such step ran or the process ended it first (it is killed all the same). Attempts
-    in `exclude` (killed before: the worker may still list them) are passed over."""
-    from workers.app import app
-
-    worker = next(p for p in stack.workers() if p.name.startswith("w"))
-    hostname = f"{worker.name}@{socket.gethostname()}"
-    active = (app.control.inspect(destination=[hostname], timeout=1, limit=1).active() or {}).get(hostname, [])
-    children = set(pool_children(stack))
-    for request in active:
-        claimed = [a for a in live_claims([request["id"]]) if (steps is None or a.step in steps) and a not in exclude]
-        if not claimed or request["worker_pid"] not in children:
-            continue  # not claimed yet, a transactional step (claimed only with its commit), another step, or gone
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(request["worker_pid"], signal.SIGKILL)
-        return claimed[0] if still_held(claimed[0]) else None
-    return None
 
 
 def kill_in(stack: Stack, step: str, patience: float, exclude: Collection[Attempt]) -> Attempt:
