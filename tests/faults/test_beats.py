@@ -60,6 +60,7 @@ def test_two_beats_and_one_restarted_mid_recovery(workers: Stack, api: ApiServer
     second.kill()
     workers.processes.remove(second)
     done_by_second, picked_up = woke(second), recovered(ids)
+    assert done_by_second >= 1, "the second beat was killed before it re-sent anything"
     assert picked_up < len(ids), "recovery was over before the second beat was killed"
     restarted = beat(workers, "beat-2-again")
     workers.worker("w1", concurrency=2)
