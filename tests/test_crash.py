@@ -67,8 +67,9 @@ def test_pool_child_killed_at_each_step_boundary(workers: Stack, saga_crashes: C
     assert check_invariants(outcome.record.id) == "completed"
 
 
-@pytest.mark.parametrize("point, undone", [(CrashPoint("b", "after", undo=True), ["b", "b", "a"]),
-                                           (CrashPoint("a", "before", undo=True), ["b", "a"])], ids=str)
+@pytest.mark.parametrize("point, undone", [
+    pytest.param(CrashPoint("b", "after", undo=True), ["b", "b", "a"], id="undo b after"),
+    pytest.param(CrashPoint("a", "before", undo=True), ["b", "a"], id="undo a before")])
 def test_pool_child_killed_at_each_boundary_of_an_undo(workers: Stack, saga_crashes: CrashTester,
                                                        point: CrashPoint, undone: list[str]) -> None:
     """Every execution of an undo's effect is counted: one killed after acting made it, and its rerun again."""
