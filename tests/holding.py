@@ -131,3 +131,9 @@ def kill_a_running_step(stack: Stack, steps: Collection[str] | None, exclude: Co
             os.kill(request["worker_pid"], signal.SIGKILL)
         return claimed[0] if still_held(claimed[0]) else None
     return None
+
+
+def fresh_log(stack: Stack, name: str) -> None:
+    """Delete process `name`'s log left by an earlier session (logs are appended to), so what a test reads of it
+    is this session's: call it before starting the process."""
+    (Path(stack.data_dir) / f"{name}.log").unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from saga import db
 from saga.testing import Process, Stack, wait_until
 from standins import StandIns
 from tests.faults.load import Submitted, assert_kept, outcome, report, submit
+from tests.holding import fresh_log
 from tests.test_api import ApiServer
 
 pytestmark = pytest.mark.fault
@@ -25,6 +26,8 @@ _WOKE = re.compile(r"recovery woke (\d+) saga")
 
 
 def beat(stack: Stack, name: str) -> Process:
+    """A beat of this test's own, each re-sending at most `BATCH` sagas a pass, with a log of this session only."""
+    fresh_log(stack, name)
     process = Process.spawn(name, [sys.executable, "-m", "celery", "-A", stack.app, "beat", "--loglevel=INFO",
                                    f"--schedule={stack.data_dir / f'{name}-schedule'}"],
                             {**stack.env, "SAGA_RECOVERY_BATCH": str(BATCH)}, stack.data_dir, cwd=stack.cwd)

@@ -12,7 +12,7 @@ from saga.testing import Stack, wait_until
 from standins import StandIns
 from tests.faults.load import Submitted, assert_kept, in_background, outcome, report, settled, tally
 from tests.faults.servers import outage
-from tests.holding import Attempt, by_step, describe, held_by, stop_holding, taken_over
+from tests.holding import Attempt, by_step, describe, fresh_log, held_by, stop_holding, taken_over
 from tests.test_api import ApiServer
 
 pytestmark = pytest.mark.fault
@@ -24,6 +24,7 @@ def fleet(stack: Stack, names: list[str]) -> None:
     """Exactly these workers (two pool processes each)."""
     stack.stop_workers()
     for name in names:
+        fresh_log(stack, name)
         stack.worker(name, concurrency=2)
 
 
@@ -41,6 +42,7 @@ def test_workers_sigkilled_at_random_while_300_sagas_run_and_more_arrive(
         victim.kill()  # SIGKILL to the worker and its pool processes at once
         workers.processes.remove(victim)
         kills += 1
+        fresh_log(workers, f"k{kills + 1}")
         workers.worker(f"k{kills + 1}", concurrency=2)
         landed += held_by(workers, victim)  # what it died with (its claims' leases outlive it)
     feeder.join()

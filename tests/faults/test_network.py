@@ -18,7 +18,7 @@ from standins import StandIns
 from tests.faults.load import Submitted, assert_kept, in_background, outcome, report, statuses
 from tests.faults.servers import outage
 from tests.faults.test_kills import EFFECTFUL
-from tests.holding import by_step, describe, held_by, stop_holding, taken_over
+from tests.holding import by_step, describe, fresh_log, held_by, stop_holding, taken_over
 from tests.proxy import Proxy
 from tests.test_api import ApiServer
 
@@ -61,6 +61,8 @@ def test_a_worker_cut_off_from_postgres_and_redis_mid_step_commits_nothing_late(
     to_db, to_broker = proxy_for(database), proxy_for(broker)
     proxies += [to_db, to_broker]
     workers.stop_workers()
+    for name in ("cut", "rest"):
+        fresh_log(workers, name)
     cut = workers.worker("cut", concurrency=2, env={"SAGA_DATABASE_URL": through(to_db, database),
                                                     "SAGA_BROKER_URL": through(to_broker, broker)})
     submitted, errors = Submitted(), []
@@ -128,6 +130,7 @@ def test_stripe_failing_in_bursts_and_s3_and_smtp_unreachable_for_a_while(
     to_s3, to_smtp = proxy_for(standins.s3_endpoint_url), Proxy(standins.smtp_host, standins.smtp_port)
     proxies += [to_s3, to_smtp]
     workers.stop_workers()
+    fresh_log(workers, "thirdparty")
     workers.worker("thirdparty", concurrency=4, env={
         "SAGA_S3_ENDPOINT_URL": through(to_s3, standins.s3_endpoint_url), "SAGA_SMTP_PORT": str(to_smtp.port)})
     submitted, errors = Submitted(), []
