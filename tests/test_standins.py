@@ -123,7 +123,9 @@ def test_concurrent_request_with_same_key_is_409(sc: stripe.StripeClient, standi
     results: list[stripe.PaymentIntent] = []
     first = threading.Thread(target=lambda: results.append(charge(sc, key="k-busy")))
     first.start()
-    time.sleep(0.4)
+    # The second request goes out while the first is in flight: arrived at Stripe, not answered yet.
+    wait_until(lambda: [r for r in standins.stripe_requests() if r["idempotency_key"] == "k-busy"
+                        and r.get("status") is None], what="the first request to be in flight")
     with pytest.raises(stripe.APIError) as caught:
         charge(sc, key="k-busy")
     first.join()
