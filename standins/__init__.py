@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Self
 
 from saga.testing.processes import Process
-from standins.smtp_sink import read_messages
+from standins.smtp_sink import read_messages, received_at
 
-__all__ = ["DUMMY_CREDENTIALS", "StandIns", "free_port", "read_messages", "start_standins"]
+__all__ = ["DUMMY_CREDENTIALS", "StandIns", "free_port", "read_messages", "received_at", "start_standins"]
 
 HOST = "127.0.0.1"
 # moto accepts any credentials; boto3 only needs some to sign with.
@@ -143,9 +143,27 @@ class StandIns:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
+    def s3_requests(self) -> list[dict[str, Any]]:
+        """Every request the S3 stand-in served since it started, oldest first: method, operation (PutObject,
+        DeleteObject, ...), bucket, key, query, status, at and done_at (see standins.s3_server)."""
+        with urllib.request.urlopen(self.s3_endpoint_url + "/_control/requests", timeout=10) as response:
+            return list(json.load(response)["requests"])
+
+    def s3_puts(self, key_part: str) -> list[dict[str, Any]]:
+        """Every PutObject the S3 stand-in served (answered 2xx) for a key containing `key_part`, oldest first:
+        each upload counts, also one that overwrote the same key."""
+        return [r for r in self.s3_requests() if r["operation"] == "PutObject" and key_part in (r["key"] or "")
+                and 200 <= r.get("status", 0) < 300]
+
     def messages(self) -> list[EmailMessage]:
-        """Every email the sink received, oldest first."""
+        """Every email the sink received, oldest first: one per delivery, so a message sent twice is there twice."""
         return read_messages(self.maildir)
+
+    def deliveries(self, id_part: str = "") -> list[tuple[str, float]]:
+        """(Message-ID, when the sink accepted it) of every delivery whose Message-ID contains `id_part`, oldest
+        first; a Message-ID delivered twice is there twice."""
+        return [(m["Message-ID"] or "", received_at(m)) for m in self.messages()
+                if id_part in (m["Message-ID"] or "")]
 
 
 def start_standins(data_dir: Path, bucket: str = "saga-logos") -> StandIns:

@@ -2,7 +2,9 @@
 
 The product reaches it only through smtplib at `SAGA_SMTP_HOST`:`SAGA_SMTP_PORT`. Each message is stored as
 received, with `X-Envelope-From` / `X-Envelope-To` headers added in front (what the SMTP envelope said,
-which can differ from the `To` header, e.g. for Bcc). `read_messages` lists what arrived.
+which can differ from the `To` header, e.g. for Bcc) and `X-Sink-Received-At` (when the sink accepted it, in
+seconds since the epoch), one file per delivery: a message sent twice is kept twice. `read_messages` lists what
+arrived.
 
 Run: python -m standins.smtp_sink --port P --maildir DIR
 """
@@ -14,6 +16,7 @@ import asyncio
 import email.policy
 import mailbox
 import signal
+import time
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -32,7 +35,8 @@ class MaildirHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         trace = (f"X-Envelope-From: {envelope.mail_from}\r\n"
-                 f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n").encode()
+                 f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
+                 f"X-Sink-Received-At: {time.time():.6f}\r\n").encode()
         self.maildir.add(trace + content)
         return "250 Message accepted for delivery"
 
@@ -50,9 +54,14 @@ def read_messages(maildir: Path | str) -> list[EmailMessage]:
     if not Path(maildir).exists():
         return []
     box = mailbox.Maildir(maildir, create=False)
-    keys = sorted(box.keys(), key=lambda k: (box.get_message(k).get_date(), k))
     parser = BytesParser(policy=_reading_policy())
-    return [parser.parsebytes(box.get_bytes(k)) for k in keys]
+    messages = [parser.parsebytes(box.get_bytes(k)) for k in box.iterkeys()]
+    return sorted(messages, key=received_at)
+
+
+def received_at(message: EmailMessage) -> float:
+    """When the sink accepted `message` (seconds since the epoch)."""
+    return float(message["X-Sink-Received-At"] or 0)
 
 
 async def serve(host: str, port: int, maildir: Path) -> None:

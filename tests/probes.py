@@ -11,9 +11,25 @@ from saga import db, events, load
 
 
 def effects(saga_id: UUID, kind: str) -> list[str]:
+    """The step of every execution of a probe effect ("do" or "undo"), oldest first: a step that made its effect
+    twice is here twice, though its third party (`kept`) holds one."""
+    with db.transaction() as conn:
+        return list(conn.execute(text("SELECT step FROM probe_effect_log WHERE saga_id = :s AND kind = :k "
+                                      "ORDER BY id"), {"s": saga_id, "k": kind}).scalars())
+
+
+def kept(saga_id: UUID, kind: str) -> list[str]:
+    """What the probes' third party holds: one effect per idempotency key, oldest first."""
     with db.transaction() as conn:
         return list(conn.execute(text("SELECT step FROM probe_effects WHERE saga_id = :s AND kind = :k ORDER BY at"),
                                  {"s": saga_id, "k": kind}).scalars())
+
+
+def effects_per_run(saga_id: UUID) -> dict[int, int]:
+    """Executions whose body made its effect more than once: run id -> effects."""
+    with db.transaction() as conn:
+        return dict(conn.execute(text("SELECT run_id, count(*) FROM probe_effect_log WHERE saga_id = :s "
+                                      "GROUP BY run_id HAVING count(*) > 1"), {"s": saga_id}).all())  # type: ignore[arg-type]
 
 
 def runs(saga_id: UUID, step: str | None = None, kind: str = "do") -> list[Any]:
@@ -31,7 +47,8 @@ def event_kinds(saga_id: UUID, kind: str) -> list[str | None]:
 def check_invariants(saga_id: UUID, one_pass: bool = True) -> str:
     """Assert I2-I4 for one finished saga from the probes' own tables; returns its status.
 
-    `effects` are what the probes' third party kept (one per idempotency key, as I2 asks of a third party);
+    `kept` is what the probes' third party holds (one per idempotency key, as I2 asks of a third party);
+    `effects` are every execution of an effect, each made by one execution of a body (at most once by it);
     `runs` are every execution of a body, and each must have been counted by the ledger as an attempt.
     `one_pass` is False when an operator re-ran compensation, so the newest-first order spans two passes.
     """
@@ -42,7 +59,9 @@ def check_invariants(saga_id: UUID, one_pass: bool = True) -> str:
         attempts, undo_attempts = started.count(step.name), undo_started.count(step.name)
         assert ran <= attempts, f"step {step.name} ran {ran} times in {attempts} attempts"
         assert undid <= undo_attempts, f"compensation of {step.name} ran {undid} times in {undo_attempts} attempts"
-    done, undone = effects(saga_id, "do"), effects(saga_id, "undo")
+    twice = effects_per_run(saga_id)
+    assert not twice, f"an execution made its effect more than once (run: effects) {twice}"
+    done, undone = kept(saga_id, "do"), kept(saga_id, "undo")
     succeeded = event_kinds(saga_id, "step_succeeded")
     assert len(succeeded) == len(set(succeeded)), f"a step committed twice: {succeeded}"
     compensated = event_kinds(saga_id, "step_compensated")
@@ -56,6 +75,13 @@ def check_invariants(saga_id: UUID, one_pass: bool = True) -> str:
     elif record.status == "compensated":
         assert set(done) <= set(undone), f"effects {done} but undone {undone}"
         assert set(done) <= set(compensated), f"effects {done} but compensated {compensated}"
+    elif record.status == "paused":  # past the pivot, waiting for an operator: nothing is undone
+        assert undone == [] and compensated == [], f"a paused saga undid {undone}"
+        assert done == order[:len(done)], f"paused saga effects {done}"
+    elif record.status == "failed":  # a compensation gave up: only effects that were made were undone
+        assert set(undone) <= set(done), f"undid {undone} of effects {done}"
+    else:
+        raise AssertionError(f"saga {saga_id} has not ended: {record.status}")
     return record.status
 
 

@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS probe_runs (
 CREATE TABLE IF NOT EXISTS probe_effects (
     key text PRIMARY KEY, saga_id uuid NOT NULL, step text NOT NULL, kind text NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS probe_effect_log (
+    id bigserial PRIMARY KEY, run_id bigint NOT NULL, saga_id uuid NOT NULL, step text NOT NULL, kind text NOT NULL,
+    key text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE TABLE IF NOT EXISTS probe_switches (name text PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS probe_tx_effects (saga_id uuid NOT NULL, step text NOT NULL, kind text NOT NULL);
 """
@@ -55,13 +58,26 @@ def _hang() -> None:
         time.sleep(60)
 
 
+def _effect(ctx: StepContext[ProbeInput], kind: str, run_id: int) -> None:
+    """The probe's effect on its third party: kept once per idempotency key (`probe_effects`, as I2 asks of a
+    third party), and logged once per execution (`probe_effect_log`, no unique key but its own id), so an effect
+    made twice shows though the third party keeps one."""
+    params = {"key": ctx.idempotency_key, "s": ctx.saga_id, "st": ctx.step, "k": kind, "run": run_id}
+    with db.transaction() as conn:
+        conn.execute(text("INSERT INTO probe_effects (key, saga_id, step, kind) VALUES (:key, :s, :st, :k) "
+                          "ON CONFLICT (key) DO NOTHING"), params)
+        conn.execute(text("INSERT INTO probe_effect_log (run_id, saga_id, step, kind, key) "
+                          "VALUES (:run, :s, :st, :k, :key)"), params)
+
+
 def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
     label = ctx.step if kind == "do" else f"undo_{ctx.step}"
     spec = ctx.input
     log.info("probe body %s runs", label)  # a line of the body's own: the engine tags it with the saga and step
     with db.transaction() as conn:
-        conn.execute(text("INSERT INTO probe_runs (saga_id, step, kind, attempt, pid) VALUES (:s, :st, :k, :a, :p)"),
-                     {"s": ctx.saga_id, "st": ctx.step, "k": kind, "a": ctx.attempt, "p": os.getpid()})
+        run_id = conn.execute(text("INSERT INTO probe_runs (saga_id, step, kind, attempt, pid) "
+                                   "VALUES (:s, :st, :k, :a, :p) RETURNING id"),
+                              {"s": ctx.saga_id, "st": ctx.step, "k": kind, "a": ctx.attempt, "p": os.getpid()}).scalar()
         switched = spec.switch.get(label) and conn.execute(
             text("SELECT 1 FROM probe_switches WHERE name = :n"), {"n": spec.switch[label]}).first()
     if ctx.attempt == 1 and label in spec.hold_before:
@@ -78,10 +94,7 @@ def _act(ctx: StepContext[ProbeInput], kind: str) -> dict[str, Any]:
         raise TransientError(f"{label} attempt {ctx.attempt} hit a passing failure")
     if switched:
         raise TransientError(f"{label} is switched off")
-    with db.transaction() as conn:
-        conn.execute(text("INSERT INTO probe_effects (key, saga_id, step, kind) VALUES (:key, :s, :st, :k) "
-                          "ON CONFLICT (key) DO NOTHING"),
-                     {"key": ctx.idempotency_key, "s": ctx.saga_id, "st": ctx.step, "k": kind})
+    _effect(ctx, kind, run_id)
     if ctx.attempt == 1 and label in spec.hold:
         time.sleep(spec.hold[label])
     if ctx.attempt <= spec.lost_answer.get(label, 0):

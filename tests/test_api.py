@@ -372,26 +372,32 @@ def test_a_long_poll_answers_as_soon_as_the_saga_changes(api: ApiServer, workers
     assert changed.json()["steps"][1]["status"] == "succeeded"
     assert 0.5 < took < 10, took
 
-    # A version the client does not have yet: answered at once.
+    # A version the client does not have yet: answered at once, with the version there is.
     began = time.monotonic()
-    client.get(path, params={"wait": 20}, headers={"If-None-Match": '"stale"'})
+    current = client.get(path, params={"wait": 20}, headers={"If-None-Match": '"stale"'})
     assert time.monotonic() - began < 1
+    assert current.status_code == 200 and current.json()["id"] == created.json()["id"]
+    assert current.headers["ETag"] != '"stale"' and current.json()["steps"][1]["status"] == "succeeded"
 
     final = settle(client, created.json()["id"])
     began = time.monotonic()
     settled = client.get(path, params={"wait": 20})
-    assert settled.json()["status"] == final["status"] == "completed"
     assert time.monotonic() - began < 1, "a completed saga cannot change: no reason to wait"
+    assert settled.status_code == 200 and settled.json() == final
+    assert settled.json()["status"] == "completed" and settled.json()["progress"] == {"done": 4, "total": 4}
 
 
 def test_a_long_poll_without_change_answers_after_the_wait(api: ApiServer) -> None:
     client = api.new_tenant()
     path = f"/v1/sagas/{start(client, 'probe_idle').json()['id']}"
+    before = client.get(path)
     began = time.monotonic()
     same = client.get(path, params={"wait": 1.5})
     took = time.monotonic() - began
-    assert same.status_code == 200 and same.json()["status"] == "pending"
     assert 1.4 < took < 4, took
+    # The answer after the wait is the saga unchanged: the same version, the same body.
+    assert same.status_code == 200 and same.json()["status"] == "pending"
+    assert same.headers["ETag"] == before.headers["ETag"] and same.json() == before.json()
 
 
 def test_the_event_stream_sends_every_change_until_the_saga_ends(api: ApiServer, workers: Stack) -> None:
@@ -540,7 +546,13 @@ def test_another_tenants_saga_is_a_404_on_every_route(api: ApiServer, method: st
     assert_error(theirs, 404, "saga_not_found")
     assert_error(missing, 404, "saga_not_found")
     assert theirs.json()["error"]["message"].replace(saga_id, NOWHERE) == missing.json()["error"]["message"]
-    if not route.endswith("/stream"):  # the owner's stream would follow the saga for as long as it runs
+    if route.endswith("/stream"):
+        # The owner's stream would follow the saga for as long as it runs: its first event is enough.
+        with owner.stream(method, route.format(id=saga_id), timeout=30) as stream:
+            assert stream.status_code == 200, stream.read()
+            first = next(line for line in stream.iter_lines() if line.startswith("data: "))
+        assert json.loads(first[len("data: "):])["id"] == saga_id
+    else:
         assert owner.request(method, route.format(id=saga_id), **sent).status_code in (200, 409)
 
 

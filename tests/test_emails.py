@@ -23,12 +23,15 @@ from tests.jobs import posting
 
 
 class SlowToAccept:
-    """Takes a second to answer a message's data, as a busy server may."""
+    """Takes a second to answer a message's data, as a busy server may; `in_flight` is set once the data has
+    arrived and the sender waits for the answer."""
 
     def __init__(self) -> None:
         self.accepted = 0
+        self.in_flight = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.in_flight.set()
         await asyncio.sleep(1.0)
         self.accepted += 1
         return "250 Message accepted for delivery"
@@ -68,15 +71,24 @@ def test_a_receipt_interrupted_while_the_server_answers_stays_an_interruption(sl
     def terminate(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(-(256 - signum))
 
+    answered: list[int] = []
+
+    def terminate_in_flight() -> None:
+        """SIGTERM once the server holds the message's data and the sender waits for its answer."""
+        if slow_smtp.in_flight.wait(timeout=10):
+            answered.append(slow_smtp.accepted)
+            os.kill(os.getpid(), signal.SIGTERM)
+
     previous = signal.signal(signal.SIGTERM, terminate)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    stopper = threading.Thread(target=terminate_in_flight, daemon=True)
+    stopper.start()
     try:
         with pytest.raises(SystemExit):
             send_confirmation(_context())
     finally:
-        timer.cancel()
+        stopper.join(timeout=15)
         signal.signal(signal.SIGTERM, previous)
+    assert answered == [0], "the SIGTERM came before the message reached the server, or after its answer"
 
 
 def test_a_receipt_the_server_accepts_is_sent(slow_smtp: SlowToAccept) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from functools import partial
 from urllib.parse import urlparse
 
 import psutil
@@ -15,6 +16,17 @@ from sqlalchemy import text
 from saga import db, load
 from saga.testing import CrashPoint, CrashTester, Stack, wait_for_status, wait_until
 from standins import StandIns
+from tests.holding import (
+    Attempt,
+    by_step,
+    describe,
+    held_by,
+    kill_a_running_step,
+    live_claims,
+    still_held,
+    stop_holding,
+    taken_over,
+)
 from tests.jobs import FINAL, assert_clean_end, posting, submit
 from tests.proxy import Proxy
 
@@ -24,8 +36,11 @@ def pool_children(stack: Stack) -> list[int]:
     return [c.pid for c in psutil.Process(worker.popen.pid).children(recursive=True)]
 
 
-def running_steps(ids: list[object]) -> set[str]:
-    return {s.name for i in ids for s in load(i).steps if s.status in ("running", "compensating")}
+def kill_in(stack: Stack, step: str, patience: float, exclude: Collection[Attempt]) -> Attempt:
+    """A kill that landed in `step`, or in any step once `patience` seconds passed without one running."""
+    give_up = time.monotonic() + patience
+    return wait_until(lambda: kill_a_running_step(stack, None if time.monotonic() > give_up else {step}, exclude),
+                      timeout=patience + 60, interval=0.1, what=f"a kill to land in {step} or another step")
 
 
 def test_sagas_end_cleanly_while_pool_children_and_a_whole_worker_are_killed(
@@ -33,26 +48,34 @@ def test_sagas_end_cleanly_while_pool_children_and_a_whole_worker_are_killed(
 ) -> None:
     # Stripe answers slowly for a while, so kills also land inside the pivot's call.
     standins.stripe_faults("hang", 6, seconds=1.5)
-    ids = [submit(payment_method="pm_card_chargeDeclined" if i % 4 == 3 else "pm_card_visa") for i in range(24)]
-    hit: set[str] = set()
-    for round_ in range(12):
-        time.sleep(0.25)
-        hit |= running_steps(ids)
-        for pid in pool_children(workers)[:1]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    ids = [submit(payment_method="pm_card_chargeDeclined" if i % 4 == 3 else "pm_card_visa") for i in range(16)]
+    landed: list[Attempt] = []
+    # Each kill aims at the steps that talk to a third party in turn (the pivot first, while Stripe is slow);
+    # more sagas arrive meanwhile, so every step keeps having some to run.
+    for round_, step in enumerate(["charge_payment", "upload_logo", "send_confirmation"] * 4):
+        landed.append(kill_in(workers, step, patience=3, exclude=landed))
+        ids.append(submit(payment_method="pm_card_chargeDeclined" if round_ % 4 == 3 else "pm_card_visa"))
         if round_ == 6:
-            workers.replace_workers(kill=True)
+            # The whole worker, main process and pool at once, while it holds steps (other than those whose
+            # process was killed before).
+            worker = next(p for p in workers.workers() if p.name.startswith("w"))
+            held = wait_until(partial(stop_holding, workers, worker, exclude=list(landed)), timeout=60,
+                              interval=0.1, what="the worker to hold a step")
+            workers.stop_workers(kill=True)
+            workers.worker("w1", concurrency=2)
+            # A claim its last statement sent may have landed after the kill: it holds that attempt too.
+            landed += [a for a in {*held, *held_by(workers, worker)} if a not in landed]
     outcomes = {i: wait_for_status(i, FINAL, timeout=180).status for i in ids}
     for saga_id, status in outcomes.items():
         assert status in ("completed", "compensated"), f"{saga_id} ended {status}: {load(saga_id).error}"
         assert_clean_end(standins, saga_id, status)
-    declined = [i for n, i in enumerate(ids) if n % 4 == 3]
-    assert all(outcomes[i] == "compensated" for i in declined)
-    assert "charge_payment" in hit, f"kills landed only in {hit}"
-    print(f"steps running when kills landed: {sorted(hit)}")
+    declined = [i for i in ids if load(i).input["payment_method"] == "pm_card_chargeDeclined"]
+    assert declined and all(outcomes[i] == "compensated" for i in declined)
+    hit = describe(landed)
+    print(f"kills landed in: {hit}")
+    assert {"charge_payment", "upload_logo"} <= set(by_step(landed)), f"kills landed only in {hit}"
+    # A killed attempt whose commit was already on its way ends the step itself; the others were taken over.
+    print(f"killed attempts taken over by another: {sum(map(taken_over, landed))} of {len(landed)}")
 
 
 @pytest.mark.parametrize("point", [CrashPoint("upload_logo", "after"), CrashPoint("charge_payment", "after")],
@@ -87,12 +110,18 @@ def slow_parties(workers: Stack, standins: StandIns) -> Iterator[tuple[Proxy, Pr
         smtp_proxy.close()
 
 
-def _blocked_on_postings() -> bool:
-    """A worker's transaction waits for the lock the test holds on job_postings."""
+def _blocked_on_postings() -> list[tuple[int, str]]:
+    """(client port, statement) of each database session whose transaction waits for the lock the test holds on
+    job_postings."""
     with db.transaction() as conn:
-        return bool(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%job_postings%'"
-        )).scalar())
+        return [tuple(r) for r in conn.execute(text(  # type: ignore[misc]
+            "SELECT client_port, query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE '%job_postings%'"))]
+
+
+def _ports(pids: list[int]) -> set[int]:
+    """The local ports of the processes' TCP connections."""
+    return {c.laddr.port for pid in pids for c in psutil.Process(pid).net_connections(kind="tcp")}
 
 
 @pytest.mark.parametrize("step", ["upload_logo", "create_posting", "charge_payment", "publish_posting",
@@ -119,11 +148,17 @@ def test_pool_child_killed_during_each_step(
         if step == "publish_posting":
             wait_until(lambda: load(saga_id).steps[2].status == "running", what="the charge to start")
         lock.execute(text("LOCK TABLE job_postings IN EXCLUSIVE MODE"))
-        wait_until(_blocked_on_postings, what=f"{step} to wait for the postings table")
+        [(port, statement)] = wait_until(_blocked_on_postings, what=f"{step} to wait for the postings table")
+        # Where the kill lands: a pool process's transaction, inside the step's statement, waiting for the lock.
+        assert statement.lstrip().startswith("INSERT" if step == "create_posting" else "UPDATE"), statement
+        assert port in _ports(pool_children(workers)), "the waiting transaction is no pool process's"
     else:
-        wait_until(lambda: step in running_steps([saga_id]), what=f"{step} to run")
+        [held] = wait_until(lambda: [a for a in live_claims() if a.saga_id == saga_id and a.step == step],
+                            what=f"{step} to run")
     for pid in pool_children(workers):
         os.kill(pid, signal.SIGKILL)
+    if lock is None:
+        assert still_held(held), f"the kill came after {step} had ended"  # where it landed: inside the step
     s3_proxy.delay = smtp_proxy.delay = 0
     if lock is not None:
         lock.rollback()

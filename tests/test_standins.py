@@ -123,7 +123,9 @@ def test_concurrent_request_with_same_key_is_409(sc: stripe.StripeClient, standi
     results: list[stripe.PaymentIntent] = []
     first = threading.Thread(target=lambda: results.append(charge(sc, key="k-busy")))
     first.start()
-    time.sleep(0.4)
+    # The second request goes out while the first is in flight: arrived at Stripe, not answered yet.
+    wait_until(lambda: [r for r in standins.stripe_requests() if r["idempotency_key"] == "k-busy"
+                        and r.get("status") is None], what="the first request to be in flight")
     with pytest.raises(stripe.APIError) as caught:
         charge(sc, key="k-busy")
     first.join()
@@ -330,6 +332,23 @@ def test_s3_bucket(standins: StandIns) -> None:
     assert key not in standins.s3_keys()
 
 
+def test_s3_counts_every_upload_though_a_second_one_overwrites(standins: StandIns) -> None:
+    """A listing shows one object for two uploads under one key; the stand-in's request log shows both."""
+    s3 = boto3.client("s3", endpoint_url=standins.s3_endpoint_url, region_name="us-east-1",
+                      aws_access_key_id="x", aws_secret_access_key="x")
+    key = f"logos/{uuid.uuid4()}.png"
+    for body in (b"\x89PNG one", b"\x89PNG two"):
+        s3.put_object(Bucket=standins.bucket, Key=key, Body=body, ContentType="image/png")
+    s3.get_object(Bucket=standins.bucket, Key=key)
+    assert [k for k in standins.s3_keys() if k == key] == [key]
+    puts = standins.s3_puts(key)
+    assert [(p["operation"], p["bucket"], p["key"], p["status"]) for p in puts] == [
+        ("PutObject", standins.bucket, key, 200)] * 2
+    assert puts[0]["at"] <= puts[0]["done_at"] <= puts[1]["at"]
+    assert [r["operation"] for r in standins.s3_requests() if r["key"] == key] == [
+        "PutObject", "PutObject", "GetObject"]
+
+
 # Email
 
 
@@ -348,6 +367,16 @@ def test_smtp_sink_keeps_messages(standins: StandIns) -> None:
     assert (msg["To"], msg["Subject"], msg["X-Envelope-To"]) == ("hr@acme.test", "Your job is posted",
                                                                  "hr@acme.test")
     assert msg.get_content().strip() == "Thanks!"
+
+
+def test_smtp_sink_keeps_every_delivery_of_one_message_id(standins: StandIns) -> None:
+    message_id = f"<{uuid.uuid4()}.notify@example.com>"
+    before = time.time()
+    send(standins, message_id)
+    send(standins, message_id)
+    got = standins.deliveries(message_id)
+    assert [mid for mid, _ in got] == [message_id] * 2
+    assert before <= got[0][1] <= got[1][1] <= time.time()
 
 
 def test_headers_are_read_as_sent(standins: StandIns) -> None:

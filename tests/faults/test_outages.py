@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from saga import db
+from saga.states import FINAL
 from saga.testing import Stack, wait_until
 from standins import StandIns
 from tests.faults.load import Submitted, assert_kept, outcome, report, statuses, submit
@@ -25,17 +26,27 @@ def some_ended(submitted: Submitted, at_least: int) -> None:
                >= at_least, timeout=120, interval=0.2, what=f"{at_least} sagas to end")
 
 
+def under_way(submitted: Submitted) -> int:
+    """How many of the sagas have not ended yet: those a fault beginning now meets."""
+    return sum(s not in FINAL for s in statuses(submitted.ids.values()).values())
+
+
 def test_redis_restarted_with_nothing_kept_while_100_sagas_run(
         workers: Stack, api: ApiServer, standins: StandIns, redis_server: Redis) -> None:
     submitted = Submitted()
     submit(api.client("alpha"), 100, submitted)
     some_ended(submitted, 10)
+    broker = workers.redis()
+    messages = broker.llen("celery") + broker.hlen("unacked")
+    running = under_way(submitted)
     redis_server.kill()  # every queued and unacknowledged message is gone
+    assert running and messages, f"the outage met {running} sagas under way and {messages} messages"
     outage(3)
     redis_server.start()
     # Celery 5.7 may exit a worker here (README, "Run workers under a supervisor"): start it again as one would.
     counts = outcome(standins, submitted, supervise=workers)
     report("redis restarted", counts)
+    print(f"  when Redis was killed: {running} sagas under way, {messages} messages queued or unacknowledged")
     # The crash window: when the broker connection drops, Celery SIGTERMs the steps running (CELERY_FACTS), so
     # a receipt the SMTP server had just taken is sent again, at most one per pool process (2).
     assert_kept(counts, duplicate_emails=2)
@@ -47,6 +58,8 @@ def test_postgres_down_for_seconds_while_100_sagas_run(
     submitted = Submitted()
     submit(client, 100, submitted)
     some_ended(submitted, 10)
+    running = under_way(submitted)
+    assert running, "every saga had ended before the outage"
     postgres.stop("fast")  # every session cut off
     try:
         key = f"during-outage-{uuid.uuid4()}"
@@ -71,4 +84,5 @@ def test_postgres_down_for_seconds_while_100_sagas_run(
 
     counts = outcome(standins, submitted)
     report("postgres restarted", counts)
+    print(f"  when PostgreSQL stopped: {running} sagas under way")
     assert_kept(counts)
