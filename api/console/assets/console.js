@@ -60,6 +60,18 @@ function showKeyForm(message) {
   notice(message);
 }
 
+// A table row that opens a saga: its id as a link, then its type and its status.
+function sagaRow(id, type, status) {
+  const row = el("tr");
+  row.dataset.id = id;
+  const link = el("a", id);
+  link.href = `#/saga/${id}`;
+  cell(row, link);
+  cell(row, type);
+  cell(row, statusBadge(status));
+  return row;
+}
+
 function statusBadge(status) {
   return el("span", status, `status ${status}`);
 }
@@ -84,14 +96,8 @@ function statusLink(text, params) {
 function renderNeeds(stats) {
   const now = new Date(stats.now).getTime();
   const rows = stats.needs_operator.map((item) => {
-    const row = el("tr");
-    row.dataset.id = item.id;
+    const row = sagaRow(item.id, item.type, item.status);
     row.dataset.status = item.status;
-    const link = el("a", item.id);
-    link.href = `#/saga/${item.id}`;
-    cell(row, link);
-    cell(row, item.type);
-    cell(row, statusBadge(item.status));
     cell(row, item.reason).className = "why";
     const since = now - new Date(item.since).getTime();
     if (item.until) {
@@ -202,13 +208,7 @@ async function showList(append = false) {
   const body = $("#sagas tbody");
   if (!append) body.replaceChildren();
   for (const saga of page.items) {
-    const row = el("tr");
-    row.dataset.id = saga.id;
-    const link = el("a", saga.id);
-    link.href = `#/saga/${saga.id}`;
-    cell(row, link);
-    cell(row, saga.type);
-    cell(row, statusBadge(saga.status));
+    const row = sagaRow(saga.id, saga.type, saga.status);
     cell(row, `${saga.progress.done}/${saga.progress.total}`);
     cell(row, new Date(saga.created_at).toLocaleString());
     body.append(row);
