@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,11 +15,9 @@ from saga.cli import (
     Commands,
     api_client,
     api_options,
-    follow,
-    follow_api,
     json_input,
     read_env_file,
-    show_started,
+    start_then_show,
 )
 
 # Written by `python -m service dev` while it runs, so other commands in the same directory (this one, and
@@ -190,20 +189,16 @@ def submit(saga_type: str, input_: str, idempotency_key: str | None, tenant: str
     import saga
 
     data = json_input(input_)
-    said = ("started", "already exists")
     client = api_client(use_api, api_url, api_key)
-    if client is not None:
-        if tenant:
-            raise click.UsageError("with --api the tenant is the API key's")
-        with client:
-            sent = client.start(saga_type, data, idempotency_key=idempotency_key)
-            show_started(sent.saga.id, sent.created, said, as_json, wait,
-                         lambda: follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
-        return
-    _boot()
-    started = saga.start(saga_type, data, idempotency_key=idempotency_key, tenant=tenant)
-    show_started(started.saga.id, started.created, said, as_json, wait,
-                 lambda: follow(started.saga.id, tenant, as_json), started.saga.to_dict)
+    if client is not None and tenant:
+        raise click.UsageError("with --api the tenant is the API key's")
+
+    def on_database() -> Any:
+        _boot()
+        return saga.start(saga_type, data, idempotency_key=idempotency_key, tenant=tenant)
+
+    start_then_show(client, ("started", "already exists"), as_json, wait,
+                    lambda api: api.start(saga_type, data, idempotency_key=idempotency_key), on_database, tenant)
 
 
 if __name__ == "__main__":

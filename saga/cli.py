@@ -154,10 +154,23 @@ def _patch(value: str | None) -> dict[str, Any]:
     return patch
 
 
-def show_started(saga_id: Any, created: bool, said: tuple[str, str], as_json: bool, wait: bool,
-                 follow_it: Callable[[], None], dump: Callable[[], Any]) -> None:
-    """What a command that starts a saga prints: its id (`said[0]`, or `said[1]` for a replay), then the saga
-    followed to its end (`--wait`) or as JSON (`--json`)."""
+def start_then_show(client: Any, said: tuple[str, str], as_json: bool, wait: bool,
+                    via_api: Callable[[Any], Any], on_database: Callable[[], Any], tenant: str | None = None) -> None:
+    """What a command that starts a saga does: start it through the API (`client`) or on the database, print its id
+    (`said[0]`, or `said[1]` for a replay), then follow it to its end (`--wait`) or print it as JSON (`--json`)."""
+    if client is not None:
+        with client:
+            sent = via_api(client)
+            _show_started(sent.saga.id, sent.created, said, as_json, wait,
+                          lambda: follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
+        return
+    started = on_database()
+    _show_started(started.saga.id, started.created, said, as_json, wait,
+                  lambda: follow(started.saga.id, tenant, as_json), started.saga.to_dict)
+
+
+def _show_started(saga_id: Any, created: bool, said: tuple[str, str], as_json: bool, wait: bool,
+                  follow_it: Callable[[], None], dump: Callable[[], Any]) -> None:
     if not as_json:
         click.echo(f"{said[0] if created else said[1]}: {saga_id}")
     if wait:
@@ -182,17 +195,13 @@ def restart(saga_id: UUID, input_: str | None, idempotency_key: str | None, wait
     import saga
 
     patch = _patch(input_)
-    client = api_client(use_api, api_url, api_key)
-    if client is not None:
-        with client:
-            sent = client.restart(saga_id, patch, idempotency_key=idempotency_key)
-            show_started(sent.saga.id, sent.created, RESTARTED, as_json, wait,
-                         lambda: follow_api(client, sent.saga.id, as_json), lambda: sent.saga.model_dump(mode="json"))
-        return
-    boot()
-    started = saga.restart(saga_id, patch=patch, idempotency_key=idempotency_key)
-    show_started(started.saga.id, started.created, RESTARTED, as_json, wait,
-                 lambda: follow(started.saga.id, None, as_json), started.saga.to_dict)
+
+    def on_database() -> Any:
+        boot()
+        return saga.restart(saga_id, patch=patch, idempotency_key=idempotency_key)
+
+    start_then_show(api_client(use_api, api_url, api_key), RESTARTED, as_json, wait,
+                    lambda client: client.restart(saga_id, patch, idempotency_key=idempotency_key), on_database)
 
 
 @main.command(name="input")

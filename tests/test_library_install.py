@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import redis
 
@@ -61,8 +62,6 @@ class Shop:
         return done
 
     def query(self, sql: str) -> list[tuple]:
-        import psycopg
-
         with psycopg.connect(libpq_url(self.database_url)) as conn:
             return conn.execute(sql).fetchall()
 
