@@ -7,20 +7,22 @@ every saga type it declares, once, so the API knows them all.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
 from api import console, errors, health, metrics, stats
 from api import keys as apikeys
 from api.auth import KeyRing
+from api.headers import SecurityHeaders
 from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
 from api.routes import router
 from api.schemas import Health
+from api.streams import StreamSlots
 from api.watch import ChangeWatcher
 from saga import tracing
 from saga.engine import find_sagas
@@ -48,39 +50,52 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.keyring.start()
         yield
         await app.state.watcher.stop()
+        await app.state.keyring.stop()
 
     # /docs and /redoc with their scripts and styles served from the package, not a CDN.
     app = FastAPIOffline(title="Durable sagas", version="1", description=DESCRIPTION, lifespan=lifespan,
                          static_url="/docs-assets")
     app.state.keyring = KeyRing(apikeys.configured_keys())
     app.state.watcher = ChangeWatcher()
+    settings = service_settings()
+    app.state.streams = StreamSlots(settings.api_streams_per_tenant, settings.api_streams)
+    app.state.stream_seconds = settings.api_stream_seconds
     errors.install(app)
     app.include_router(router)
     app.include_router(stats.router)
     console.install(app)
 
+    probes = health.Probes(celery_app)
+    metrics.LAST_LEDGER.read = probes.oldest_unfinished
+    # The text is built in a worker thread at most once a second: a flood of scrapes costs no more than one.
+    exposition = health.Reading(metrics.exposition, 1.0)
+
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["operations"],
-             summary="Whether the database and the broker answer (no key needed)", operation_id="health")
+             summary="Whether the database and the broker answer (no key needed; read at most once a second)",
+             operation_id="health")
     async def healthz() -> JSONResponse:
-        database = await run_in_threadpool(health.database)
-        broker = await run_in_threadpool(health.broker, celery_app)
-        ok = database is None and broker is None
+        database, broker = await asyncio.gather(probes.ledger.get(), probes.broker.get())
+        ok = database.error is None and broker is None
         return JSONResponse({
             "status": "ok" if ok else "unavailable",
-            "database": {"ok": database is None, "error": database},
+            "database": {"ok": database.error is None, "error": database.error},
             "broker": {"ok": broker is None, "error": broker},
         }, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=Response, tags=["operations"], operation_id="metrics",
-             summary="Prometheus metrics (no key needed)", responses={200: {"content": {"text/plain": {}}}})
+             summary="Prometheus metrics (no key needed; read and built at most once a second)",
+             responses={200: {"content": {"text/plain": {}}}})
     async def prometheus() -> Response:
-        return metrics.exposition()
+        await probes.ledger.get()
+        return Response(await exposition.get(), media_type=metrics.CONTENT_TYPE)
 
     # Outermost last: metrics see every answer, the size limit runs before anything reads the body.
     app.add_middleware(errors.CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=max_body)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(metrics.RequestMetrics)
     if traced:
         tracing.instrument_api(app)

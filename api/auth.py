@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,67 +13,87 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import keys as apikeys
 from api.errors import ApiError
-from api.metrics import KEY_LOOKUPS
+from api.metrics import KEY_CHECKS
+
+log = logging.getLogger("api.auth")
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
 class KeyRing:
-    """Finds the tenant of a key: `SAGA_API_KEYS` first, then stored keys, remembered for `ttl` seconds.
+    """Knows every valid key by its hash, in memory: `SAGA_API_KEYS`, and every live stored key, read again by one
+    query each `refresh` seconds whatever the traffic.
 
-    The memory keeps the start of a saga to one database transaction; a revoked key stops working within
-    `ttl` seconds. A key that cannot be a stored one (they all look like `saga_` and 43 characters) is refused
-    without asking the database, an unknown one is remembered as unknown for a second, and at most
-    `lookups_per_second` unknown keys are looked up (the others are answered 429, since a genuine new key may
-    be among them): a flood of bad keys costs a few queries, not one each.
+    A known key is answered from memory and never waits; so is a revoked one (refused), from the next read on. A
+    key that cannot be a stored one (they all look like `saga_` and 43 characters) is refused at once. Any other
+    key waits for the next read (a key created a moment ago is then known) and is refused if it is still unknown:
+    a flood of made-up keys costs nothing but its own waiting, and valid keys never queue behind it.
     """
 
-    def __init__(self, configured: dict[str, str], ttl: float = 10.0, lookups_per_second: float = 20.0) -> None:
+    def __init__(self, configured: dict[str, str], refresh: float = 1.0) -> None:
         self._configured = configured
-        self._ttl = ttl
-        self._stored: dict[str, tuple[str, float]] = {}
-        self._unknown: dict[str, float] = {}
-        self._rate = lookups_per_second
-        self._budget = lookups_per_second
-        self._refilled = time.monotonic()
+        self._refresh = refresh
+        self._stored: dict[str, str] = {}
+        self._revoked: set[str] = set()
+        self._last_ok = True
+        # Set when the next read to start has ended: whoever waits on it sees keys created before it waited.
+        self._next_read = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def tenant_known(self, key_hash: str) -> str | None:
+        """The tenant of a key known right now (configured, or stored and live at the last read), else None."""
+        return self._configured.get(key_hash) or self._stored.get(key_hash)
 
     async def tenant(self, key: str) -> str | None:
+        """The tenant of `key`, or None if it is not valid; 503 if stored keys could not be read lately."""
         key_hash = apikeys.hash_key(key)
-        if key_hash in self._configured:
-            return self._configured[key_hash]
+        if (known := self.tenant_known(key_hash)) is not None:
+            return known
         if not apikeys.STORED_KEY.fullmatch(key):
-            KEY_LOOKUPS.labels("malformed").inc()
+            KEY_CHECKS.labels("malformed").inc()
             return None
-        now = time.monotonic()
-        remembered = self._stored.get(key_hash)
-        if remembered and remembered[1] > now:
-            return remembered[0]
-        if self._unknown.get(key_hash, 0.0) > now:
-            KEY_LOOKUPS.labels("known_bad").inc()
+        if key_hash in self._revoked:
+            KEY_CHECKS.labels("revoked").inc()
             return None
-        if not self._spend(now):
-            KEY_LOOKUPS.labels("throttled").inc()
-            raise ApiError(429, "too_many_requests", "too many unknown API keys at once; try again in a second",
-                           headers={"Retry-After": "1"})
-        KEY_LOOKUPS.labels("database").inc()
-        tenant = await run_in_threadpool(apikeys.stored_tenant, key_hash)
-        if tenant is None:
-            self._stored.pop(key_hash, None)
-            if len(self._unknown) > 10_000:
-                self._unknown.clear()
-            self._unknown[key_hash] = now + 1.0
-        else:
-            self._stored[key_hash] = (tenant, now + self._ttl)
-        return tenant
+        self._ensure_running()
+        await self._next_read.wait()
+        if (known := self.tenant_known(key_hash)) is not None:
+            KEY_CHECKS.labels("new").inc()
+            return known
+        if not self._last_ok:
+            KEY_CHECKS.labels("unchecked").inc()
+            raise ApiError(503, "unavailable", "API keys cannot be checked right now (the database does not "
+                           "answer); try again shortly", headers={"Retry-After": "2"})
+        KEY_CHECKS.labels("unknown").inc()
+        return None
 
-    def _spend(self, now: float) -> bool:
-        """Take one database lookup from a bucket refilled at `lookups_per_second`."""
-        self._budget = min(self._rate, self._budget + (now - self._refilled) * self._rate)
-        self._refilled = now
-        if self._budget < 1:
-            return False
-        self._budget -= 1
-        return True
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="api-key-reader")
+
+    def start(self) -> None:
+        """Start reading the stored keys (the first request would start it otherwise)."""
+        self._ensure_running()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            this_read, self._next_read = self._next_read, asyncio.Event()
+            try:
+                self._stored, self._revoked = await run_in_threadpool(apikeys.stored_keys)
+                self._last_ok = True
+            except Exception:  # the database is unreachable: known keys keep working, unknown ones get 503
+                self._last_ok = False
+                log.warning("could not read the stored API keys; trying again in %.0fs", self._refresh,
+                            exc_info=True)
+            this_read.set()
+            await asyncio.sleep(self._refresh)
 
 
 async def tenant_of(
@@ -85,9 +107,10 @@ async def tenant_of(
     if tenant is None:
         raise ApiError(401, "unauthorized", "the API key is not valid",
                        headers={"WWW-Authenticate": "Bearer"})
+    key_hash = apikeys.hash_key(credentials.credentials)
+    request.state.key_hash = key_hash  # open streams end when this key stops being valid
     # Who asked, for the audit log of operator actions: the tenant and its key by fingerprint, never the key.
-    request.state.caller = {"via": "api", "tenant": tenant,
-                            "key": f"sha256:{apikeys.hash_key(credentials.credentials)[:12]}"}
+    request.state.caller = {"via": "api", "tenant": tenant, "key": f"sha256:{key_hash[:12]}"}
     return tenant
 
 

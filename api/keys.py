@@ -116,6 +116,24 @@ def stored_tenant(key_hash: str) -> str | None:
         ).scalar()
 
 
+# Every stored key's hash and state, read whole each second by each API process (a few hundred bytes per key):
+# revoked ones too, so that a revoked key is refused at once rather than waited on as a new one.
+_ALL_KEYS = select(api_keys.c.key_hash, api_keys.c.tenant, api_keys.c.revoked_at)
+
+
+def stored_keys() -> tuple[dict[str, str], set[str]]:
+    """(key hash -> tenant of every live stored key, the hashes of the revoked ones)."""
+    live: dict[str, str] = {}
+    revoked: set[str] = set()
+    with db.transaction() as conn:
+        for row in conn.execute(_ALL_KEYS):
+            if row.revoked_at is None:
+                live[row.key_hash] = row.tenant
+            else:
+                revoked.add(row.key_hash)
+    return live, revoked
+
+
 def tenant_for_key(key: str) -> str | None:
     """The tenant a key belongs to (from `SAGA_API_KEYS` or the database), or None if it is not valid."""
     key_hash = hash_key(key)

@@ -6,33 +6,45 @@ Metrics are per process (`python -m service api --workers N` gives each process 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga.metrics import LedgerCollector
 
+
+class LastLedgerReading:
+    """Where the ledger's gauges come from: the app's last health reading (set by `create_app`), so a scrape
+    makes no query of its own."""
+
+    read: Callable[[], dict[str, float]] = dict
+
+
+LAST_LEDGER = LastLedgerReading()
+
 # No `_created` series: they double the output and nothing here reads them.
 disable_created_metrics()
 # The engine's own counters (sagas started here) are in the same registry; add what only the ledger knows.
-REGISTRY.register(LedgerCollector())
+REGISTRY.register(LedgerCollector(lambda: LAST_LEDGER.read()))
 
 REQUESTS = Counter("saga_api_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 LATENCY = Histogram(
     "saga_api_request_seconds", "Time to answer an HTTP request (long polls included).", ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-KEY_LOOKUPS = Counter("saga_api_key_checks_total", "API keys not found in memory, by what was done: looked up in "
-                      "the database, or refused without a query (malformed, known bad, throttled in a flood).",
-                      ["outcome"])
+KEY_CHECKS = Counter("saga_api_key_checks_total", "API keys not known in memory, by outcome: malformed (refused at "
+                     "once), revoked (refused at once), new (known after the next read of stored keys), unknown (refused after it), unchecked "
+                     "(503: stored keys could not be read).", ["outcome"])
+OPEN_STREAMS = Gauge("saga_api_open_streams", "Event streams and long polls open now, by kind.", ["kind"])
 SAGAS_STARTED = Counter("saga_api_sagas_started_total", "POST /v1/sagas accepted, by saga type and outcome "
                         "(created, or replayed for a repeated idempotency key).", ["type", "outcome"])
 
@@ -65,6 +77,9 @@ class RequestMetrics:
             LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
 
 
-def exposition() -> Response:
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def exposition() -> bytes:
     """The metrics in Prometheus' text format."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return generate_latest()

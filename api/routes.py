@@ -25,6 +25,7 @@ from api.auth import Tenant
 from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
 from api.metrics import SAGAS_STARTED
 from api.schemas import EventPage, ProvideInput, RestartSaga, RewindSaga, Saga, SagaPage, StartSaga
+from saga.disclosure import event_for_tenant, saga_for_tenant
 from saga.inputs import resume_index
 from saga.runner import send_forward
 from saga.states import FINAL, SagaStatus
@@ -34,8 +35,10 @@ router = APIRouter(prefix="/v1/sagas", tags=["sagas"])
 
 # Statuses after which a saga never changes again (paused and failed wait for an operator, so they may).
 SETTLED = ("completed", "compensated")
-# Statuses in which a saga waits for nobody but an operator: a stream ends there.
+# The longest long poll, in seconds.
 MAX_WAIT = 60.0
+# Seconds between keep-alive comments on a quiet event stream (proxies close idle connections).
+KEEP_ALIVE = 15.0
 # A query string may carry what PostgreSQL cannot compare with: refuse NUL characters up front.
 NO_NUL = r"^[^\x00]*$"
 
@@ -54,7 +57,7 @@ class SagaJSON(JSONResponse):
 
     def __init__(self, record: SagaRecord, status_code: int = 200,
                  headers: dict[str, str] | None = None) -> None:
-        super().__init__(record.to_dict(), status_code=status_code, headers=headers)
+        super().__init__(saga_for_tenant(record.to_dict()), status_code=status_code, headers=headers)
         self.headers["ETag"] = _etag(self.body)
 
 
@@ -131,7 +134,7 @@ def list_sagas(
     more = len(records) > limit
     records = records[:limit]
     return JSONResponse({
-        "items": [r.to_dict() for r in records],
+        "items": [saga_for_tenant(r.to_dict()) for r in records],
         "next_cursor": _encode_cursor(records[-1].created_at, records[-1].id) if more else None,
     })
 
@@ -182,14 +185,18 @@ async def get_saga(
     if wait <= 0 or known != _bare(response.headers["ETag"]):
         return response
     watcher = request.app.state.watcher
-    deadline = time.monotonic() + wait
-    while record.status not in SETTLED and (remaining := deadline - time.monotonic()) > 0:
-        if not await watcher.changed(saga_id, record.updated_at, remaining):
-            break
-        record = await run_in_threadpool(saga.load, saga_id, tenant)
-        response = SagaJSON(record)
-        if _bare(response.headers["ETag"]) != known:
-            break
+    slot = request.app.state.streams.take(tenant, "long_poll")
+    try:
+        deadline = time.monotonic() + wait
+        while record.status not in SETTLED and (remaining := deadline - time.monotonic()) > 0:
+            if not await watcher.changed(saga_id, record.updated_at, remaining):
+                break
+            record = await run_in_threadpool(saga.load, saga_id, tenant)
+            response = SagaJSON(record)
+            if _bare(response.headers["ETag"]) != known:
+                break
+    finally:
+        slot.give_back()
     return response
 
 
@@ -202,21 +209,51 @@ async def get_saga(
     summary="Follow a saga as Server-Sent Events", operation_id="streamSaga",
 )
 async def stream_saga(saga_id: SagaId, tenant: Tenant, request: Request) -> StreamingResponse:
+    """One `saga` event now and after every change, until the saga ends, the key stops being valid, or the
+    stream reaches its maximum age (`SAGA_API_STREAM_SECONDS`; reconnect to go on). 429 over the open streams
+    allowed per tenant or in all."""
     record = await run_in_threadpool(saga.load, saga_id, tenant)
-    watcher = request.app.state.watcher
+    state = request.app.state
+    slot = state.streams.take(tenant, "stream")
+    key_hash: str = request.state.key_hash
+    ends = time.monotonic() + state.stream_seconds
+
+    def over() -> str | None:
+        """Why the stream must end now, if it must."""
+        if state.keyring.tenant_known(key_hash) != tenant:
+            return "the API key is no longer valid"
+        if time.monotonic() >= ends:
+            return "the stream reached its maximum age; reconnect to go on"
+        return None
 
     async def events() -> AsyncIterator[str]:
-        current = record
-        while True:
-            yield f"event: saga\ndata: {json.dumps(current.to_dict())}\n\n"
-            if current.status in FINAL:
-                return
-            while not await watcher.changed(saga_id, current.updated_at, 15.0):
-                yield ": keep-alive\n\n"
-            current = await run_in_threadpool(saga.load, saga_id, tenant)
+        try:
+            current = record
+            while True:
+                yield f"event: saga\ndata: {json.dumps(saga_for_tenant(current.to_dict()))}\n\n"
+                if current.status in FINAL:
+                    return
+                quiet = 0.0
+                # Checked each second, so a revoked key's streams end within about two.
+                while not await state.watcher.changed(saga_id, current.updated_at, 1.0):
+                    if reason := over():
+                        yield f": {reason}\n\n"
+                        return
+                    quiet += 1.0
+                    if quiet >= KEEP_ALIVE:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
+                if reason := over():
+                    yield f": {reason}\n\n"
+                    return
+                current = await run_in_threadpool(saga.load, saga_id, tenant)
+        finally:
+            slot.give_back()
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    stream = events()
+    slot.outlive(stream)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{saga_id}/events", response_model=EventPage, responses=responses(401, 404, 422, 429, 503),
@@ -229,7 +266,8 @@ def saga_events(
     found = saga.events(saga_id, tenant, after=after, limit=limit + 1)
     more = len(found) > limit
     found = found[:limit]
-    return JSONResponse({"items": [e.to_dict() for e in found], "next_after": found[-1].id if more else None})
+    return JSONResponse({"items": [event_for_tenant(e.to_dict()) for e in found],
+                         "next_after": found[-1].id if more else None})
 
 
 def _action(name: str, summary: str, doc: str) -> None:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from api.auth import Tenant
 from api.errors import responses
 from api.schemas import Stats
+from saga.disclosure import classified_reason
 from saga.overview import overview
 
 router = APIRouter(prefix="/v1", tags=["overview"])
@@ -19,4 +20,7 @@ def stats(tenant: Tenant) -> JSONResponse:
     """How many of the tenant's sagas are in each status, by type; the sagas that need an operator (failed,
     awaiting input past half their wait, paused), most pressing first; and per minute of the last hour how many
     sagas started, completed, were compensated, paused or failed."""
-    return JSONResponse(overview(tenant).to_dict())
+    shown = overview(tenant).to_dict()
+    for saga in shown["needs_operator"]:
+        saga["reason"] = classified_reason(saga["reason"])
+    return JSONResponse(shown)

@@ -88,7 +88,7 @@ def _declare_blob(name: str, large: bool) -> SagaType[BlobInput]:
     with the input to every step, as every input did before large fields existed.
     """
     saga_type = sagas.saga_type(name, BlobInput, queue=QUEUE, default_time_limit=TIME_LIMIT,
-                                large_fields=("blob",) if large else ())
+                                large_fields=("blob",) if large else (), max_field_bytes=2 * 1024 * 1024)
     for number, kind in enumerate(("compensable", "compensable", "pivot", "retriable"), start=1):
         def body(ctx: StepContext[BlobInput], number: int = number) -> None:
             ref = f"{ctx.saga_id}:{len(ctx.input.blob)}" if number == 1 else str(ctx.saga_id)

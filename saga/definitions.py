@@ -170,6 +170,10 @@ class Step:
         return register(fn) if fn is not None else register
 
 
+# Default bound on one inline input field, as JSON (`SagaType(max_field_bytes=...)`).
+MAX_FIELD_BYTES = 64 * 1024
+
+
 class SagaType(Generic[InputT]):
     """A kind of business operation: `compensable` steps, then at most one `pivot`, then `retriable` ones.
 
@@ -179,7 +183,7 @@ class SagaType(Generic[InputT]):
     def __init__(
         self, engine: Engine, name: str, input_model: type[InputT], *, default_retry: RetryPolicy | None = None,
         default_time_limit: float = 60.0, queue: str = "celery", large_fields: tuple[str, ...] = (),
-        version: int = 1,
+        version: int = 1, max_field_bytes: int = MAX_FIELD_BYTES,
     ) -> None:
         if not _NAME.match(name):
             raise ValueError(f"saga type name {name!r} must be lowercase letters, digits and underscores")
@@ -193,6 +197,9 @@ class SagaType(Generic[InputT]):
                              f"{input_model.__name__}")
         # Kept in a column of their own, loaded only for the steps that name them in `needs`.
         self.large_fields = tuple(large_fields)
+        # The most an input field kept inline may take as JSON: every step loads those, so a field of megabytes
+        # must be declared large (or this raised) rather than slow every read of the saga.
+        self.max_field_bytes = max_field_bytes
         # The other fields, to type them for a step without validating the large ones it does not read.
         self._small_model = create_model(f"{input_model.__name__}Small", **{  # type: ignore[call-overload]
             n: (f.annotation, f) for n, f in input_model.model_fields.items() if n not in large_fields},

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from saga import db
 from saga.errors import WorkerRefused
+from saga.states import ACTIVE
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
@@ -97,7 +98,11 @@ def serve(port: int, *, pool: bool) -> None:
 
 
 class LedgerCollector(Collector):
-    """The age of the oldest saga in each unfinished status, read from the ledger at every scrape."""
+    """The age of the oldest saga in each unfinished status, as `read()` gives it when scraped (by default, read
+    from the ledger at every scrape; a process that must bound its queries passes a cached reading)."""
+
+    def __init__(self, read: Callable[[], dict[str, float]] | None = None) -> None:
+        self._read = read or _read_oldest_unfinished
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """What `collect` yields, without asking the ledger (the registry asks once, when it is registered)."""
@@ -105,7 +110,7 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = _oldest_family()
-        for status, age in _oldest_unfinished():
+        for status, age in self._read().items():
             family.add_metric([status], age)
         yield family
 
@@ -115,13 +120,22 @@ def _oldest_family() -> GaugeMetricFamily:
                              "compensating or awaiting input, by status (absent when none is).", labels=["status"])
 
 
-def _oldest_unfinished() -> list[Any]:
+# How long each unfinished status has been waiting, by its oldest saga: one pass over the `sagas_active` index.
+_OLDEST_UNFINISHED = text(
+    "SELECT status, EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8 AS age FROM sagas "
+    "WHERE status IN :active GROUP BY status"
+).bindparams(bindparam("active", value=ACTIVE, expanding=True))
+
+
+def oldest_unfinished(conn: Connection) -> dict[str, float]:
+    """Seconds since the oldest saga in each unfinished status was created (statuses with none are absent)."""
+    return {row.status: row.age for row in conn.execute(_OLDEST_UNFINISHED)}
+
+
+def _read_oldest_unfinished() -> dict[str, float]:
     try:
         with db.autocommit() as conn:
-            return list(conn.execute(text(
-            "SELECT status, EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8 FROM sagas "
-            "WHERE status IN ('pending', 'running', 'compensating', 'awaiting_input') GROUP BY status"  # the sagas_active index
-            )))
+            return oldest_unfinished(conn)
     except SQLAlchemyError as exc:  # the ledger is down: the other metrics still answer
         log.warning("saga_oldest_unfinished_seconds not read: %s", type(exc).__name__)
-        return []
+        return {}

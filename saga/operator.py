@@ -29,8 +29,13 @@ LOCK_WAIT = "5s"
 def locked(conn: Connection, saga_id: UUID, tenant: str | None) -> SagaRecord:
     """The saga, its row locked for this transaction; refused as busy if a worker holds it too long."""
     conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+    # The tenant is part of the lock's condition: another tenant's saga is never waited for (it would answer
+    # "busy" where its absence must look the same as any unknown id's).
+    mine = select(sagas.c.id).where(sagas.c.id == saga_id)
+    if tenant is not None:
+        mine = mine.where(sagas.c.tenant == tenant)
     try:
-        conn.execute(select(sagas.c.id).where(sagas.c.id == saga_id).with_for_update())
+        conn.execute(mine.with_for_update())
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != "55P03":
             raise

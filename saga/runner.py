@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -114,10 +115,18 @@ def valid_payload(saga_type: SagaType[Any], data: Any) -> dict[str, Any]:
     """The input as JSON the ledger can store, or InvalidInput naming every field that is wrong."""
     payload = saga_type.validate_input(data).model_dump(mode="json")
     try:
-        return storable(payload)
+        payload = storable(payload)
     except Unstorable as exc:
         raise InvalidInput(f"invalid input for saga {saga_type.name!r}: {exc}",
                            [{"field": exc.path or "input", "message": str(exc)}]) from None
+    oversized = [{"field": name, "message": f"{size} bytes as JSON; at most {saga_type.max_field_bytes} inline "
+                                            "(declare it in large_fields to store it apart)"}
+                 for name, value in payload.items() if name not in saga_type.large_fields
+                 and (size := len(json.dumps(value, separators=(",", ":")).encode())) > saga_type.max_field_bytes]
+    if oversized:
+        raise InvalidInput(f"invalid input for saga {saga_type.name!r}: field "
+                           f"{', '.join(repr(o['field']) for o in oversized)} too large", oversized)
+    return payload
 
 
 def send_forward(saga_id: UUID, type_name: str, start_index: int, version: int | None = None) -> None:

@@ -12,7 +12,6 @@ import struct
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -486,46 +485,6 @@ def test_requests_without_a_valid_key_are_401(api: ApiServer) -> None:
     assert_error(basic, 401, "unauthorized")
     assert api.client("alpha").get("/v1/sagas").status_code == 200, "a key from SAGA_API_KEYS"
     assert api.new_tenant().get("/v1/sagas").status_code == 200, "a key stored in the database"
-
-
-def test_a_flood_of_bad_keys_costs_a_few_database_queries_not_one_each(stack: Stack) -> None:
-    """Counted by what goes over the wire to PostgreSQL: the API reaches it through a proxy."""
-    from sqlalchemy.engine import make_url
-
-    from tests.proxy import Proxy
-
-    database = make_url(stack.database_url)
-    proxy = Proxy(database.host or "127.0.0.1", database.port or 5432)
-    flooded = serve(stack, "api-flood", SAGA_DATABASE_URL=database.set(port=proxy.port).render_as_string(False))
-    try:
-        with httpx.Client(base_url=flooded.url, timeout=10) as client:
-            def ask(key: str) -> int:
-                answer = client.get("/v1/sagas", headers={"Authorization": f"Bearer {key}"})
-                assert answer.status_code == 401 or (answer.status_code == 429
-                                                     and answer.headers["Retry-After"] == "1"), answer.text
-                return answer.status_code
-
-            def shaped() -> str:  # looks like one of ours
-                return f"saga_{uuid.uuid4().hex}{uuid.uuid4().hex[:11]}"
-
-            ask(shaped())  # the pool's first connection
-            sent = proxy.sent
-            assert [ask(shaped()) for _ in range(5)] == [401] * 5
-            per_lookup = (proxy.sent - sent) / 5
-
-            sent, started = proxy.sent, time.monotonic()
-            bad = [shaped() for _ in range(300)]
-            answers = Counter(ask(key) for key in bad + ["not-even-shaped-like-a-key"] * 100 + bad[:100])
-            elapsed = time.monotonic() - started
-        queries = (proxy.sent - sent) / per_lookup
-        print(f"\n500 bad keys in {elapsed:.1f} s: {dict(answers)}; about {queries:.0f} database lookups")
-        assert queries <= 20 * (elapsed + 1) + 5, f"about {queries:.0f} lookups for 500 bad keys"
-        # A genuine key works once the flood is over.
-        good = flooded.new_tenant()
-        wait_until(lambda: good.get("/v1/sagas").status_code == 200, timeout=5, what="a stored key to work")
-    finally:
-        flooded.close()
-        proxy.close()
 
 
 @pytest.mark.parametrize("method, route", [

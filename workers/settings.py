@@ -31,6 +31,11 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # HTTP API: development keys as "tenant:key,tenant:key" (production keys live hashed in the database).
     api_keys: str = ""
+    # Event streams and long polls one tenant, and the API process in all, may hold open at once (429 beyond).
+    api_streams_per_tenant: int = Field(default=100, ge=1)
+    api_streams: int = Field(default=1000, ge=1)
+    # Seconds an event stream stays open at most; the client reconnects (EventSource does so by itself).
+    api_stream_seconds: float = Field(default=3600.0, gt=0)
     flower_basic_auth: str | None = Field(default=None, validation_alias="FLOWER_BASIC_AUTH")
     # Where operators reach Flower; the console links each step to its task there.
     flower_url: str | None = None
