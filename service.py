@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from saga.callers import this_user
 from saga.cli import (
     Commands,
     api_client,
@@ -123,7 +124,8 @@ def api_(host: str, port: int, workers: int, access_log: bool) -> None:
 
 @main.group()
 def keys() -> None:
-    """Manage API keys: each belongs to one tenant; only a hash is stored (works on the database)."""
+    """Manage API keys: each belongs to one tenant; only a hash is stored (works on the database). Who created
+    and revoked each key (the OS user and host) is kept: `keys events`."""
 
 
 @keys.command(name="create")
@@ -135,7 +137,7 @@ def keys_create(tenant: str, name: str | None) -> None:
 
     _boot()
     try:
-        record, key = apikeys.create_key(tenant, name)
+        record, key = apikeys.create_key(tenant, name, by=this_user())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
     click.echo(f"key {record.id} for tenant {record.tenant}; it is shown only once:", err=True)
@@ -168,9 +170,30 @@ def keys_revoke(key_id: int) -> None:
     from api import keys as apikeys
 
     _boot()
-    if not apikeys.revoke_key(key_id):
+    if not apikeys.revoke_key(key_id, by=this_user()):
         raise click.ClickException(f"no active key {key_id}")
     click.echo(f"key {key_id} revoked")
+
+
+@keys.command(name="events")
+@click.option("--key", "key_id", type=int, default=None, help="Only this key's (its id, as `keys list` shows it).")
+@click.option("--tenant", default=None, help="Only this tenant's keys'.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="The newest this many.")
+@click.option("--json", "as_json", is_flag=True)
+def keys_events(key_id: int | None, tenant: str | None, limit: int, as_json: bool) -> None:
+    """Who created and revoked stored keys, and when, oldest first."""
+    from dataclasses import asdict
+
+    from api import keys as apikeys
+
+    _boot()
+    found = apikeys.key_events(key_id, tenant, limit)
+    if as_json:
+        click.echo(json.dumps([asdict(e) for e in found], indent=2, default=str))
+        return
+    for e in found:
+        by = " ".join(f"{name}={value}" for name, value in sorted(e.by.items(), key=lambda i: (i[0] != "via", i[0])))
+        click.echo(f"{e.at:%Y-%m-%d %H:%M:%S}  key {e.key_id:<6} {e.tenant:<20} {e.kind:<8} by {by}")
 
 
 

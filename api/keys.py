@@ -2,7 +2,8 @@
 
 Keys come from two places: the database (created with `python -m service keys create`, revocable) and the
 `SAGA_API_KEYS` setting (`tenant:key,...`, for development and tests). A key is a long random token,
-so a fast hash is enough to store it safely; the plain key is shown once, when it is created.
+so a fast hash is enough to store it safely; the plain key is shown once, when it is created. Who created and
+who revoked each stored key is kept in `api_key_events`, written in the same transaction as the change.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -23,13 +26,15 @@ from sqlalchemy import (
     RowMapping,
     Table,
     Text,
+    desc,
     func,
     insert,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
-from saga import db
+from saga import callers, db
 from workers.settings import service_settings
 
 # The service's own table (migrations/), beside the ledger's: created by `python -m service migrate`.
@@ -41,6 +46,17 @@ api_keys = Table(
     Column("key_hash", Text, nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True)),
+)
+
+# Who created or revoked a stored key, and when (migrations/versions/api_0002_key_events.py).
+api_key_events = Table(
+    "api_key_events", MetaData(),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("key_id", BigInteger, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("by", JSONB, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 KEY_PREFIX = "saga_"
@@ -60,6 +76,18 @@ class ApiKey:
     revoked_at: datetime | None
 
 
+@dataclass(frozen=True)
+class KeyEvent:
+    """A stored key was created or revoked, and by whom (as `saga.callers` describes a caller)."""
+
+    id: int
+    key_id: int
+    tenant: str
+    kind: str  # created, revoked
+    by: dict[str, Any]
+    at: datetime
+
+
 def hash_key(key: str) -> str:
     """The stored form of a key: SHA-256, hex."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -73,14 +101,18 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
-def create_key(tenant: str, name: str | None = None) -> tuple[ApiKey, str]:
-    """Store a new key for `tenant`; returns the record and the plain key (shown once, never stored)."""
+def create_key(tenant: str, name: str | None = None, *, by: Mapping[str, Any] | None = None) -> tuple[ApiKey, str]:
+    """Store a new key for `tenant`; returns the record and the plain key (shown once, never stored). `by` says
+    who asked (see `saga.callers`; default `{"via": "library"}`): its `created` event records it."""
+    who = callers.recorded(by)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     with db.transaction() as conn:
         row = conn.execute(
             insert(api_keys).values(tenant=check_tenant(tenant), name=name, key_hash=hash_key(key))
             .returning(api_keys)
         ).mappings().one()
+        # In the key's own transaction: no key exists without the record of who made it.
+        conn.execute(insert(api_key_events).values(key_id=row["id"], tenant=row["tenant"], kind="created", by=who))
     return _record(row), key
 
 
@@ -93,14 +125,31 @@ def list_keys(tenant: str | None = None) -> list[ApiKey]:
         return [_record(r) for r in conn.execute(query).mappings()]
 
 
-def revoke_key(key_id: int) -> bool:
-    """Revoke a stored key; False if there is no such key or it was revoked already."""
+def revoke_key(key_id: int, *, by: Mapping[str, Any] | None = None) -> bool:
+    """Revoke a stored key; False if there is no such key or it was revoked already. `by` says who asked (see
+    `saga.callers`; default `{"via": "library"}`): its `revoked` event records it."""
+    who = callers.recorded(by)
     with db.transaction() as conn:
         done = conn.execute(
             update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=func.now()).returning(api_keys.c.id)
-        ).first()
+            .values(revoked_at=func.now()).returning(api_keys.c.id, api_keys.c.tenant)
+        ).mappings().first()
+        if done is not None:  # only a key this call revoked: a repeat records nothing
+            conn.execute(insert(api_key_events).values(key_id=key_id, tenant=done["tenant"], kind="revoked", by=who))
     return done is not None
+
+
+def key_events(key_id: int | None = None, tenant: str | None = None, limit: int = 100) -> list[KeyEvent]:
+    """Who created and revoked stored keys (of one key, or one tenant's), the newest `limit`, oldest first."""
+    query = select(api_key_events).order_by(desc(api_key_events.c.id)).limit(limit)
+    if key_id is not None:
+        query = query.where(api_key_events.c.key_id == key_id)
+    if tenant is not None:
+        query = query.where(api_key_events.c.tenant == tenant)
+    with db.transaction() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [KeyEvent(id=r["id"], key_id=r["key_id"], tenant=r["tenant"], kind=r["kind"], by=r["by"], at=r["at"])
+            for r in reversed(rows)]
 
 
 def configured_keys() -> dict[str, str]:
@@ -141,12 +190,13 @@ def tenant_for_key(key: str) -> str | None:
 
 
 def ensure_dev_key(path: Path, tenant: str = "dev") -> str:
-    """A key for `tenant` kept in `path` (mode 0600): the one there if it is still valid, else a new one."""
+    """A key for `tenant` kept in `path` (mode 0600): the one there if it is still valid, else a new one, made
+    by the OS user and host running the local stack (`{"via": "dev", "user", "host"}`)."""
     if path.exists():
         key = path.read_text().strip()
         if key and tenant_for_key(key) == tenant:
             return key
-    _, key = create_key(tenant, name=f"dev key in {path}")
+    _, key = create_key(tenant, name=f"dev key in {path}", by=callers.this_user("dev"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

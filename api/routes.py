@@ -271,8 +271,8 @@ def saga_events(
 
 
 def _action(name: str, summary: str, doc: str) -> None:
-    def act(saga_id: SagaId, tenant: Tenant) -> SagaJSON:
-        return SagaJSON(getattr(saga, name)(saga_id, tenant))
+    def act(saga_id: SagaId, tenant: Tenant, request: Request) -> SagaJSON:
+        return SagaJSON(getattr(saga, name)(saga_id, tenant, by=request.state.caller))
 
     act.__name__ = f"{name}_saga"
     act.__doc__ = doc
@@ -285,16 +285,18 @@ def _action(name: str, summary: str, doc: str) -> None:
     summary="Give a saga the input it awaits", operation_id="provideInput",
 )
 def provide_input(
-    saga_id: SagaId, body: ProvideInput, tenant: Tenant, background: BackgroundTasks,
+    saga_id: SagaId, body: ProvideInput, tenant: Tenant, background: BackgroundTasks, request: Request,
     idempotency_key: Annotated[str, key_header(
         "Unique per input you send (printable ASCII); repeat it when you retry. Same key and input: the saga "
         "back, nothing changed; same key, other input: 422.")],
 ) -> SagaJSON:
     """For a saga in `awaiting_input`: new values of the fields its `awaiting_input.fields` names. The
     whole input is validated again (nothing changes when it is invalid); the step that asked runs again with
-    it, and the saga goes on from there, keeping what earlier steps did. 409 unless the saga awaits input (a
-    wait that ended is undone instead)."""
-    started = saga.provide_input(saga_id, body.input, tenant, idempotency_key=idempotency_key, dispatch=False)
+    it, and the saga goes on from there, keeping what earlier steps did. The audit log records it
+    (`input_received`) with who asked (this key's tenant and fingerprint) and the fields sent. 409 unless the saga
+    awaits input (a wait that ended is undone instead)."""
+    started = saga.provide_input(saga_id, body.input, tenant, idempotency_key=idempotency_key, dispatch=False,
+                                 by=request.state.caller)
     if started.created:
         record = started.saga
         background.add_task(send_forward, saga_id, record.type, resume_index(record), record.version)
@@ -325,12 +327,15 @@ _action("cancel", "Cancel a saga",
         "shows `cancel_requested`). "
         "If that step is the pivot and it succeeds, the cancel is refused then (event `cancel_refused`) and the "
         "saga goes forward; if it fails, the saga is undone with nothing charged. 409 once the saga is past its "
-        "point of no return or over. Repeating a cancel is harmless.")
+        "point of no return or over. Repeating a cancel is harmless. The audit log records the cancel "
+        "(`cancel_requested`) with who asked (this key's tenant and fingerprint).")
 _action("resume", "Resume a paused saga",
         "Continue a `paused` saga from its first unfinished step. 409 unless the saga is paused (so a "
-        "repeated resume changes nothing).")
+        "repeated resume changes nothing). The audit log records it (`saga_resumed`) with who asked (this key's "
+        "tenant and fingerprint).")
 _action("compensate", "Re-run the compensations of a failed saga",
-        "409 unless the saga is `failed` (so a repeated request changes nothing).")
+        "409 unless the saga is `failed` (so a repeated request changes nothing). The audit log records it "
+        "(`compensation_rerun`) with who asked (this key's tenant and fingerprint).")
 
 
 @router.post(
@@ -342,13 +347,14 @@ _action("compensate", "Re-run the compensations of a failed saga",
     summary="Start a compensated or failed saga again", operation_id="restartSaga",
 )
 def restart_saga(
-    saga_id: SagaId, tenant: Tenant, background: BackgroundTasks, body: RestartSaga | None = None,
+    saga_id: SagaId, tenant: Tenant, background: BackgroundTasks, request: Request, body: RestartSaga | None = None,
     idempotency_key: Annotated[str | None, key_header(
         "The new saga's key (default `restart-of:<id>`); repeat it when you retry.")] = None,
 ) -> SagaJSON:
     """A new saga of the same type from its first step, with this saga's input and the fields in `input`
     replaced (validated as a whole; nothing is written when it is invalid), linked both ways: the new saga's
-    `restart_of` is this one, this one's `restarted_as` the new one. 409 unless this saga is `compensated` or
-    `failed`, or once it was restarted under another key."""
+    `restart_of` is this one, this one's `restarted_as` the new one. Both audit logs record who asked (this key's
+    tenant and fingerprint): the new saga's `saga_accepted`, this one's `saga_restarted`. 409 unless this saga is
+    `compensated` or `failed`, or once it was restarted under another key."""
     return _accepted(saga.restart(saga_id, tenant, (body or RestartSaga()).input, idempotency_key=idempotency_key,
-                                  dispatch=False), background)
+                                  dispatch=False, by=request.state.caller), background)

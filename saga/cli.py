@@ -7,14 +7,13 @@
 
 `-A` loads the app, which binds the engine (`Sagas(app, database_url=...)`) and declares its saga types; the
 commands then work on that database. With `--api` they go through the HTTP API instead (the `client` extra).
+Each action's audit event records who asked: on the database the OS user and host, through `--api` the API key.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import socket
 import sys
 import time
 import uuid
@@ -26,6 +25,7 @@ from uuid import UUID
 
 import click
 
+from saga.callers import this_user
 from saga.errors import ConfigurationError, SagaError
 from saga.states import FINAL
 
@@ -198,7 +198,7 @@ def restart(saga_id: UUID, input_: str | None, idempotency_key: str | None, wait
 
     def on_database() -> Any:
         boot()
-        return saga.restart(saga_id, patch=patch, idempotency_key=idempotency_key)
+        return saga.restart(saga_id, patch=patch, idempotency_key=idempotency_key, by=this_user())
 
     start_then_show(api_client(use_api, api_url, api_key), RESTARTED, as_json, wait,
                     lambda client: client.restart(saga_id, patch, idempotency_key=idempotency_key), on_database)
@@ -223,7 +223,7 @@ def input_(saga_id: UUID, input_: str, idempotency_key: str | None, wait: bool, 
     key = idempotency_key or str(uuid.uuid4())
     _act_then_show(api_client(use_api, api_url, api_key), saga_id, wait, as_json,
                    lambda client: client.provide_input(saga_id, patch, idempotency_key=key).model_dump(mode="json"),
-                   lambda: saga.provide_input(saga_id, patch, idempotency_key=key).saga.to_dict())
+                   lambda: saga.provide_input(saga_id, patch, idempotency_key=key, by=this_user()).saga.to_dict())
 
 
 def _act_then_show(client: Any, saga_id: UUID, wait: bool, as_json: bool, via_api: Callable[[Any], Any],
@@ -261,10 +261,9 @@ def rewind(saga_id: UUID, to: str, input_: str | None, idempotency_key: str | No
 
     patch = _patch(input_)
     key = idempotency_key or str(uuid.uuid4())
-    by = {"via": "cli", "user": getpass.getuser(), "host": socket.gethostname()}
     _act_then_show(api_client(use_api, api_url, api_key), saga_id, wait, as_json,
                    lambda client: client.rewind(saga_id, to, patch, idempotency_key=key).model_dump(mode="json"),
-                   lambda: saga.rewind(saga_id, to, patch, idempotency_key=key, by=by).to_dict())
+                   lambda: saga.rewind(saga_id, to, patch, idempotency_key=key, by=this_user()).to_dict())
 
 
 @main.command()
@@ -379,7 +378,7 @@ def _action(name: str, doc: str) -> None:
 
         _act_then_show(api_client(use_api, api_url, api_key), saga_id, False, False,
                        lambda client: getattr(client, name)(saga_id).model_dump(mode="json"),
-                       lambda: getattr(saga, name)(saga_id))
+                       lambda: getattr(saga, name)(saga_id, by=this_user()))
 
 
 _action("cancel", "Cancel a saga: compensate what was done (refused past the point of no return).")

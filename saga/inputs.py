@@ -9,7 +9,7 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import db, store, versions
+from saga import callers, db, store, versions
 from saga.claims import patience
 from saga.errors import ActionRefused, IdempotencyConflict
 from saga.operator import locked, patched_input
@@ -33,15 +33,17 @@ RETURNING id
 
 
 def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = None, *,
-                  idempotency_key: str, dispatch: bool = True) -> Started:
+                  idempotency_key: str, dispatch: bool = True, by: Mapping[str, Any] | None = None) -> Started:
     """Send an `awaiting_input` saga new values of the fields its step asked for (the whole input validated
     again; nothing changes when it is invalid), and run that step again. The same key again gives the saga
     back (`created` False) and changes nothing; the same key with another patch is an IdempotencyConflict.
+    `by` says who asked (see `saga.callers`); its `input_received` event records it with the fields sent.
 
     With `dispatch=False` the caller sends the step later with `send_forward(saga_id, type, resume_index(...))`.
     """
     changed = dict(patch)
     digest = store.digest(changed)
+    who = callers.recorded(by)
     with db.transaction() as conn:
         record = locked(conn, saga_id, tenant)
         earlier = store.requested_under(conn, saga_id, "input_received", idempotency_key)
@@ -61,7 +63,8 @@ def provide_input(saga_id: UUID, patch: Mapping[str, Any], tenant: str | None = 
         received = db.fetchone(conn, _RECEIVE, {
             "saga_id": saga_id, "idx": index, "step": wanted["step"], "pickup": patience(saga_type),
             "input": db.to_json(stored), "large": None if large is None else db.to_json(large),
-            "detail": db.to_json({"idempotency_key": idempotency_key, "hash": digest, "fields": sorted(changed)}),
+            "detail": db.to_json({"idempotency_key": idempotency_key, "hash": digest, "fields": sorted(changed),
+                                  "by": who}),
         })
         if received is None:
             raise ActionRefused(f"the wait for input ended at {wanted['until']}; the saga is being undone",

@@ -11,7 +11,7 @@ from uuid import UUID
 from sqlalchemy import Connection, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from saga import compensation, db, dispatch, runner, store, versions
+from saga import callers, compensation, db, dispatch, runner, store, versions
 from saga.claims import patience
 from saga.definitions import SagaType, get_saga_type
 from saga.errors import ActionRefused, InvalidInput
@@ -44,9 +44,11 @@ def locked(conn: Connection, saga_id: UUID, tenant: str | None) -> SagaRecord:
     return store.load(saga_id, tenant, conn)
 
 
-def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
+def cancel(saga_id: UUID, tenant: str | None = None, *, by: Mapping[str, Any] | None = None) -> SagaRecord:
     """Undo what was done. A step in flight finishes first; if it is the pivot and succeeds, the cancel is
-    refused then and the saga goes forward. Refused at once past the point of no return."""
+    refused then and the saga goes forward. Refused at once past the point of no return. `by` says who asked
+    (see `saga.callers`); its `cancel_requested` event records it."""
+    who = callers.recorded(by)
     with db.transaction() as conn:
         record = locked(conn, saga_id, tenant)
         if record.cancel_requested:
@@ -57,7 +59,7 @@ def cancel(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
                                 {"status": record.status})
         refuse_past_point_of_no_return(record)
         conn.execute(update(sagas).where(sagas.c.id == saga_id).values(cancel_requested=True, updated_at=func.now()))
-        conn.execute(insert(saga_events).values(saga_id=saga_id, kind="cancel_requested", detail={}))
+        conn.execute(insert(saga_events).values(saga_id=saga_id, kind="cancel_requested", detail={"by": who}))
     # With a step in flight nothing starts yet: that step's end honours the cancel, or refuses it if the
     # step was past the point of no return and succeeded.
     compensation.begin(saga_id, versions.type_of(record), "cancelled", after_leases=True)
@@ -72,10 +74,11 @@ def refuse_past_point_of_no_return(record: SagaRecord) -> None:
                             "forward", {"status": record.status})
 
 
-def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
+def resume(saga_id: UUID, tenant: str | None = None, *, by: Mapping[str, Any] | None = None) -> SagaRecord:
     """Continue a paused saga from its first unfinished step, with that step's attempts counted afresh; one that
     was paused while being undone (its version was not declared) goes on being undone. Refused while its version
-    is still not declared here."""
+    is still not declared here. `by` says who asked; its `saga_resumed` event records it."""
+    who = callers.recorded(by)
     with db.transaction() as conn:
         record = locked(conn, saga_id, tenant)
         if record.status != "paused":
@@ -86,7 +89,8 @@ def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
         if _paused_from(conn, saga_id) == "compensating":
             conn.execute(update(sagas).where(sagas.c.id == saga_id).values(
                 status="compensating", updated_at=func.now(), deadline=deadline))
-            conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed", detail={"undoing": True}))
+            conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed",
+                                                      detail={"undoing": True, "by": who}))
             resumed = store.load(saga_id, conn=conn)
             undo = True
         else:
@@ -97,7 +101,8 @@ def resume(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
             )
             conn.execute(update(sagas).where(sagas.c.id == saga_id).values(
                 status="running", error=None, updated_at=func.now(), deadline=deadline))
-            conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed", detail={"from": first.name}))
+            conn.execute(insert(saga_events).values(saga_id=saga_id, kind="saga_resumed",
+                                                      detail={"from": first.name, "by": who}))
             resumed = store.load(saga_id, conn=conn)
             undo = False
     if undo:
@@ -116,8 +121,10 @@ def _paused_from(conn: Connection, saga_id: UUID) -> str | None:
     ).scalar()
 
 
-def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
-    """Run again the compensations of a `failed` saga, each with its attempts counted afresh."""
+def compensate(saga_id: UUID, tenant: str | None = None, *, by: Mapping[str, Any] | None = None) -> SagaRecord:
+    """Run again the compensations of a `failed` saga, each with its attempts counted afresh. `by` says who
+    asked; its `compensation_rerun` event records it."""
+    who = callers.recorded(by)
     with db.transaction() as conn:
         record = locked(conn, saga_id, tenant)
         if record.status != "failed":
@@ -133,7 +140,7 @@ def compensate(saga_id: UUID, tenant: str | None = None) -> SagaRecord:
             status="compensating", updated_at=func.now(),
             deadline=db.seconds_from_now(patience(saga_type))))
         conn.execute(insert(saga_events).values(
-            saga_id=saga_id, kind="compensation_rerun", detail={"steps": [record.steps[i].name for i in retry]}))
+            saga_id=saga_id, kind="compensation_rerun", detail={"steps": [record.steps[i].name for i in retry], "by": who}))
         record = store.load(saga_id, conn=conn)
     dispatch.compensations_or_later(record, saga_type)
     return record  # as this action left it: the workers may already have moved it on
@@ -144,11 +151,14 @@ RESTARTABLE = ("compensated", "failed")
 
 
 def restart(saga_id: UUID, tenant: str | None = None, patch: Mapping[str, Any] | None = None, *,
-            idempotency_key: str | None = None, dispatch: bool = True) -> Started:
+            idempotency_key: str | None = None, dispatch: bool = True,
+            by: Mapping[str, Any] | None = None) -> Started:
     """Start a `compensated` or `failed` saga again from its first step: a new saga of its type, with its input
     (the fields in `patch` replaced, the whole validated again) and its own idempotency key (default
     `restart-of:<id>`), linked both ways (`restart_of` / `restarted_as`). A saga is restarted once: the same key
-    again gives the same restart back (`created` False); another key is refused."""
+    again gives the same restart back (`created` False); another key is refused. `by` says who asked; both sagas'
+    events record it (the new one's `saga_accepted`, the old one's `saga_restarted`)."""
+    who = callers.recorded(by)
     record = store.load(saga_id, tenant)
     key = idempotency_key or f"restart-of:{saga_id}"
     if record.restarted_as is not None and store.load(record.restarted_as).idempotency_key != key:
@@ -162,7 +172,7 @@ def restart(saga_id: UUID, tenant: str | None = None, patch: Mapping[str, Any] |
     try:
         return runner.start(record.type, whole,
                             idempotency_key=key, tenant=record.tenant, dispatch=dispatch, restart_of=saga_id,
-                            changed=tuple(sorted(changed)))
+                            changed=tuple(sorted(changed)), by=who)
     except IntegrityError as exc:
         if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "sagas_restart_of":
             raise

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import db, dispatch, store, versions
+from saga import callers, db, dispatch, store, versions
 from saga.claims import patience
 from saga.compensation import UNFINISHED_STEPS
 from saga.definitions import SagaType
@@ -43,13 +43,15 @@ RETURNING id
 
 
 def rewind(saga_id: UUID, to: str, patch: Mapping[str, Any] | None = None, tenant: str | None = None, *,
-           idempotency_key: str, by: Mapping[str, Any]) -> store.SagaRecord:
+           idempotency_key: str, by: Mapping[str, Any] | None = None) -> store.SagaRecord:
     """Take the saga back to step `to`: undo it and every later step that may have acted, newest first, then
     run forward from it with the fields in `patch` replaced (the whole input validated now; nothing changes
-    when it is invalid). `by` says who asked; it goes in the audit log with the fields changed. The same key
-    again gives the saga back and changes nothing; with another request it is an IdempotencyConflict."""
+    when it is invalid). `by` says who asked (see `saga.callers`); its `rewind_begun` event records it with the
+    fields changed. The same key again gives the saga back and changes nothing; with another request it is an
+    IdempotencyConflict."""
     changed = dict(patch or {})
     request = {"to": to, "input": changed}
+    who = callers.recorded(by)
     with db.transaction() as conn:
         record = locked(conn, saga_id, tenant)
         earlier = store.requested_under(conn, saga_id, "rewind_begun", idempotency_key)
@@ -72,7 +74,7 @@ def rewind(saga_id: UUID, to: str, patch: Mapping[str, Any] | None = None, tenan
         db.fetchone(conn, _REWIND, {
             "saga_id": saga_id, "idx": target.index, "step": to, "pickup": patience(saga_type),
             "rewind": db.to_json(plan),
-            "detail": db.to_json({"to": to, "fields": sorted(changed), "by": dict(by),
+            "detail": db.to_json({"to": to, "fields": sorted(changed), "by": who,
                                   "idempotency_key": idempotency_key, "hash": store.digest(request)}),
         })
         record = store.load(saga_id, conn=conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -55,12 +56,14 @@ class Started:
 def start(
     type_name: str, input_data: Any, *, idempotency_key: str | None = None, tenant: str | None = None,
     dispatch: bool = True, restart_of: UUID | None = None, changed: tuple[str, ...] = (),
+    by: Mapping[str, Any] | None = None,
 ) -> Started:
     """Accept a saga: raises UnknownSagaType, InvalidInput or IdempotencyConflict before writing anything.
 
     With `dispatch=False` the caller sends it later with `send_forward` (the API does, after answering).
     `restart_of` links it to the saga it starts again, whose log records it with the `changed` fields (see
-    `operator.restart`).
+    `operator.restart`). `by`, who asked (see `saga.callers`), goes in its `saga_accepted` event and a restarted
+    saga's `saga_restarted`; without it they name nobody.
     """
     settings = get_settings()
     tenant = tenant or settings.tenant
@@ -71,6 +74,7 @@ def start(
     request_hash = store.digest(request)
     saga_id = uuid4()
     stored, large = saga_type.split_input(payload)
+    who = {} if by is None else {"by": dict(by)}
     # One statement, so autocommit: the ledger holds the saga before it is dispatched.
     with db.autocommit() as conn:
         row = db.fetchone(conn, _ACCEPT, {
@@ -81,8 +85,9 @@ def start(
             "idxs": [s.index for s in saga_type.steps], "names": [s.name for s in saga_type.steps],
             "kinds": [s.kind.value for s in saga_type.steps],
             "detail": db.to_json({"type": type_name, "version": saga_type.version, "idempotency_key": idempotency_key}
-                                 | ({"restart_of": str(restart_of)} if restart_of else {})),
-            "restart_of": restart_of, "restarted": db.to_json({"as": str(saga_id), "changed": list(changed)}),
+                                 | ({"restart_of": str(restart_of)} if restart_of else {}) | who),
+            "restart_of": restart_of,
+            "restarted": db.to_json({"as": str(saga_id), "changed": list(changed)} | who),
         })
         if row is None:
             existing = conn.execute(

@@ -248,6 +248,8 @@ def test_resume_a_paused_saga_and_compensate_a_failed_one(
     browser.find_element(By.CSS_SELECTOR, '#actions [data-action="resume"]').click()
     WebDriverWait(browser, 30).until(lambda b: badge(b) == "completed")
     in_timeline(browser, "saga_resumed")
+    resumed = texts(browser, '#timeline li[data-kind="saga_resumed"] .detail')
+    assert '"via":"api"' in resumed[0] and f'"key":"sha256:{apikeys.hash_key(key)[:12]}"' in resumed[0], resumed
 
     undo_stuck = f"undo-b-{uuid.uuid4()}"
     switch(undo_stuck, True)

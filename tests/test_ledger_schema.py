@@ -29,7 +29,7 @@ from tests.conftest import ROOT
 SHOP = ROOT / "examples" / "shop"
 SHOP_FIRST, SHOP_NEXT = "a1b2c3d4e5f6", "c3d4e5f6a7b8"  # the shop's own revisions
 LEDGER_HEAD = "0010"
-SERVICE_TABLES = {"api_keys", "job_postings", "service_alembic_version"}
+SERVICE_TABLES = {"api_keys", "api_key_events", "job_postings", "service_alembic_version"}
 BIN = Path(sys.executable).parent
 
 
@@ -177,7 +177,7 @@ def test_a_ledger_from_the_shared_version_table_upgrades_in_place_keeping_every_
     assert snapshot(database) == before, "a saga, step, event or service row changed"
 
     migrations.upgrade(database)  # the service's own history adopts its tables as they are
-    assert version(database, "service_alembic_version") == ["api_0001", "jobs_0001"]
+    assert version(database, "service_alembic_version") == ["api_0002", "jobs_0001"]
     assert snapshot(database) == before
 
     fresh = with_database(servers.database_url, f"saga_schema_{uuid.uuid4().hex[:10]}")

@@ -26,6 +26,7 @@ import redis
 
 from devstack.api_process import spawn as spawn_api
 from devstack.servers import Services
+from saga.callers import this_user
 from saga.testing import (
     Process,
     claim_redis_db,
@@ -155,6 +156,8 @@ def test_a_shop_runs_sagas_on_the_library_from_its_wheel_and_operates_them_with_
 
         again = shop.run("saga", "-A", "shop", "restart", refused[0], "--input", '{"country": "FR"}', "--wait").stdout
         assert "status=completed" in again, again
+        log = json.loads(shop.run("saga", "-A", "shop", "events", refused[0], "--json").stdout)
+        assert [e["detail"]["by"] for e in log if e["kind"] == "saga_restarted"] == [this_user()], "who restarted it"
         assert shop.query("SELECT available FROM shop_stock WHERE sku = 'A1'") == [(96,)]
         assert sorted(c for _, c in shop.query("SELECT saga_id, country FROM shop_shipments")) == ["DE", "FR"]
         assert beat.alive() and "beat: Starting..." in beat.log_text(), beat.log_text()[-3000:]

@@ -7,6 +7,7 @@ import uuid
 
 from sqlalchemy import text
 
+from api import keys as apikeys
 from saga import db
 from saga.testing import Stack
 from standins import StandIns
@@ -45,8 +46,10 @@ def test_a_declined_posting_restarted_with_another_card_completes_and_both_are_l
     listed = client.get("/v1/sagas", params={"restart_of": first["id"]}).json()["items"]
     assert [s["id"] for s in listed] == [again["id"]]
     events = client.get(f"/v1/sagas/{first['id']}/events").json()["items"]
+    key = client.headers["Authorization"].removeprefix("Bearer ")
+    by = {"via": "api", "tenant": apikeys.tenant_for_key(key), "key": f"sha256:{apikeys.hash_key(key)[:12]}"}
     assert [e["detail"] for e in events if e["kind"] == "saga_restarted"] == [
-        {"as": again["id"], "changed": ["payment_method"]}]
+        {"as": again["id"], "changed": ["payment_method"], "by": by}]
 
     # Retrying the same request gives the same restart; one under another key is refused, naming the restart.
     replay = client.post(f"/v1/sagas/{first['id']}/restart", json={"input": {"payment_method": "pm_card_visa"}})
