@@ -14,7 +14,8 @@ class JobPostingSettings(BaseSettings):
     """Read from `SAGA_*` (and `STRIPE_*`) variables; the stand-ins in `standins/` speak the same protocols. The
     third parties' bucket, mail server, sender and key have no defaults: a process without them does not start."""
 
-    model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore")
+    # An empty variable counts as unset (docker-compose.yml passes optional ones as `${VAR:-}`).
+    model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore", env_ignore_empty=True)
 
     s3_endpoint_url: str | None = None  # None: AWS itself
     s3_bucket: str = Field(min_length=1)
