@@ -1,5 +1,6 @@
 """What the fleet runs: docker-compose.yml checked by a real Compose implementation (there is no Docker engine
-here, so nothing starts), its worker health check run for real, and the wheel the Dockerfile builds."""
+here, so no container starts), its worker health check and its Redis command and health check run for real, its
+database role's init script run on the local PostgreSQL, and the wheel the Dockerfile builds."""
 
 from __future__ import annotations
 
