@@ -305,7 +305,7 @@ def test_the_init_script_hands_a_database_the_superuser_made_to_the_role(
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
 
 
-def test_the_init_script_refuses_to_run_without_the_roles_password(servers: Services) -> None:
+def test_the_init_script_refuses_to_run_without_the_roles_password() -> None:
     env = {k: v for k, v in os.environ.items() if k != "SAGA_DB_PASSWORD"}
     done = subprocess.run([str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0 and "set SAGA_DB_PASSWORD" in done.stderr, done.stderr
