@@ -17,8 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY --from=build /wheels /wheels
 COPY pyproject.toml ./
-# Dependency groups need pip 25.1 or newer.
-RUN pip install 'pip>=25.1' \
+# Dependency groups need pip 25.1 or newer; 25.3 and setuptools 78.1.1 are the first without known vulnerabilities.
+RUN pip install 'pip>=25.3' 'setuptools>=78.1.1' \
     && pip install "$(ls /wheels/*.whl)[redis,metrics,tracing,client]" --group service && rm -rf /wheels \
     && useradd --system --create-home --home-dir /home/saga --shell /usr/sbin/nologin --uid 10001 saga
 COPY service.py celeryconfig.py ./

@@ -12,7 +12,9 @@ from workers.app import sagas
 
 
 class DemoOrder(BaseModel):
-    customer: str = Field(min_length=1)
+    """The demo's input, every field bounded: an order the API accepts is small."""
+
+    customer: str = Field(min_length=1, max_length=200)
     amount_cents: int = Field(gt=0)
     card: str = Field(default="ok", pattern="^(ok|declined)$")
     step_seconds: float = Field(default=1.0, ge=0, le=30)

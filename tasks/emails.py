@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import smtplib
+import ssl
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
 from saga import PermanentError, RetryPolicy, StepContext, TransientError
-from tasks.settings import job_posting_settings
+from tasks.settings import JobPostingSettings, job_posting_settings
 
 RETRY = RetryPolicy(max_attempts=6, initial_delay=0.5, multiplier=2.0, max_delay=8.0,
                     transient=(TransientError,))
@@ -25,6 +26,25 @@ def _amount(smallest_units: int, currency: str) -> str:
 def message_id(ctx: StepContext[Any]) -> str:
     domain = job_posting_settings().mail_from.rpartition("@")[2] or "localhost"
     return f"<{ctx.saga_id}.{ctx.step}@{domain}>"
+
+
+def _secure(smtp: smtplib.SMTP, settings: JobPostingSettings) -> None:
+    """STARTTLS (the server's certificate checked for `smtp_host`) and the login, as configured, before the mail
+    goes; a server that does not offer STARTTLS is sent nothing more, in clear or otherwise."""
+    if not settings.smtp_starttls:
+        return
+    smtp.ehlo()
+    if not smtp.has_extn("starttls"):
+        raise PermanentError(f"SMTP server {settings.smtp_host}:{settings.smtp_port} does not offer STARTTLS, "
+                             "which SAGA_SMTP_STARTTLS requires: nothing was sent")
+    context = ssl.create_default_context(cafile=settings.smtp_ca_file)
+    try:
+        smtp.starttls(context=context)
+    except ssl.SSLCertVerificationError as exc:
+        raise PermanentError(f"SMTP server {settings.smtp_host}:{settings.smtp_port}: its certificate does not "
+                             f"verify ({exc.verify_message}; SAGA_SMTP_CA_FILE sets the CAs): nothing was sent") from exc
+    if settings.smtp_username is not None and settings.smtp_password is not None:
+        smtp.login(settings.smtp_username, settings.smtp_password.get_secret_value())
 
 
 def send_confirmation(ctx: StepContext[Any]) -> dict[str, str]:
@@ -45,6 +65,7 @@ def send_confirmation(ctx: StepContext[Any]) -> dict[str, str]:
     try:
         smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10)
         try:
+            _secure(smtp, settings)
             smtp.send_message(msg)
         finally:
             # No QUIT: the reply to the message decided its fate. A QUIT sent while an interruption unwinds (a
