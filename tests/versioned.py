@@ -1,5 +1,7 @@
 """A saga type whose versions a test deploys one after another: `SAGA_TEST_VERSIONS` (e.g. `1:a,b,c;2:a,x,b,c`)
-says which versions a worker declares and with which steps, as successive deployments of one module would.
+says which versions a worker declares and with which steps, as successive deployments of one module would. A
+version written `2*` names its steps' tasks explicitly as version 1 named its own (`tests.versioned.<step>`), as an
+author who keeps task names across versions does: it replaces version 1 rather than standing beside it.
 Every body records each run (saga, step, version, pid) in `versioned_runs`."""
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ class VersionedInput(BaseModel):
     hold: dict[str, float] = Field(default_factory=dict)  # step -> seconds its body takes
 
 
-def declare(version: int, steps: list[str]) -> SagaType[VersionedInput]:
-    """Version `version` of saga type `versioned`: compensable steps named `steps`, in that order."""
+def declare(version: int, steps: list[str], keep_names: bool = False) -> SagaType[VersionedInput]:
+    """Version `version` of saga type `versioned`: compensable steps named `steps`, in that order; with
+    `keep_names`, their tasks named as version 1's are."""
     saga_type = sagas.saga_type("versioned", VersionedInput, version=version, queue=QUEUE, default_time_limit=5,
                                 default_retry=RetryPolicy(max_attempts=3, initial_delay=0.2, max_delay=1.0))
     for name in steps:
@@ -39,7 +42,10 @@ def declare(version: int, steps: list[str]) -> SagaType[VersionedInput]:
             _record(ctx, "undo", _version)
 
         body.__name__, undo.__name__ = name, f"undo_{name}"
-        saga_type.step(body).compensate_with(undo)  # tasks tests.versioned.<step>, with .v<N> from version 2
+        if keep_names:
+            saga_type.step(body, name=f"{__name__}.{name}").compensate_with(undo, name=f"{__name__}.undo_{name}")
+        else:  # tasks tests.versioned.<step>, with .v<N> from version 2
+            saga_type.step(body).compensate_with(undo)
     return saga_type
 
 
@@ -50,10 +56,11 @@ def _record(ctx: StepContext[VersionedInput], kind: str, version: int) -> None:
                      {"s": ctx.saga_id, "st": ctx.step, "k": kind, "v": version, "p": os.getpid()})
 
 
-def parse(spec: str) -> list[tuple[int, list[str]]]:
-    """`1:a,b,c;2:a,x,b,c` -> [(1, [a, b, c]), (2, [a, x, b, c])]."""
-    return [(int(v), s.split(",")) for v, s in (part.split(":") for part in spec.split(";") if part)]
+def parse(spec: str) -> list[tuple[int, list[str], bool]]:
+    """`1:a,b,c;2*:a,x,b,c` -> [(1, [a, b, c], False), (2, [a, x, b, c], True)]: version, steps, keep_names."""
+    return [(int(v.rstrip("*")), s.split(","), v.endswith("*"))
+            for v, s in (part.split(":") for part in spec.split(";") if part)]
 
 
-for _version, _steps in parse(os.environ.get("SAGA_TEST_VERSIONS", "")):
-    declare(_version, _steps)
+for _version, _steps, _keep_names in parse(os.environ.get("SAGA_TEST_VERSIONS", "")):
+    declare(_version, _steps, _keep_names)
