@@ -28,6 +28,7 @@ WITH before AS (
     UPDATE sagas SET status = 'compensating', error = :reason, awaiting = NULL, updated_at = now(),
         deadline = now() + make_interval(secs => :pickup)
     WHERE id = :saga_id AND status IN ('pending', 'running', 'awaiting_input')
+        AND EXISTS (SELECT FROM before)  -- `before` read now: read later, it skips the row changed here
         -- a cancel waits for the step in flight: its outcome decides (a pivot that succeeds refuses the cancel)
         AND NOT (CAST(:after_leases AS boolean) AND EXISTS (
             SELECT FROM saga_steps WHERE saga_id = :saga_id AND lease_expires_at > now()))

@@ -31,6 +31,7 @@ WITH before AS (
     UPDATE sagas SET status = 'compensating', rewind = CAST(:rewind AS jsonb), awaiting = NULL, error = NULL,
         updated_at = now(), deadline = now() + make_interval(secs => :pickup)
     WHERE id = :saga_id AND status IN ('awaiting_input', 'paused', 'completed')
+        AND EXISTS (SELECT FROM before)  -- `before` read now: read later, it skips the row changed here
     RETURNING id
 ), st AS (
     UPDATE saga_steps SET {UNFINISHED_STEPS}

@@ -25,6 +25,7 @@ WITH before AS (
 ), u AS (
     UPDATE sagas SET status = 'paused', error = :reason, awaiting = NULL, deadline = NULL, updated_at = now()
     WHERE id = :saga_id AND status IN ('pending', 'running', 'compensating', 'awaiting_input')
+        AND EXISTS (SELECT FROM before)  -- `before` read now: read later, it skips the row changed here
     RETURNING id
 )
 INSERT INTO saga_events (saga_id, kind, detail)

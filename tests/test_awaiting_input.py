@@ -1,16 +1,22 @@
 """Waiting for the client: a declined card holds the job posting in `awaiting_input` with what it did kept,
 until another card comes (`POST /v1/sagas/{id}/input`) or the wait ends and everything is undone; through the
-API, real workers and the stand-ins."""
+API, real workers and the stand-ins. Input that comes after the wait ended is refused, even before recovery has
+begun the undo."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import text
 
 import saga
+from saga import db
 from saga.testing import Stack, wait_until
 from standins import StandIns
 from tests.jobs import assert_clean_end, posting, third_party_records
@@ -41,6 +47,33 @@ def executions(saga_id: str, kind: str = "step_started") -> dict[str, int]:
         if event.kind == kind:
             counts[event.step] = counts.get(event.step, 0) + 1  # type: ignore[index]
     return counts
+
+
+def bodies_run(saga_id: str) -> Counter[tuple[str, str]]:
+    """How many times each probe body (step, do/undo) ran, one row per execution as the body itself records it."""
+    with db.transaction() as conn:
+        return Counter((r.step, r.kind) for r in conn.execute(
+            text("SELECT step, kind FROM probe_runs WHERE saga_id = :s"), {"s": saga_id}))
+
+
+def past(moment: str) -> bool:
+    """Whether the ledger's clock is past `moment`, as a new transaction there sees it."""
+    with db.transaction() as conn:
+        return bool(conn.execute(text("SELECT now() > CAST(:m AS timestamptz)"), {"m": moment}).scalar())
+
+
+@pytest.fixture()
+def recovery_held(workers: Stack) -> Iterator[Stack]:
+    """The stack with beat, which runs recovery, stopped; the test starts it again when it wants recovery back
+    (and the fixture does, if the test did not)."""
+    for process in [p for p in workers.processes if p.name == "beat"]:
+        process.stop()
+        workers.processes.remove(process)
+    try:
+        yield workers
+    finally:
+        if not any(p.name == "beat" and p.alive() for p in workers.processes):
+            workers.beat()
 
 
 def test_a_declined_card_waits_and_another_card_completes_with_one_logo_posting_and_charge(
@@ -150,3 +183,29 @@ def test_a_saga_awaiting_input_can_be_cancelled(api: ApiServer, workers: Stack, 
     done = settle(client, saga_id)
     assert done["status"] == "compensated" and done["error"] == "cancelled", done
     assert_clean_end(standins, uuid.UUID(saga_id), "compensated")
+
+
+def test_input_after_the_wait_ended_is_refused_naming_its_end_though_the_undo_has_not_begun(
+        api: ApiServer, recovery_held: Stack) -> None:
+    client = api.new_tenant()
+    saga_id = start(client, "probe", {"ask": {"c": 1}}).json()["id"]
+    until = awaiting(client, saga_id)["awaiting_input"]["until"]
+    wait_until(lambda: past(until), timeout=10, what=f"the wait to end at {until}")
+    before = client.get(f"/v1/sagas/{saga_id}").json()
+    events_before = client.get(f"/v1/sagas/{saga_id}/events").json()["items"]
+    assert before["status"] == "awaiting_input", "recovery is held back: nothing has begun the undo"
+    assert bodies_run(saga_id) == {("a", "do"): 1, ("b", "do"): 1, ("c", "do"): 1}
+
+    refused = assert_error(send(client, saga_id, {"answer": "42"}), 409, "action_not_allowed")
+    assert refused["message"] == f"the wait for input ended at {until}; the saga is being undone", refused
+    assert refused["details"] == {"status": "awaiting_input"}
+    assert client.get(f"/v1/sagas/{saga_id}").json() == before, "status, input, steps and attempts as they were"
+    assert client.get(f"/v1/sagas/{saga_id}/events").json()["items"] == events_before
+    assert bodies_run(saga_id) == {("a", "do"): 1, ("b", "do"): 1, ("c", "do"): 1}, "step c did not run again"
+
+    recovery_held.beat()  # recovery back: it undoes the saga whose wait ended
+    done = settle(client, saga_id, timeout=30)
+    assert done["status"] == "compensated" and done["error"] == f"no input for step c by {until}: c needs an answer"
+    assert bodies_run(saga_id) == {("a", "do"): 1, ("b", "do"): 1, ("c", "do"): 1, ("b", "undo"): 1,
+                                   ("a", "undo"): 1}, "every body once; c (the pivot) has no undo, d never ran"
+    assert executions(saga_id, "input_received") == {}

@@ -20,7 +20,7 @@ from standins import StandIns
 from tests.jobs import assert_clean_end, posting, third_party_records
 from tests.test_api import ApiServer, assert_error, settle, start
 from tests.test_api_client import saga_cli
-from tests.test_awaiting_input import DECLINED, awaiting, executions
+from tests.test_awaiting_input import DECLINED, awaiting, bodies_run, executions
 
 
 def events_of(client: httpx.Client, saga_id: str) -> list[dict[str, Any]]:
@@ -136,3 +136,15 @@ def test_a_rewind_over_a_step_that_may_have_acted_without_a_compensation_is_refu
     with pytest.raises(ActionRefused, match="step s1 cannot be undone"):
         saga.rewind(saga_id, "s0", idempotency_key="k", by={"via": "test"})
     assert saga.load(saga_id).status == "awaiting_input" and saga.events(saga_id) == before
+
+
+def test_a_saga_awaiting_input_from_a_step_that_left_no_effect_is_rewound(api: ApiServer, workers: Stack) -> None:
+    client = api.new_tenant()
+    saga_id = start(client, "probe", {"ask": {"c": 600}}).json()["id"]
+    awaiting(client, saga_id)  # c's attempt asked for an answer and, unlike the declined card, left nothing
+    rewound = client.post(f"/v1/sagas/{saga_id}/rewind", headers={"Idempotency-Key": "r"},
+                          json={"to": "b", "input": {"answer": "42"}})
+    assert rewound.status_code == 200, rewound.text
+    assert [s["effect_unknown"] for s in rewound.json()["steps"]] == [False, False, False, False]
+    assert settle(client, saga_id)["status"] == "completed"
+    assert bodies_run(saga_id) == {("a", "do"): 1, ("b", "do"): 2, ("b", "undo"): 1, ("c", "do"): 2, ("d", "do"): 1}

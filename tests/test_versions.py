@@ -144,7 +144,7 @@ def test_a_worker_of_other_steps_handed_a_sagas_step_claims_and_runs_nothing(
     assert after.steps == before.steps, "no step claimed: statuses, attempts, task ids as they were"
     assert events[:len(events_before)] == events_before
     if paused:
-        assert [e.kind for e in events[len(events_before):]] == ["saga_paused"]
+        assert [(e.kind, e.detail["from"]) for e in events[len(events_before):]] == [("saga_paused", "pending")]
         assert after.status == "paused" and (after.error or "").startswith(STALE), after.error
     else:
         assert after == before and events == events_before, "left alone, untouched"
