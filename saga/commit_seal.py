@@ -38,9 +38,9 @@ def load() -> bytes:
         try:
             with db.autocommit() as conn:
                 key = conn.execute(_KEY).scalar()
-        except ProgrammingError as exc:
-            raise ConfigurationError(f"the ledger has no saga_seal_key table ({type(exc.orig).__name__}): "
-                                     "run `saga migrate`") from exc
+        except ProgrammingError as exc:  # the table is missing, or this role may not read it
+            raise ConfigurationError(f"the ledger's saga_seal_key cannot be read ({str(exc.orig).splitlines()[0]}): run "
+                                     "`saga migrate`, as the role that owns the ledger's tables") from exc
         if not key:
             raise ConfigurationError("the ledger's saga_seal_key table holds no key: run `saga migrate`")
         _keys[url] = key = bytes(key)

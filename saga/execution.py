@@ -16,7 +16,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from saga import claims, commit_seal, compensation, db, dispatch, logs, metrics, store, tracing, versions
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
-from saga.errors import LeaseLost, NeedsInput, PermanentError, StepFailed, VersionNotDeclared
+from saga.errors import (
+    ConfigurationError,
+    LeaseLost,
+    NeedsInput,
+    PermanentError,
+    StepFailed,
+    VersionNotDeclared,
+)
 from saga.storable import storable
 
 log = logging.getLogger("saga.execution")
@@ -64,6 +71,9 @@ def _run_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[
         commit_seal.load()  # while the ledger answers: a commit that cannot be recorded later is sealed with it
     except _UNREACHABLE as exc:
         raise _ledger_unreachable(task, exc) from exc
+    except ConfigurationError as exc:  # a ledger not migrated yet: the step waits for it, no attempt is spent
+        log.error("saga %s %s %s: %s; trying again in %.0fs", saga_id, mode, step.name, exc, LEDGER_RETRY_DELAY)
+        raise task.retry(countdown=LEDGER_RETRY_DELAY) from exc
     if pending is not None:
         sealed = commit_seal.opened(saga_id, step.name, mode, pending)
         if sealed is None:  # not from a worker of this ledger: whoever sent it cannot say how the step went

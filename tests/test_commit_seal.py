@@ -83,3 +83,27 @@ def test_a_commit_forged_on_the_broker_is_refused(workers: Stack) -> None:
     for commit in (unsealed, unsealed | {"seal": guessed_seal(record.id, unsealed)}):
         app.send_task(CHARGE, args=[str(record.id)], kwargs={"commit": commit}, queue="probe")
     assert_refused(workers, record, forged=2)
+
+
+def test_a_ledger_without_its_seal_key_holds_steps_until_it_is_migrated(workers: Stack) -> None:
+    """A worker of this release on a ledger not migrated yet runs nothing and spends no attempt: each step's
+    message says what is missing and comes back, and the saga goes on once the key is there."""
+    hidden = f"saga_seal_key_{uuid4().hex[:8]}"
+    with db.transaction() as conn:
+        conn.execute(text(f"ALTER TABLE saga_seal_key RENAME TO {hidden}"))
+    try:
+        worker = workers.replace_workers(kill=False)  # new processes: no key read yet
+        record = saga.start("probe_tx", {}, idempotency_key=str(uuid4())).saga  # transactional: counted when it fails
+        missing = f"saga {record.id} forward a: the ledger's saga_seal_key cannot be read"
+
+        def attempts() -> list[int]:
+            return [s.attempts for s in saga.load(record.id).steps]
+
+        wait_until(lambda: worker.log_text().count(missing) >= 2 or any(attempts()), timeout=30,
+                   what="the step to wait for the key")
+        assert attempts() == [0, 0], "an attempt was spent on a ledger without its key"
+    finally:
+        with db.transaction() as conn:
+            conn.execute(text(f"ALTER TABLE {hidden} RENAME TO saga_seal_key"))
+    assert wait_for_status(record.id, FINAL).status == "completed"
+    assert len(runs(record.id, "a")) == 1 and len(runs(record.id, "b")) == 1
