@@ -193,5 +193,5 @@ def test_a_commit_that_outlasts_the_worker_is_sealed_and_recorded_from_its_messa
     assert record.status == "completed"
     assert len(runs(record.id, "d")) == 1, "the body ran again: its sealed commit was not recorded"
     assert event_kinds(record.id, "step_succeeded").count("d") == 1
-    assert "refused a commit" not in worker.log_text()
+    assert f"saga {record.id} forward d: refused a commit" not in worker.log_text()
     assert check_invariants(record.id) == "completed"
