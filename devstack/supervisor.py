@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from devstack import flower
 from devstack.servers import BROKER_ENV, DATABASE_ENV, create_database, start_services, with_database
 from saga.testing.processes import Process, die_with_parent, stop_all
 
@@ -76,17 +77,18 @@ def run(data_dir: Path, workers: int = 2, demo: bool = True, api_port: int = 800
         api_url = f"http://127.0.0.1:{api_port}"
         # What `saga --env-file .saga/env` (the library's operator CLI) needs to act on this stack, here or --api.
         operator = {"SAGA_APP": "workers.app", "SAGA_API_URL": api_url, "SAGA_API_KEY": api_key}
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in (env | operator).items()))
+        _write_private(env_file, "".join(f"{k}={v}\n" for k, v in (env | operator).items()))
         processes.append(_api(env, logs, api_port))
         # Flower is watched by nobody: if its port is taken the rest of the stack still runs.
-        extras.append(Process.spawn("flower", [*saga_cmd, "flower", f"--port={flower_port}"],
-                                    {**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logs, cwd=ROOT))
+        flower_password = data_dir / flower.PASSWORD_FILE
+        extras.append(flower.spawn(env, logs, flower_port, flower.password(flower_password), cwd=ROOT))
         _wait_ready(processes[:workers])
         if demo:
             from devstack.demo import play
 
             play(api_url, api_key, standins, lambda line: print(line, flush=True))
-        _banner(env, logs, env_file, data_dir / "api-key", api_url, flower_port, env["SAGA_PAYMENT_RETRY_SECONDS"])
+        _banner(env, logs, env_file, data_dir / "api-key", api_url, flower_port, flower_password,
+                env["SAGA_PAYMENT_RETRY_SECONDS"])
         print("Running. Ctrl-C stops every process started here.", flush=True)
         while all(p.alive() for p in processes):
             time.sleep(0.5)
@@ -123,15 +125,25 @@ def _api(env: dict[str, str], logs: Path, port: int) -> Process:
         raise SystemExit(f"service dev: the API could not start on port {port} ({exc}); is it in use?") from exc
 
 
+def _write_private(path: Path, content: str) -> None:
+    """Write `path` readable by this user alone (mode 0600): it holds the dev key."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(content)
+    path.chmod(0o600)  # a file left by an earlier run keeps its mode through O_CREAT
+
+
 def _banner(env: dict[str, str], logs: Path, env_file: Path, key_file: Path, api_url: str, flower_port: int,
-            wait: str) -> None:
+            flower_password: Path, wait: str) -> None:
     """Where everything runs, and how to try each flow by hand."""
     key = f"$(cat {key_file})"
     saga = f".venv/bin/saga --env-file {env_file}"
+    flower_url = f"http://127.0.0.1:{flower_port}"
     print(f"""
   API        {api_url}  (docs {api_url}/docs; the dev key is in {key_file})
   console    {api_url}/ui  (paste the dev key once)
-  flower     http://127.0.0.1:{flower_port}  (Celery's live view of workers and tasks)
+  flower     {flower_url}  (Celery's live view of workers and tasks; user {flower.USER}, the password is in \
+{flower_password})
   database   {env[DATABASE_ENV]}
   broker     {env[BROKER_ENV]}
   stand-ins  S3 {env["SAGA_S3_ENDPOINT_URL"]} (bucket {env["SAGA_S3_BUCKET"]}), Stripe {env["STRIPE_API_BASE"]}, \
@@ -155,4 +167,6 @@ Try each flow by hand, in another terminal in this directory ({env_file} tells t
     curl -s {api_url}/v1/sagas/<id>/input -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
       -H "Idempotency-Key: my-card-2" -d '{{"input": {{"payment_method": "pm_card_visa"}}}}'
     curl -s -X POST {api_url}/v1/sagas/<id>/cancel -H "Authorization: Bearer {key}"
+  Flower's API
+    curl -s -u {flower.USER}:$(cat {flower_password}) {flower_url}/api/workers
 """, flush=True)

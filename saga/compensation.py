@@ -9,7 +9,7 @@ from uuid import UUID
 from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
-from saga import claims, db, dispatch, metrics, runner, store, versions
+from saga import claims, commit_seal, db, dispatch, metrics, runner, store, versions
 from saga.claims import patience
 from saga.definitions import KILL_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
@@ -172,7 +172,11 @@ def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kw
         pending = kwargs.get("commit")
         if pending:
             try:
-                claims.commit_success(saga_id, step, pending["token"], pending["result"], mode)
+                sealed = commit_seal.opened(saga_id, step.name, mode, pending)
+                if sealed is None:
+                    commit_seal.refused(saga_id, step.saga.name, step.name, mode)
+                    return
+                claims.commit_success(saga_id, step, *sealed, mode)
             except Exception as error:  # noqa: BLE001 - the ledger may be down too: the crash window remains
                 log.warning("saga %s %s: result still not recorded (%s)", saga_id, step.name, error)
         return

@@ -13,10 +13,17 @@ from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from saga import claims, compensation, db, dispatch, logs, metrics, store, tracing, versions
+from saga import claims, commit_seal, compensation, db, dispatch, logs, metrics, store, tracing, versions
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
-from saga.errors import LeaseLost, NeedsInput, PermanentError, StepFailed, VersionNotDeclared
+from saga.errors import (
+    ConfigurationError,
+    LeaseLost,
+    NeedsInput,
+    PermanentError,
+    StepFailed,
+    VersionNotDeclared,
+)
 from saga.storable import storable
 
 log = logging.getLogger("saga.execution")
@@ -38,7 +45,8 @@ def run_step(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None 
              claim_first: bool = False) -> Any:
     """Execute a forward step for the saga; the chain continues only when this returns.
 
-    `commit` is set on a retry whose body already ran: only its result is still to be recorded.
+    `commit` is set on a retry whose body already ran: only its result is still to be recorded. It is recorded
+    only under the engine's seal (`saga.commit_seal`); a message without one is refused.
     `claim_first` is set by recovery and the errback: an earlier attempt may have crashed.
     """
     return _run(task, step, UUID(saga_id), "forward", commit, claim_first)
@@ -59,9 +67,19 @@ def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, An
 
 def _run_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
                 claim_first: bool) -> Any:
+    try:
+        commit_seal.load()  # while the ledger answers: a commit that cannot be recorded later is sealed with it
+    except _UNREACHABLE as exc:
+        raise _ledger_unreachable(task, exc) from exc
+    except ConfigurationError as exc:  # a ledger not migrated yet: the step waits for it, no attempt is spent
+        log.error("saga %s %s %s: %s; trying again in %.0fs", saga_id, mode, step.name, exc, LEDGER_RETRY_DELAY)
+        raise task.retry(countdown=LEDGER_RETRY_DELAY) from exc
     if pending is not None:
-        return _settle(task, step, saga_id, mode, _commit(task, step, saga_id, mode, pending["token"],
-                                                            pending["result"]))
+        sealed = commit_seal.opened(saga_id, step.name, mode, pending)
+        if sealed is None:  # not from a worker of this ledger: whoever sent it cannot say how the step went
+            commit_seal.refused(saga_id, step.saga.name, step.name, mode)
+            raise Ignore()
+        return _settle(task, step, saga_id, mode, _commit(task, step, saga_id, mode, *sealed))
     part = step if mode == "forward" else step.compensation
     transactional = part.transactional  # type: ignore[union-attr]
     # A message redelivered, or re-sent by recovery, may follow an attempt that crashed its worker: it is
@@ -177,7 +195,8 @@ def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connecti
 
 def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result: str) -> str | tuple[str, bool]:
     """Record a finished body's result under its token. If the ledger cannot take it, the commit alone is
-    retried (in this process, then by a message carrying the result): the body never runs again for it."""
+    retried (in this process, then by a message carrying the result under the engine's seal): the body never runs
+    again for it."""
     done = "succeeded" if mode == "forward" else "compensated"
     try:
         committed = _durably(claims.commit_success, saga_id, step, token, result, mode,
@@ -186,7 +205,8 @@ def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result
         metrics.LEDGER_ERRORS.labels("commit_success").inc()
         log.warning("saga %s %s %s: result not recorded yet (%s); retrying the commit in %.0fs", saga_id, mode,
                     step.name, type(exc).__name__, LEDGER_RETRY_DELAY)
-        raise task.retry(countdown=LEDGER_RETRY_DELAY, kwargs={"commit": {"token": token, "result": result}}) from exc
+        sealed = commit_seal.seal(saga_id, step.name, mode, token, result)
+        raise task.retry(countdown=LEDGER_RETRY_DELAY, kwargs={"commit": sealed}) from exc
     return committed if committed is not None else "lost"
 
 

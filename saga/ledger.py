@@ -1,17 +1,21 @@
-"""The ledger's tables: one row per saga, one per step, and an append-only event log."""
+"""The ledger's tables: one row per saga, one per step, an append-only event log, and the key that seals a
+commit retried by message."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -102,6 +106,17 @@ saga_events = Table(
     Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("saga_events_saga", "saga_id", "id"),
+)
+
+# The key a worker seals a finished body's result with when the ledger cannot take it yet and a message carries
+# it instead (`saga.commit_seal`): one row, 32 random bytes made by migration 0011. Whoever reads it can have a
+# step recorded as done without running it, as whoever writes the ledger can: grant it to the engine's role alone.
+saga_seal_key = Table(
+    "saga_seal_key", metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("key", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("id = 1", name="saga_seal_key_one_row"),
 )
 
 # The version table of the ledger's own Alembic history (`saga.migrate`), apart from any other in the database.

@@ -129,6 +129,8 @@ probe_limit = _declare("probe_limit", "probe", RetryPolicy(max_attempts=1), time
 # Two attempts with short leases: a body that kills its worker runs out of attempts quickly.
 SHORT = RetryPolicy(max_attempts=2, initial_delay=0.2, max_delay=1.0)
 probe_short = _declare("probe_short", "probe", SHORT, time_limit=2)
+# Ten seconds a step: room for a test to act while one holds still in flight.
+probe_patient = _declare("probe_patient", "probe", FAST, time_limit=10)
 
 
 

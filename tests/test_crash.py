@@ -175,3 +175,23 @@ def test_a_commit_that_meets_a_ledger_outage_is_retried_without_running_the_body
     assert len(runs(record.id, "d")) == 1, "the body ran again because its commit failed"
     assert event_kinds(record.id, "step_started").count("d") == 1
     assert check_invariants(record.id) == "completed"
+
+
+def test_a_commit_that_outlasts_the_worker_is_sealed_and_recorded_from_its_message(
+    workers: Stack, ledger_proxy: Proxy,
+) -> None:
+    """The ledger stays away until the attempt gives up on it (its time limit): the result leaves in a message of
+    its own, sealed, and is recorded from it once the ledger is back, the body run once."""
+    record = start(hold={"d": 1})
+    wait_until(lambda: "d" in effects(record.id, "do"), what="step d to act")
+    ledger_proxy.cut()
+    worker = next(p for p in workers.processes if p.name == "w-ledger")
+    waiting = f"saga {record.id} forward d: result not recorded yet"
+    wait_until(lambda: waiting in worker.log_text(), timeout=30, what="the commit to leave in a message")
+    ledger_proxy.restore()
+    record = wait_for_status(record.id, FINAL, timeout=60)
+    assert record.status == "completed"
+    assert len(runs(record.id, "d")) == 1, "the body ran again: its sealed commit was not recorded"
+    assert event_kinds(record.id, "step_succeeded").count("d") == 1
+    assert f"saga {record.id} forward d: refused a commit" not in worker.log_text()
+    assert check_invariants(record.id) == "completed"

@@ -1,5 +1,6 @@
-"""Real Flower against real workers: its own HTTP API finds every step and compensation task of a saga, with its
-state and the saga id in its arguments, and no recovery task crowds its list."""
+"""Real Flower against real workers, behind basic auth: its own HTTP API finds every step and compensation task of
+a saga, with its state and the saga id in its arguments, and no recovery task crowds its list; a step's result
+forged through its API (send-task, by someone who has its password) is refused."""
 
 from __future__ import annotations
 
@@ -15,20 +16,22 @@ import pytest
 import saga
 from saga.testing import Process, Stack, wait_for_status, wait_until
 from standins import free_port
+from tests.test_commit_seal import CHARGE, assert_refused, charge_in_flight, forged_commit
 
 FINAL = ("completed", "compensated", "paused", "failed")
+AUTH = ("ops", "flower-test-password")
 
 
 @pytest.fixture()
 def flower(workers: Stack) -> Iterator[str]:
     port = free_port()
     process = Process.spawn("flower", [sys.executable, "-m", "service", "flower", f"--port={port}"],
-                            {**workers.env, "FLOWER_UNAUTHENTICATED_API": "true"}, workers.data_dir, cwd=workers.cwd)
+                            {**workers.env, "FLOWER_BASIC_AUTH": ":".join(AUTH)}, workers.data_dir, cwd=workers.cwd)
     url = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
         try:
-            return httpx.get(f"{url}/api/workers", timeout=2).status_code == 200
+            return httpx.get(f"{url}/api/workers", auth=AUTH, timeout=2).status_code == 200
         except httpx.TransportError:
             return process.alive() is False and pytest.fail(process.log_text()[-2000:])  # type: ignore[return-value]
 
@@ -56,7 +59,7 @@ def _until_flower_sees_events(url: str) -> None:
 
 def tasks_of(url: str, saga_id: Any) -> dict[str, dict[str, Any]]:
     """Flower's tasks whose arguments name the saga, by task id."""
-    found = httpx.get(f"{url}/api/tasks", params={"limit": 1000}, timeout=10).json()
+    found = httpx.get(f"{url}/api/tasks", params={"limit": 1000}, auth=AUTH, timeout=10).json()
     return {tid: t for tid, t in found.items() if str(saga_id) in (t.get("args") or "")}
 
 
@@ -78,8 +81,19 @@ def test_flower_shows_every_step_and_compensation_of_a_saga(workers: Stack, flow
     # The ledger's task id of each step is Flower's (the console links one to the other).
     for step in record.steps[:3]:
         assert step.task_id in seen, f"{step.name}: task {step.task_id} not in Flower"
-    everything = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}, timeout=10).json()
+    everything = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}, auth=AUTH, timeout=10).json()
     assert not [t for t in everything.values() if t.get("name") == "saga.recover"], "recovery floods the list"
     # A step's message carries the saga id and nothing else: no input, no setting, no secret.
     for task in seen.values():
         assert list(ast.literal_eval(task["args"])) == [str(record.id)] and task["kwargs"] in ("{}", None), task
+
+
+def test_a_commit_forged_through_flowers_api_is_refused(workers: Stack, flower: str) -> None:
+    """Whoever reaches Flower (here with its password) can send any task: a charge in flight told by send-task
+    that it succeeded is not recorded as succeeded, and the saga goes on by the charge's own outcome."""
+    assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401, "Flower's API answered without auth"
+    record = charge_in_flight()
+    sent = httpx.post(f"{flower}/api/task/send-task/{CHARGE}", auth=AUTH, timeout=10,
+                      json={"args": [str(record.id)], "kwargs": {"commit": forged_commit(record.id)}, "queue": "probe"})
+    assert sent.status_code == 200, sent.text
+    assert_refused(workers, record, forged=1)

@@ -28,7 +28,7 @@ from tests.conftest import ROOT
 
 SHOP = ROOT / "examples" / "shop"
 SHOP_FIRST, SHOP_NEXT = "a1b2c3d4e5f6", "c3d4e5f6a7b8"  # the shop's own revisions
-LEDGER_HEAD = "0010"
+LEDGER_HEAD = "0011"
 SERVICE_TABLES = {"api_keys", "api_key_events", "job_postings", "service_alembic_version"}
 BIN = Path(sys.executable).parent
 
@@ -151,7 +151,7 @@ def snapshot(url: str) -> dict[str, list[str]]:
 
 def ledger_schema(url: str) -> dict[str, list[tuple]]:
     """The ledger's tables as PostgreSQL describes them: columns, constraints, indexes and triggers."""
-    names = "('sagas', 'saga_steps', 'saga_events')"
+    names = "('sagas', 'saga_steps', 'saga_events', 'saga_seal_key')"
     return {
         "columns": query(url, "SELECT table_name, column_name, data_type, column_default, is_nullable FROM "
                               f"information_schema.columns WHERE table_name IN {names} ORDER BY 1, 2"),
@@ -161,6 +161,11 @@ def ledger_schema(url: str) -> dict[str, list[tuple]]:
         "triggers": query(url, "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal "
                                "ORDER BY 1, 2"),
     }
+
+
+def seal_keys(url: str) -> list[tuple]:
+    """The sealing key's row: its id and the key's length (never the key)."""
+    return query(url, "SELECT id, length(key) FROM saga_seal_key")
 
 
 def test_a_ledger_from_the_shared_version_table_upgrades_in_place_keeping_every_saga(
@@ -185,6 +190,9 @@ def test_a_ledger_from_the_shared_version_table_upgrades_in_place_keeping_every_
     try:
         saga_migrate(fresh)
         assert ledger_schema(database) == ledger_schema(fresh), "the upgraded ledger differs from a new one"
+        # Each ledger has a sealing key of its own, 32 random bytes made when it was migrated.
+        assert seal_keys(database) == seal_keys(fresh) == [(1, 32)]
+        assert query(database, "SELECT key FROM saga_seal_key") != query(fresh, "SELECT key FROM saga_seal_key")
     finally:
         drop_database(servers.database_url, fresh.rsplit("/", 1)[1])
 

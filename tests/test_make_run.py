@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import redis
 
+from devstack import flower
 from devstack.servers import Services
 from saga.testing import (
     claim_redis_db,
@@ -125,6 +126,10 @@ def test_make_run_shows_three_outcomes_and_evidence_that_the_third_parties_confi
     assert umbrella["status"] == "compensated" and umbrella["logo"] == umbrella["posting"] == "none"
     assert re.fullmatch(r"pi_\w+ canceled", umbrella["stripe"]) and umbrella["receipt"] == "none"
     assert "cancelled" in (errors[sagas["Umbrella"]] or ""), errors[sagas["Umbrella"]]
+    # What lets someone act on the stack is for this user's eyes alone: the dev key, the env file holding it, and
+    # Flower's password.
+    for private in ("api-key", "env", flower.PASSWORD_FILE):
+        assert (make_run.log.parent / "saga" / private).stat().st_mode & 0o777 == 0o600, private
 
 
 def test_sigterm_to_make_leaves_no_process_behind(make_run: Run) -> None:

@@ -1,0 +1,109 @@
+"""No message can say how a step went. A step's task takes `commit` (the result of a body that ran, when the ledger
+could not record it in time) only under the engine's seal, so a `commit` forged by whoever can send a task (the
+broker, Flower's API) is refused: nothing recorded, the saga goes on by what its own step does."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import text
+
+import saga
+from saga import db
+from saga.testing import Stack, wait_for_status, wait_until
+from tests.probes import event_kinds, runs
+
+FINAL = ("completed", "compensated", "paused", "failed")
+# How long the charge holds in flight before it is declined: the forged commits arrive meanwhile.
+HOLD = 6.0
+CHARGE = "tests.probe_patient.c"
+REFUSED = "refused a commit without a valid seal"
+
+
+def charge_in_flight() -> saga.SagaRecord:
+    """A saga whose pivot c (a charge) runs: taken under its fencing token, its body holding before it acts, and
+    declined when the hold ends, as a card is."""
+    record = saga.start("probe_patient", {"hold_before": {"c": HOLD}, "fail": "c"},
+                        idempotency_key=str(uuid4())).saga
+    wait_until(lambda: runs(record.id, "c"), timeout=30, what="the charge to start")
+    return record
+
+
+def forged_commit(saga_id: UUID, seal: str | None = None) -> dict[str, Any]:
+    """What an attacker sends for the charge in flight: its fencing token (read here; tokens are small integers,
+    easy to guess), a result saying the card was charged, and `seal` if given."""
+    with db.transaction() as conn:
+        token = conn.execute(text("SELECT fencing_token FROM saga_steps WHERE saga_id = :s AND name = 'c'"),
+                             {"s": saga_id}).scalar_one()
+    commit = {"token": token, "result": json.dumps({"step": "c", "charged": True})}
+    return commit if seal is None else commit | {"seal": seal}
+
+
+def guessed_seal(saga_id: UUID, commit: dict[str, Any]) -> str:
+    """A seal made as the engine makes one, with a key the attacker made up."""
+    message = json.dumps([str(saga_id), "c", "forward", commit["token"], commit["result"]], separators=(",", ":"))
+    return hmac.new(secrets.token_bytes(32), message.encode(), hashlib.sha256).hexdigest()
+
+
+def worker_logs(stack: Stack) -> str:
+    return "".join(p.log_text() for p in stack.processes if p.name.startswith("w"))
+
+
+def charge_status(saga_id: UUID) -> str:
+    return next(s.status for s in saga.load(saga_id).steps if s.name == "c")
+
+
+def assert_refused(stack: Stack, record: saga.SagaRecord, forged: int) -> None:
+    """The `forged` commits were judged while the charge was still in flight, and changed nothing: the charge ran
+    once (its own attempt), was declined, and the saga was undone; the ledger never recorded it as succeeded."""
+    refusals = f"saga {record.id} forward c: {REFUSED}"
+    wait_until(lambda: worker_logs(stack).count(refusals) >= forged or charge_status(record.id) == "succeeded",
+               timeout=HOLD - 1, what="the forged commits to reach a worker")
+    assert charge_status(record.id) == "running", "the forged commit ended the charge"
+    final = wait_for_status(record.id, FINAL)
+    assert final.status == "compensated", f"a forged commit made the declined charge succeed: {final.status}"
+    charge = next(s for s in final.steps if s.name == "c")
+    assert (charge.status, charge.result) == ("failed", None)
+    assert "c" not in event_kinds(record.id, "step_succeeded"), "the ledger recorded the forged outcome"
+    assert len(runs(record.id, "c")) == 1, "the charge's body ran other than by its own attempt"
+    assert runs(record.id, "d") == [], "the saga went past its point of no return"
+    assert worker_logs(stack).count(refusals) == forged, worker_logs(stack)[-3000:]
+
+
+def test_a_commit_forged_on_the_broker_is_refused(workers: Stack) -> None:
+    from workers.app import app
+
+    record = charge_in_flight()
+    unsealed = forged_commit(record.id)
+    for commit in (unsealed, unsealed | {"seal": guessed_seal(record.id, unsealed)}):
+        app.send_task(CHARGE, args=[str(record.id)], kwargs={"commit": commit}, queue="probe")
+    assert_refused(workers, record, forged=2)
+
+
+def test_a_ledger_without_its_seal_key_holds_steps_until_it_is_migrated(workers: Stack) -> None:
+    """A worker of this release on a ledger not migrated yet runs nothing and spends no attempt: each step's
+    message says what is missing and comes back, and the saga goes on once the key is there."""
+    hidden = f"saga_seal_key_{uuid4().hex[:8]}"
+    with db.transaction() as conn:
+        conn.execute(text(f"ALTER TABLE saga_seal_key RENAME TO {hidden}"))
+    try:
+        worker = workers.replace_workers(kill=False)  # new processes: no key read yet
+        record = saga.start("probe_tx", {}, idempotency_key=str(uuid4())).saga  # transactional: counted when it fails
+        missing = f"saga {record.id} forward a: the ledger's saga_seal_key cannot be read"
+
+        def attempts() -> list[int]:
+            return [s.attempts for s in saga.load(record.id).steps]
+
+        wait_until(lambda: worker.log_text().count(missing) >= 2 or any(attempts()), timeout=30,
+                   what="the step to wait for the key")
+        assert attempts() == [0, 0], "an attempt was spent on a ledger without its key"
+    finally:
+        with db.transaction() as conn:
+            conn.execute(text(f"ALTER TABLE {hidden} RENAME TO saga_seal_key"))
+    assert wait_for_status(record.id, FINAL).status == "completed"
+    assert len(runs(record.id, "a")) == 1 and len(runs(record.id, "b")) == 1
