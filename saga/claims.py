@@ -54,6 +54,7 @@ class Refusal:
     wait: float  # seconds until the holder's lease ends or the backoff elapses; 0 if neither
     effect_unknown: bool
     foreign: bool = False  # the saga runs by another version of its type (or other steps under this one)
+    out_of_turn: bool = False  # a forward step whose earlier steps have not all succeeded
 
 
 Mode = Literal["forward", "compensation"]
@@ -68,6 +69,10 @@ _OURS = "version = :version AND coalesce(fingerprint, :fingerprint) = :fingerpri
 _CLAIMABLE = """
     coalesce(st.lease_expires_at, '-infinity') < now() AND coalesce(st.not_before, '-infinity') <= now()
 """
+# Every earlier step succeeded: a message for a later step (forged, or stale after a rewind) never runs it early.
+_IN_TURN = """
+    NOT EXISTS (SELECT FROM saga_steps e WHERE e.saga_id = :saga_id AND e.idx < :idx AND e.status <> 'succeeded')
+"""
 _FORWARD_CLAIM = text(f"""
 WITH s AS (
     SELECT id, input, tenant FROM sagas
@@ -79,7 +84,7 @@ WITH s AS (
         -- still 'running': the attempt before never reported (crashed, frozen, cut off), so it may have acted
         effect_unknown = st.effect_unknown OR st.status = 'running'
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ('pending', 'running')
-        AND st.attempts < :max_attempts AND {_CLAIMABLE}
+        AND st.attempts < :max_attempts AND {_CLAIMABLE} AND {_IN_TURN}
     RETURNING st.fencing_token, st.attempts, st.checkpoint, st.generation
 ), u AS (
     UPDATE sagas SET status = 'running', updated_at = now()
@@ -123,15 +128,15 @@ FROM c, s
 """)
 # Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
 # forward step may run before it takes anything.
-_LOOK = text("""
+_LOOK = text(f"""
 SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_attempts,
     greatest(0, extract(epoch FROM st.lease_expires_at - now()), extract(epoch FROM st.not_before - now())) AS wait,
     sa.input,
-    (SELECT coalesce(jsonb_object_agg(name, result), '{}') FROM saga_steps
+    (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(st.checkpoint, '{}'), st.effect_unknown, sa.tenant,
+    coalesce(st.checkpoint, '{{}}'), st.effect_unknown, sa.tenant,
     (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, st.generation,
-    (sa.version = :version AND coalesce(sa.fingerprint, :fingerprint) = :fingerprint) AS ours
+    (sa.version = :version AND coalesce(sa.fingerprint, :fingerprint) = :fingerprint) AS ours, {_IN_TURN} AS in_turn
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
@@ -147,7 +152,7 @@ WITH s AS (
         task_id = :task_id, started_at = coalesce(st.started_at, now()), finished_at = statement_timestamp(),
         result = CAST(:result AS jsonb), error = NULL, lease_expires_at = NULL, not_before = NULL
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ('pending', 'running')
-        AND st.attempts < :max_attempts AND {_CLAIMABLE.replace('now()', 'statement_timestamp()')}
+        AND st.attempts < :max_attempts AND {_CLAIMABLE.replace('now()', 'statement_timestamp()')} AND {_IN_TURN}
     RETURNING st.attempts, st.fencing_token
 ), u AS (
     UPDATE sagas SET updated_at = statement_timestamp(),
@@ -222,7 +227,7 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     """
     row = _look(conn, saga_id, step, large=bool(step.needs))
     why = _refusal(row, "forward")
-    if (why is not None and not why.foreign and why.saga_status in ("pending", "running") and not why.cancel_requested
+    if (why is not None and not why.foreign and not why.out_of_turn and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
         return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
                      checkpoint=row[8], tenant=row[10], large_input=row[11],  # type: ignore[index]
@@ -263,7 +268,7 @@ def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
     return Refusal(
         saga_status=why[0], cancel_requested=why[1], step_status=why[2],
         attempts=why[3] if mode == "forward" else why[4], wait=float(why[5]), effect_unknown=why[9],
-        foreign=not why[13],
+        foreign=not why[13], out_of_turn=mode == "forward" and not why[14],
     )
 
 

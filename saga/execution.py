@@ -241,6 +241,10 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
             raise Ignore()
         if why is None or why.saga_status not in ("pending", "running"):
             raise Ignore()  # the saga moved on (finished or compensating): this chain has nothing to do
+        if why.out_of_turn:  # the saga's own chain or recovery sends this step once the earlier ones succeed
+            log.warning("saga %s forward %s: refused a message for this step before the steps ahead of it "
+                        "succeeded (forged, or stale after a rewind); nothing run", saga_id, step.name)
+            raise Ignore()
         if why.step_status == "succeeded":
             return None  # done by an earlier delivery: let the chain go on
         if why.wait > 0:

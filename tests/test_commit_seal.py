@@ -1,6 +1,8 @@
-"""No message can say how a step went. A step's task takes `commit` (the result of a body that ran, when the ledger
-could not record it in time) only under the engine's seal, so a `commit` forged by whoever can send a task (the
-broker, Flower's API) is refused: nothing recorded, the saga goes on by what its own step does."""
+"""No message can say how a step went, nor run a step out of turn. A step's task takes `commit` (the result of a
+body that ran, when the ledger could not record it in time) only under the engine's seal, so a `commit` forged by
+whoever can send a task (the broker, Flower's API) is refused: nothing recorded, the saga goes on by what its own
+step does. And a step is claimed only once every step before it succeeded, so a message sent for a later step
+runs nothing."""
 
 from __future__ import annotations
 
@@ -107,3 +109,20 @@ def test_a_ledger_without_its_seal_key_holds_steps_until_it_is_migrated(workers:
             conn.execute(text(f"ALTER TABLE {hidden} RENAME TO saga_seal_key"))
     assert wait_for_status(record.id, FINAL).status == "completed"
     assert len(runs(record.id, "a")) == 1 and len(runs(record.id, "b")) == 1
+
+
+def test_a_step_sent_before_the_steps_ahead_of_it_succeeded_runs_nothing(workers: Stack) -> None:
+    """While the charge is in flight, a message for the last step (what would publish a posting nobody paid
+    for, and complete the saga) is dropped unrun; the saga is undone when the charge is declined."""
+    from workers.app import app
+
+    record = charge_in_flight()
+    app.send_task("tests.probe_patient.d", args=[str(record.id)], queue="probe")
+    dropped = f"saga {record.id} forward d: refused a message for this step before the steps ahead of it succeeded"
+    wait_until(lambda: dropped in worker_logs(workers) or bool(runs(record.id, "d")), timeout=HOLD - 1,
+               what="the early message to reach a worker")
+    assert runs(record.id, "d") == [], "the last step ran before the charge"
+    assert charge_status(record.id) == "running"
+    final = wait_for_status(record.id, FINAL)
+    assert final.status == "compensated", final.status
+    assert runs(record.id, "d") == [] and "d" not in event_kinds(record.id, "step_started")
