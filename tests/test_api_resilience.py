@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from saga.testing import Stack
+from saga.testing import Stack, wait_until
 from tests.test_api import NOWHERE, TcpProxy, assert_error, free_port, serve, settle, start
 
 
@@ -43,8 +43,9 @@ def test_with_the_broker_down_the_api_accepts_and_answers_then_recovery_dispatch
             assert "recovered" in kinds
 
         # The broker is back for the API too: it dispatches by itself again.
-        proxy.start()
-        assert httpx.get(f"{api.url}/healthz", timeout=10).status_code == 200
+        proxy.start()  # health is read at most once a second: it says so at its next reading
+        wait_until(lambda: httpx.get(f"{api.url}/healthz", timeout=10).status_code == 200, timeout=10,
+                   what="health to see the broker back")
         saga_id = start(client, "probe").json()["id"]
         assert settle(client, saga_id)["status"] == "completed"
         kinds = [e["kind"] for e in client.get(f"/v1/sagas/{saga_id}/events").json()["items"]]

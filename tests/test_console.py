@@ -452,4 +452,4 @@ def test_the_front_page_lists_who_needs_an_operator_first_with_counts_by_status_
     # A tile leads to the sagas in that status.
     browser.get(f"{api.url}/ui#/")
     click(browser, '#status-tiles .tile[data-status="paused"]')
-    WebDriverWait(browser, 10).until(lambda b: rows(b) == [paused])
+    WebDriverWait(browser, 30).until(lambda b: rows(b) == [paused])

@@ -65,10 +65,12 @@ def test_only_the_upload_step_claims_the_logo(stack: Stack) -> None:
         assert "logo" not in stored and large == {"logo": BIG_LOGO}
         upload = claims.claim(record.id, job_posting.steps[0], "task-upload", "forward")
         assert isinstance(upload, claims.Claim) and upload.large_input == {"logo": BIG_LOGO}
-        for step in job_posting.steps[1:]:  # taken out of order here: the claim does not mind
+        claims.commit_success(record.id, job_posting.steps[0], upload.token, "{}", "forward")
+        for step in job_posting.steps[1:]:  # each in its turn, once the one before it succeeded
             taken = claims.claim(record.id, step, f"task-{step.name}", "forward")
             assert isinstance(taken, claims.Claim), (step.name, taken)
             assert taken.large_input is None and "logo" not in taken.input, step.name
+            claims.commit_success(record.id, step, taken.token, "{}", "forward")
         assert "logo" not in saga.load(record.id).input
     finally:
         with db.transaction() as conn:  # never dispatched: gone before recovery would send it
