@@ -27,12 +27,15 @@ from tests.conftest import ROOT
 def dev_stack(stack: Stack, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """`python -m service dev --no-demo` on this session's servers (so no embedded ones), in a directory of its own."""
     log = tmp_path / "dev.log"
+    api_port = free_port()
+    while (flower_port := free_port()) == api_port:  # two picks in a row may name the same free port
+        pass
     env = {**os.environ, "SAGA_DATABASE_URL": stack.database_url, "SAGA_BROKER_URL": stack.env["SAGA_BROKER_URL"],
            "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "dev", "--no-demo", "--workers", "1",
-             f"--api-port={free_port()}", f"--flower-port={free_port()}"],
+             f"--api-port={api_port}", f"--flower-port={flower_port}"],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: process.poll() is not None or "Running." in log.read_text(errors="replace"),
