@@ -576,13 +576,19 @@ def defer_to_live_lease(conn: Connection, saga_id: UUID) -> bool:
     return conn.execute(_DEFER_TO_LEASE, {"saga_id": saga_id, "margin": get_settings().lease_margin}).first() is not None
 
 
-def current_token(saga_id: UUID, step: Step, task_id: str, mode: Mode) -> tuple[int, int] | None:
-    """(fencing token, attempt) held by Celery task `task_id`, if that task still holds the step."""
-    attempts = "attempts" if mode == "forward" else "compensation_attempts"
+# The attempt a task holds, if it has run long enough to have met its hard time limit.
+_CURRENT_TOKEN = {mode: text(f"""
+SELECT fencing_token, {attempts} AS attempt FROM saga_steps
+WHERE saga_id = :s AND idx = :i AND task_id = :t AND status = :held
+    AND lease_expires_at <= now() + make_interval(secs => :within)
+""") for mode, attempts in (("forward", "attempts"), ("compensation", "compensation_attempts"))}
+
+
+def current_token(saga_id: UUID, step: Step, task_id: str, mode: Mode, *,
+                  ending_within: float) -> tuple[int, int] | None:
+    """(fencing token, attempt) held by Celery task `task_id`, if that task still holds the step and its lease
+    ends within `ending_within` seconds (the attempt ran to its hard time limit)."""
     with db.autocommit() as conn:
-        row = conn.execute(
-            text(f"SELECT fencing_token, {attempts} FROM saga_steps WHERE saga_id = :s AND idx = :i "
-                 "AND task_id = :t AND status = :held AND lease_expires_at IS NOT NULL"),
-            {"s": saga_id, "i": step.index, "t": task_id, "held": _held(mode)},
-        ).first()
-    return (row[0], row[1]) if row else None
+        row = conn.execute(_CURRENT_TOKEN[mode], {"s": saga_id, "i": step.index, "t": task_id, "held": _held(mode),
+                                                  "within": ending_within}).first()
+    return (row.fencing_token, row.attempt) if row else None

@@ -14,6 +14,10 @@ from saga.claims import patience
 from saga.definitions import KILL_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
 
+# Seconds between a task's start and its claim that a hard time limit may still be told apart from a forgery by:
+# the limit fires at start + time limit + HARD_LIMIT_GRACE, when a lease taken at the claim has KILL_GRACE left.
+LIMIT_SLACK = 5.0
+
 log = logging.getLogger("saga.compensation")
 
 # What an undo makes of the steps not finished yet (needs a `before` CTE saying whether the saga waited for input).
@@ -180,16 +184,22 @@ def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kw
             except Exception as error:  # noqa: BLE001 - the ledger may be down too: the crash window remains
                 log.warning("saga %s %s: result still not recorded (%s)", saga_id, step.name, error)
         return
-    if not isinstance(exc, StepFailed):
+    if isinstance(exc, TimeLimitExceeded):
         _record_lost_attempt(saga_id, step, mode, task_id, exc)
+    elif not isinstance(exc, StepFailed):
+        # Anything else reached here from outside the body (or from a message somebody made up, whose task id
+        # and errback say nothing true): the attempt's lease runs out and recovery takes the step on.
+        log.error("saga %s %s %s: task %s failed outside its body (%r); its lease ends and recovery takes it on",
+                  saga_id, mode, step.name, task_id, exc)
     if mode == "forward":
         react(saga_id)
 
 
-def _record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: str, exc: BaseException) -> None:
-    """A hard time limit or an error outside the step body: count the attempt, with its outcome unknown."""
+def _record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: str, exc: TimeLimitExceeded) -> None:
+    """A hard time limit: count the attempt, with its outcome unknown. Only an attempt that has really run that
+    long counts (its lease is about to end): a made-up message with that task id cannot fail a live attempt."""
     part = step if mode == "forward" else step.compensation
-    held = claims.current_token(saga_id, step, task_id, mode)
+    held = claims.current_token(saga_id, step, task_id, mode, ending_within=KILL_GRACE + LIMIT_SLACK)
     if held is None and mode == "forward" and step.transactional:
         # Taken only with its commit, the attempt left no trace: take the step now, to count it.
         taken = claims.claim(saga_id, step, task_id, mode)

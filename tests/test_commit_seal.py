@@ -126,3 +126,36 @@ def test_a_step_sent_before_the_steps_ahead_of_it_succeeded_runs_nothing(workers
     final = wait_for_status(record.id, FINAL)
     assert final.status == "compensated", final.status
     assert runs(record.id, "d") == [] and "d" not in event_kinds(record.id, "step_started")
+
+
+def test_a_made_up_failure_of_a_live_attempt_records_nothing_and_the_charge_runs_once(workers: Stack) -> None:
+    """A message with the live attempt's task id (tenants see it in `step_started`) that fails at once, with the
+    engine's errback naming the saga, says nothing true about that attempt: the charge is not failed, nor run again."""
+    from workers.app import app
+
+    record = saga.start("probe_patient", {"hold": {"c": HOLD}}, idempotency_key=str(uuid4())).saga  # c acts, then holds
+    wait_until(lambda: runs(record.id, "c"), timeout=30, what="the charge to run")
+    live = next(s for s in saga.load(record.id).steps if s.name == "c")
+    errback = app.signature("saga.on_error", args=(str(record.id),))
+    for args in (["not-a-uuid"], [str(record.id)]):  # naming another saga, or this one with a bad argument
+        app.send_task(CHARGE, args=args, kwargs={} if args[0] == "not-a-uuid" else {"bogus": 1},
+                      task_id=live.task_id, queue="probe", link_error=errback)
+    final = wait_for_status(record.id, FINAL)
+    assert final.status == "completed", final.status
+    assert len(runs(record.id, "c")) == 1, "the charge ran again"
+    assert "c" not in event_kinds(record.id, "step_attempt_failed"), "a failure nobody had was recorded"
+    assert next(s for s in final.steps if s.name == "c").attempts == 1
+
+
+def test_made_up_failures_spend_no_attempt_of_a_step_nobody_runs(workers: Stack) -> None:
+    from workers.app import app
+
+    record = saga.start("probe_tx", {}, idempotency_key=str(uuid4()), dispatch=False).saga  # never dispatched
+    errback = app.signature("saga.on_error", args=(str(record.id),))
+    for _ in range(3):
+        app.send_task("tests.probe_tx.a", args=["not-a-uuid"], queue="probe", link_error=errback)
+    ignored = f"saga {record.id}: errback of task tests.probe_tx.a"
+    wait_until(lambda: worker_logs(workers).count(ignored) >= 3, timeout=30, what="the made-up failures")
+    current = saga.load(record.id)
+    assert current.status == "pending" and [s.attempts for s in current.steps] == [0, 0], current
+    assert runs(record.id, "a") == []

@@ -175,7 +175,7 @@ def test_errback_called_twice_compensates_once(stack: Stack) -> None:
     from workers.app import app
 
     on_error = app.tasks["saga.on_error"]
-    request = Context(task=b.task_name, id="task-b")
+    request = Context(task=b.task_name, id="task-b", args=[str(saga_id)])
     on_error(request, StepFailed("boom"), "", str(saga_id))
     on_error(request, StepFailed("boom"), "", str(saga_id))
 
