@@ -54,7 +54,9 @@ class Refusal:
     wait: float  # seconds until the holder's lease ends or the backoff elapses; 0 if neither
     effect_unknown: bool
     foreign: bool = False  # the saga runs by another version of its type (or other steps under this one)
-    out_of_turn: bool = False  # a forward step whose earlier steps have not all succeeded
+    # A forward step whose earlier steps have not all succeeded; a compensation with a later step's undo still
+    # owed, or before a rewind's step.
+    out_of_turn: bool = False
 
 
 Mode = Literal["forward", "compensation"]
@@ -72,6 +74,15 @@ _CLAIMABLE = """
 # Every earlier step succeeded: a message for a later step (forged, or stale after a rewind) never runs it early.
 _IN_TURN = """
     NOT EXISTS (SELECT FROM saga_steps e WHERE e.saga_id = :saga_id AND e.idx < :idx AND e.status <> 'succeeded')
+"""
+# Undo goes newest first, and a rewind undoes only the steps from the one it goes back to: no later step's effect
+# is still owed an undo (it may exist, and its compensation has attempts left: `:undo_attempts` holds each step's
+# most, 0 for none), and the step is not before the rewind's.
+_UNDO_IN_TURN = """
+    NOT EXISTS (SELECT FROM saga_steps l WHERE l.saga_id = :saga_id AND l.idx > :idx
+        AND (l.status IN ('succeeded', 'compensating') OR (l.status = 'failed' AND l.effect_unknown))
+        AND l.compensation_attempts < (CAST(:undo_attempts AS int[]))[l.idx + 1])
+    AND NOT EXISTS (SELECT FROM sagas r WHERE r.id = :saga_id AND CAST(r.rewind ->> 'to' AS int) > :idx)
 """
 _FORWARD_CLAIM = text(f"""
 WITH s AS (
@@ -111,7 +122,7 @@ WITH s AS (
         not_before = NULL, task_id = :task_id
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx
         AND (st.status IN ('succeeded', 'compensating') OR (st.status = 'failed' AND st.effect_unknown))
-        AND st.compensation_attempts < :max_attempts AND {_CLAIMABLE}
+        AND st.compensation_attempts < :max_attempts AND {_CLAIMABLE} AND {_UNDO_IN_TURN}
     RETURNING st.fencing_token, st.compensation_attempts, st.checkpoint, st.generation
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
@@ -136,7 +147,8 @@ SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_a
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
     coalesce(st.checkpoint, '{{}}'), st.effect_unknown, sa.tenant,
     (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, st.generation,
-    (sa.version = :version AND coalesce(sa.fingerprint, :fingerprint) = :fingerprint) AS ours, {_IN_TURN} AS in_turn
+    (sa.version = :version AND coalesce(sa.fingerprint, :fingerprint) = :fingerprint) AS ours, {_IN_TURN} AS in_turn,
+    {_UNDO_IN_TURN} AS undo_in_turn
 FROM sagas sa JOIN saga_steps st ON st.saga_id = sa.id
 WHERE sa.id = :saga_id AND st.idx = :idx
 """)
@@ -206,7 +218,7 @@ def claim(
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": lease,
         "max_attempts": policy.max_attempts, "redelivered": redelivered, "large": bool(needs_of(step, mode)),
-        **_version(step),
+        **_fences(step),
     }
     with db.autocommit(conn) as tx:
         started = time.perf_counter()
@@ -241,7 +253,7 @@ def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, 
     row = db.fetchone(conn, _FORWARD_CLAIM_AND_COMMIT, {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "result": result_json,
         "max_attempts": step.retry.max_attempts, "pickup": patience(step.saga),
-        "last": step.index == len(step.saga.steps) - 1, **_version(step),
+        "last": step.index == len(step.saga.steps) - 1, **_fences(step),
     })
     return row[0] if row else None
 
@@ -254,12 +266,14 @@ def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
 
 def _look(conn: Connection, saga_id: UUID, step: Step, large: bool = False) -> tuple[Any, ...] | None:
     """The step's row and its saga's; with `large`, the large input fields too (for a body about to run)."""
-    return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index, "large": large, **_version(step)})
+    return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index, "large": large, **_fences(step)})
 
 
-def _version(step: Step) -> dict[str, Any]:
-    """The parameters that fence a statement to sagas of the step's own version of its type."""
-    return {"version": step.saga.version, "fingerprint": step.saga.fingerprint}
+def _fences(step: Step) -> dict[str, Any]:
+    """The parameters that fence a statement to sagas of the step's own version of its type, and that keep its
+    undo in turn."""
+    return {"version": step.saga.version, "fingerprint": step.saga.fingerprint,
+            "undo_attempts": [s.compensation.retry.max_attempts if s.compensation else 0 for s in step.saga.steps]}
 
 
 def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
@@ -268,7 +282,7 @@ def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
     return Refusal(
         saga_status=why[0], cancel_requested=why[1], step_status=why[2],
         attempts=why[3] if mode == "forward" else why[4], wait=float(why[5]), effect_unknown=why[9],
-        foreign=not why[13], out_of_turn=mode == "forward" and not why[14],
+        foreign=not why[13], out_of_turn=not (why[14] if mode == "forward" else why[15]),
     )
 
 

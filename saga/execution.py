@@ -256,6 +256,10 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
         raise _wait(task, 0)  # the claim met a lease or a backoff just as it ended: look again
     if why is None or why.saga_status != "compensating":
         raise Ignore()
+    if why.out_of_turn:  # the compensation chain or recovery sends this undo once the later ones are done
+        log.warning("saga %s compensation %s: refused a message for this undo while a later step's is still owed "
+                    "or outside the rewind (forged, or stale); nothing run", saga_id, step.name)
+        raise Ignore()
     if why.wait > 0:
         raise _wait(task, why.wait)
     owed = dispatch.effect_may_exist(why.step_status, why.effect_unknown)

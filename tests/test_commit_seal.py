@@ -159,3 +159,39 @@ def test_made_up_failures_spend_no_attempt_of_a_step_nobody_runs(workers: Stack)
     current = saga.load(record.id)
     assert current.status == "pending" and [s.attempts for s in current.steps] == [0, 0], current
     assert runs(record.id, "a") == []
+
+
+def test_an_undo_sent_out_of_turn_runs_nothing(workers: Stack) -> None:
+    """A rewind undoes only from its step on: a message for the undo of a step the rewind keeps (what would delete
+    the logo of a posting being rewound to its text), sent while the rewind's own undo runs, is dropped unrun."""
+    from workers.app import app
+
+    record = saga.start("probe_patient", {"ask": {"c": 120}, "hold": {"undo_b": HOLD}},
+                        idempotency_key=str(uuid4())).saga
+    wait_for_status(record.id, ("awaiting_input",), timeout=30)
+    saga.rewind(record.id, "b", {"answer": "yes"}, idempotency_key="rewind", by={"via": "test"})
+    wait_until(lambda: runs(record.id, "b", kind="undo"), timeout=30, what="the rewind's undo of b to run")
+    app.send_task("tests.probe_patient.undo_a", args=[str(record.id)], queue="probe")
+    dropped = f"saga {record.id} compensation a: refused a message for this undo"
+    wait_until(lambda: dropped in worker_logs(workers) or bool(runs(record.id, "a", kind="undo")), timeout=HOLD - 1,
+               what="the undo of a to be refused")
+    final = wait_for_status(record.id, FINAL)
+    assert final.status == "completed", final.status
+    assert runs(record.id, "a", kind="undo") == [], "the rewind's kept step was undone"
+    assert [s.status for s in final.steps] == ["succeeded"] * 4
+
+
+def test_an_older_undo_sent_while_a_newer_one_is_owed_runs_nothing(workers: Stack) -> None:
+    from workers.app import app
+
+    record = saga.start("probe_patient", {"fail": "c", "hold": {"undo_b": HOLD}}, idempotency_key=str(uuid4())).saga
+    wait_until(lambda: runs(record.id, "b", kind="undo"), timeout=30, what="the undo of b to run")
+    app.send_task("tests.probe_patient.undo_a", args=[str(record.id)], queue="probe")
+    dropped = f"saga {record.id} compensation a: refused a message for this undo"
+    wait_until(lambda: dropped in worker_logs(workers) or bool(runs(record.id, "a", kind="undo")), timeout=HOLD - 1,
+               what="the early undo of a to be refused")
+    assert runs(record.id, "a", kind="undo") == [], "a was undone before b"
+    final = wait_for_status(record.id, FINAL)
+    assert final.status == "compensated", final.status
+    undone = [(r[0], r[3]) for r in runs(record.id, kind="undo")]
+    assert [step for step, _ in sorted(undone, key=lambda r: r[1])] == ["b", "a"], undone
