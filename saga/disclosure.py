@@ -37,7 +37,7 @@ _NEXT_STEP = re.compile(r"\n(?!  )")
 WITHHELD = "details withheld; operators see them in the logs and the CLI"
 
 
-def recorded(exc: BaseException) -> str:
+def as_recorded(exc: BaseException) -> str:
     """An exception as the engine records it: `Kind: text`, then `\ncaused by Kind: text` for each exception it
     was raised from (`raise ... from cause`), the third party's text a tenant never sees."""
     parts, seen, current = [], set(), exc

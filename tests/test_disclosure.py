@@ -4,7 +4,7 @@ wherever in the text they sit and whatever they imitate."""
 from __future__ import annotations
 
 from saga import PermanentError, TransientError
-from saga.disclosure import WITHHELD, classified, classified_reason, gave_up, recorded, step_failed
+from saga.disclosure import WITHHELD, as_recorded, classified, classified_reason, gave_up, step_failed
 
 SECRET = "10.1.2.3 password=hunter2"
 
@@ -17,7 +17,7 @@ def _raised_from(exc: Exception, cause: Exception) -> Exception:
 
 
 def test_an_authored_error_is_shown_without_the_third_party_text_it_was_raised_from() -> None:
-    error = recorded(_raised_from(TransientError("S3 unreachable"), ConnectionError(
+    error = as_recorded(_raised_from(TransientError("S3 unreachable"), ConnectionError(
         'Could not connect to the endpoint URL: "http://minio.corp.internal:9000/job-logos/acme.png"')))
     assert error == ('TransientError: S3 unreachable\ncaused by ConnectionError: Could not connect to the endpoint '
                      'URL: "http://minio.corp.internal:9000/job-logos/acme.png"')
@@ -27,7 +27,7 @@ def test_an_authored_error_is_shown_without_the_third_party_text_it_was_raised_f
 
 def test_every_cause_of_a_chain_is_recorded_for_operators() -> None:
     inner = _raised_from(OSError(f"no route to {SECRET}"), TimeoutError("connect timed out"))
-    error = recorded(_raised_from(PermanentError("mail server refused the message"), inner))
+    error = as_recorded(_raised_from(PermanentError("mail server refused the message"), inner))
     assert error == (f"PermanentError: mail server refused the message\ncaused by OSError: no route to {SECRET}"
                      "\ncaused by TimeoutError: connect timed out")
     assert classified(error) == "PermanentError: mail server refused the message"
@@ -47,7 +47,7 @@ def test_a_third_party_text_that_imitates_the_engines_separators_shows_nothing_o
 
 
 def test_the_cause_of_an_authored_error_is_withheld_wherever_the_error_is_quoted() -> None:
-    error = recorded(_raised_from(PermanentError("card declined: insufficient_funds"), ValueError(SECRET)))
+    error = as_recorded(_raised_from(PermanentError("card declined: insufficient_funds"), ValueError(SECRET)))
     reason = gave_up([("charge_payment", error), ("upload_logo", f"ClientError: {SECRET}")], rewind_to="create")
     assert reason == (f"rewind to create: compensation of charge_payment gave up: PermanentError: card declined: "
                       f"insufficient_funds\n  caused by ValueError: {SECRET}\n"
