@@ -40,7 +40,9 @@ WITHHELD = "details withheld; operators see them in the logs and the CLI"
 def as_recorded(exc: BaseException) -> str:
     """An exception as the engine records it: `Kind: text`, then `\ncaused by Kind: text` for each exception it
     was raised from (`raise ... from cause`), the third party's text a tenant never sees."""
-    parts, seen, current = [], set(), exc
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(parts) <= _MAX_CAUSES:
         seen.add(id(current))
         parts.append(f"{type(current).__name__}: {current}")
