@@ -9,7 +9,7 @@ from uuid import UUID
 from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
-from saga import claims, commit_seal, db, dispatch, metrics, runner, store, versions
+from saga import claims, commit_seal, db, disclosure, dispatch, metrics, runner, store, versions
 from saga.claims import patience
 from saga.definitions import KILL_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
@@ -119,7 +119,7 @@ def react(saga_id: UUID) -> None:
     failed = next((s for s in record.steps if s.status == "failed"), None)
     if failed is None:
         return
-    reason = f"step {failed.name} failed: {failed.error}"
+    reason = disclosure.step_failed(failed.name, failed.error or "")
     if failed.kind == "retriable":
         with db.transaction() as conn:
             paused = conn.execute(_PAUSE, {"saga_id": saga_id, "reason": reason}).first()
@@ -148,8 +148,7 @@ def finish(saga_id: UUID) -> None:
         rewind = record.rewind
         if stuck:
             status, event = "failed", "saga_failed"
-            reason = (f"rewind to {rewind['step']}: " if rewind else "") + "; ".join(
-                f"compensation of {s.name} gave up: {s.error}" for s in stuck)
+            reason = disclosure.gave_up([(s.name, s.error or "") for s in stuck], rewind["step"] if rewind else None)
         elif rewind:
             conn.execute(_REWOUND, {"saga_id": saga_id, "idx": rewind["to"], "step": rewind["step"],
                                     "pickup": patience(saga_type)})

@@ -16,6 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from saga import claims, commit_seal, compensation, db, dispatch, logs, metrics, store, tracing, versions
 from saga.claims import Claim, Mode, Refusal
 from saga.definitions import Step, StepContext
+from saga.disclosure import as_recorded
 from saga.errors import (
     ConfigurationError,
     LeaseLost,
@@ -297,7 +298,7 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
     if isinstance(exc, NeedsInput):
         exc = _await_input(task, step, saga_id, mode, claim, exc)  # returns only where the saga cannot wait
     policy = claims.policy_of(step, mode)
-    error = f"{type(exc).__name__}: {exc}"
+    error = as_recorded(exc)
     retry_in = policy.delay(claim.attempt) if policy.may_retry(exc, claim.attempt) else None
     # Only a body that says so (PermanentError without effect_unknown) vouches that nothing happened.
     effect_unknown = not isinstance(exc, PermanentError) or exc.effect_unknown
@@ -330,19 +331,25 @@ def _await_input(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim,
     unknown = sorted(set(asked.fields) - set(step.saga.input_model.model_fields))
     if mode == "compensation" or unknown:
         why = "a compensation cannot wait for input" if not unknown else f"no input field {', '.join(unknown)}"
-        return PermanentError(f"{asked.reason} ({why})", effect_unknown=asked.effect_unknown)
+        return _instead(asked, PermanentError(f"{asked.reason} ({why})", effect_unknown=asked.effect_unknown))
     try:
         waiting = _durably(claims.await_input, saga_id, step, claim.token, asked.fields, asked.reason,
                            asked.within, asked.effect_unknown)
     except _UNREACHABLE as unreachable:
         raise _ledger_unreachable(task, unreachable) from unreachable
     if not waiting:
-        return PermanentError(asked.reason, effect_unknown=asked.effect_unknown)
+        return _instead(asked, PermanentError(asked.reason, effect_unknown=asked.effect_unknown))
     _count(step, mode, "awaiting_input")
     metrics.INPUT_REQUESTS.labels(step.saga.name, step.name).inc()
     log.info("saga %s waits up to %.0fs for input %s to step %s: %s", saga_id, asked.within,
              ", ".join(asked.fields), step.name, asked.reason)
     raise Ignore()
+
+
+def _instead(asked: NeedsInput, failure: PermanentError) -> PermanentError:
+    """The failure recorded for a request for input that cannot wait, raised from what the request was."""
+    failure.__cause__ = asked.__cause__
+    return failure
 
 
 def _discard(step: Step, saga_id: UUID, mode: Mode) -> NoReturn:

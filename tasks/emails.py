@@ -28,21 +28,27 @@ def message_id(ctx: StepContext[Any]) -> str:
     return f"<{ctx.saga_id}.{ctx.step}@{domain}>"
 
 
+class MailServerError(Exception):
+    """What is wrong with the mail server in an operator's terms (its address, the setting involved): the cause of
+    the error a tenant sees, kept in the ledger for operators."""
+
+
 def _secure(smtp: smtplib.SMTP, settings: JobPostingSettings) -> None:
     """STARTTLS (the server's certificate checked for `smtp_host`) and the login, as configured, before the mail
     goes; a server that does not offer STARTTLS is sent nothing more, in clear or otherwise."""
     if not settings.smtp_starttls:
         return
+    server = f"SMTP server {settings.smtp_host}:{settings.smtp_port}"
     smtp.ehlo()
     if not smtp.has_extn("starttls"):
-        raise PermanentError(f"SMTP server {settings.smtp_host}:{settings.smtp_port} does not offer STARTTLS, "
-                             "which SAGA_SMTP_STARTTLS requires: nothing was sent")
+        raise PermanentError("the mail server does not offer STARTTLS: nothing was sent") from MailServerError(
+            f"{server} does not offer STARTTLS, which SAGA_SMTP_STARTTLS requires")
     context = ssl.create_default_context(cafile=settings.smtp_ca_file)
     try:
         smtp.starttls(context=context)
     except ssl.SSLCertVerificationError as exc:
-        raise PermanentError(f"SMTP server {settings.smtp_host}:{settings.smtp_port}: its certificate does not "
-                             f"verify ({exc.verify_message}; SAGA_SMTP_CA_FILE sets the CAs): nothing was sent") from exc
+        raise PermanentError("the mail server's certificate does not verify: nothing was sent") from MailServerError(
+            f"{server}: its certificate does not verify ({exc.verify_message}; SAGA_SMTP_CA_FILE sets the CAs)")
     if settings.smtp_username is not None and settings.smtp_password is not None:
         smtp.login(settings.smtp_username, settings.smtp_password.get_secret_value())
 
@@ -71,10 +77,10 @@ def send_confirmation(ctx: StepContext[Any]) -> dict[str, str]:
             # No QUIT: the reply to the message decided its fate. A QUIT sent while an interruption unwinds (a
             # pool process stopped mid-send) reads that reply late and would replace the interruption with it.
             smtp.close()
-    except smtplib.SMTPResponseException as exc:
+    except smtplib.SMTPResponseException as exc:  # the reply code alone for the tenant, the server's words in the cause
         if 500 <= exc.smtp_code < 600:
-            raise PermanentError(f"SMTP refused: {exc.smtp_code}: {exc.smtp_error!r}") from exc
-        raise TransientError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
+            raise PermanentError(f"the mail server refused the message ({exc.smtp_code})") from exc
+        raise TransientError(f"the mail server deferred the message ({exc.smtp_code})") from exc
     except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-        raise TransientError(f"SMTP unreachable: {exc}") from exc
+        raise TransientError("the mail server is unreachable") from exc
     return {"message_id": msg["Message-ID"]}

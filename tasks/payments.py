@@ -43,19 +43,23 @@ def _stripe() -> stripe.StripeClient:
 
 
 def _classified(exc: stripe.StripeError) -> Exception:
+    """The error a tenant may see for a Stripe failure: its kind, a decline code or an HTTP status, never Stripe's
+    text; raised from `exc`, so the ledger keeps Stripe's own words for operators."""
     if isinstance(exc, stripe.CardError):
-        reason = f"card declined: {getattr(exc.error, 'decline_code', None) or exc.code}: {exc.user_message or exc}"
+        reason = f"card declined: {getattr(exc.error, 'decline_code', None) or exc.code}"
         wait = job_posting_settings().payment_retry_seconds
         if wait:
             # The PaymentIntent stays, unconfirmed: the client's next card confirms it, an undo cancels it.
             return NeedsInput("payment_method", reason=reason, within=wait, effect_unknown=True)
         return PermanentError(reason)
-    if isinstance(exc, (stripe.RateLimitError, stripe.APIConnectionError)):  # 429 includes `lock_timeout`
-        return TransientError(f"Stripe {type(exc).__name__}: {exc}")
+    if isinstance(exc, stripe.RateLimitError):  # 429 includes `lock_timeout`
+        return TransientError("Stripe rate limit (429)")
+    if isinstance(exc, stripe.APIConnectionError):
+        return TransientError("Stripe unreachable")
     # The SDK reports a 409 (a request with the same idempotency key still in progress) as an APIError too.
     if isinstance(exc, stripe.APIError) or (exc.http_status or 0) >= 500:
-        return TransientError(f"Stripe {exc.http_status}: {exc}")
-    return PermanentError(f"Stripe refused: {type(exc).__name__}: {exc}", effect_unknown=True)
+        return TransientError(f"Stripe unavailable ({exc.http_status})")
+    return PermanentError(f"Stripe refused the request: {type(exc).__name__} ({exc.http_status})", effect_unknown=True)
 
 
 def _unexpected_state(exc: stripe.StripeError) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from saga import PermanentError, RetryPolicy, StepContext, TransientError
@@ -43,14 +43,18 @@ def logo_key(ctx: StepContext[Any], kind: str) -> str:
 
 
 def _classified(exc: Exception) -> Exception:
+    """The error a tenant may see for a boto3 failure (the HTTP status, never S3's text, host or key); raised from
+    `exc`, so the ledger keeps S3's own words for operators."""
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in _TRANSIENT_CODES or status >= 500:
-            return TransientError(f"S3 {code or status}: {exc}")
-        return PermanentError(f"S3 refused: {code}: {exc}")
-    if isinstance(exc, (BotoConnectionError, BotoCoreError)):
-        return TransientError(f"S3 unreachable: {exc}")
+            return TransientError(f"S3 unavailable ({code if code in _TRANSIENT_CODES else status})")
+        return PermanentError(f"S3 refused the request ({status})")
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, timed out, or cut off
+        return TransientError("S3 unreachable")
+    if isinstance(exc, BotoCoreError):
+        return TransientError("S3 call failed")
     return exc
 
 

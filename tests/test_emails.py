@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from saga import ConfigurationError, PermanentError, StepContext
+from saga import ConfigurationError, PermanentError, StepContext, TransientError
+from saga.disclosure import as_recorded, classified
 from saga.settings import load
 from tasks.emails import send_confirmation
 from tasks.job_posting import JobPosting
@@ -90,7 +91,7 @@ def _context() -> StepContext[Any]:
 def test_a_receipt_interrupted_while_the_server_answers_stays_an_interruption(slow_smtp: SlowToAccept) -> None:
     """Celery stops running steps with SIGTERM when its broker connection drops, and billiard turns that into
     SystemExit in the pool process. Mid-send, that must end the attempt with its outcome unknown, never become
-    'SMTP refused' (the server's late 250 read as the answer to a QUIT), which pauses a saga whose mail went."""
+    a refusal (the server's late 250 read as the answer to a QUIT), which pauses a saga whose mail went."""
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(-(256 - signum))
@@ -229,18 +230,61 @@ def test_with_starttls_a_server_that_does_not_offer_it_is_sent_nothing(
         smtp: Callable[..., Recorder], certificates: Certificates, monkeypatch: pytest.MonkeyPatch) -> None:
     server = smtp()  # plain SMTP: no STARTTLS in its EHLO answer
     _configure(monkeypatch, starttls="true", ca_file=str(certificates.ca_file), username="ops", password="mail-pw")
-    with pytest.raises(PermanentError, match=r"does not offer STARTTLS, which SAGA_SMTP_STARTTLS requires"):
+    with pytest.raises(PermanentError) as refused:
         send_confirmation(_context())
     assert server.mail_commands == [] and server.messages == []
+    assert_told(refused.value, "PermanentError: the mail server does not offer STARTTLS: nothing was sent",
+                r"MailServerError: SMTP server 127\.0\.0\.1:\d+ does not offer STARTTLS, which SAGA_SMTP_STARTTLS requires")
 
 
 def test_with_starttls_a_certificate_the_ca_file_does_not_vouch_for_is_sent_nothing(
         smtp: Callable[..., Recorder], certificates: Certificates, monkeypatch: pytest.MonkeyPatch) -> None:
     server = smtp(tls_context=certificates.server)
     _configure(monkeypatch, starttls="true")  # the system's CAs, which never signed the test CA's certificate
-    with pytest.raises(PermanentError, match=r"certificate does not verify \(.*\): nothing was sent"):
+    with pytest.raises(PermanentError) as refused:
         send_confirmation(_context())
     assert server.mail_commands == [] and server.messages == []
+    assert_told(refused.value, "PermanentError: the mail server's certificate does not verify: nothing was sent",
+                r"SMTP server 127\.0\.0\.1:\d+: its certificate does not verify \(.+; SAGA_SMTP_CA_FILE sets the CAs\)")
+
+
+class Refusing(Recorder):
+    """Refuses every message with a reply naming its own host, as real servers do."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "550 5.7.1 relaying denied by mx1.corp.internal for 10.0.0.7"
+
+
+def test_a_refused_message_tells_the_tenant_the_reply_code_and_operators_the_servers_words(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    controller = serve_smtp(monkeypatch, Refusing())
+    try:
+        with pytest.raises(PermanentError) as refused:
+            send_confirmation(_context())
+    finally:
+        controller.stop()
+        job_posting_settings.cache_clear()
+    assert_told(refused.value, "PermanentError: the mail server refused the message (550)",
+                r"SMTPDataError: \(550, b'5\.7\.1 relaying denied by mx1\.corp\.internal for 10\.0\.0\.7'\)")
+
+
+def test_an_unreachable_mail_server_tells_the_tenant_so_and_operators_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    serve_smtp(monkeypatch, Recorder()).stop()  # its port, with nobody listening any more
+    try:
+        with pytest.raises(TransientError) as unreachable:
+            send_confirmation(_context())
+    finally:
+        job_posting_settings.cache_clear()
+    assert_told(unreachable.value, "TransientError: the mail server is unreachable",
+                r"ConnectionRefusedError: \[Errno 111\] Connection refused")
+
+
+def assert_told(exc: Exception, tenant: str, operators: str) -> None:
+    """What the ledger records of `exc` holds `operators` (a pattern) after its cause marker; a tenant is told
+    `tenant`, nothing of the mail server's address or words."""
+    recorded = as_recorded(exc)
+    assert classified(recorded) == tenant, recorded
+    assert re.search(f"\ncaused by .*{operators}", recorded), recorded
 
 
 @pytest.mark.parametrize("settings, refused", [

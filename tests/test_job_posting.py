@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 import saga
 from saga import db
+from saga.disclosure import classified
 from saga.testing import Stack, wait_for_status
 from standins import StandIns
 from tests.jobs import FINAL, PNG, assert_clean_end, posting, submit, third_party_records
@@ -89,8 +90,15 @@ def test_stripe_error_bursts_are_retried_and_charge_once(workers: Stack, standin
     assert record.status == "completed", record.error
     charge = next(s for s in record.steps if s.name == "charge_payment")
     assert charge.attempts == 4
-    delays = [e.detail["retry_in"] for e in saga.events(saga_id) if e.kind == "step_attempt_failed"]
+    failed = [e for e in saga.events(saga_id) if e.kind == "step_attempt_failed"]
+    delays = [e.detail["retry_in"] for e in failed]
     assert delays == sorted(delays) and len(delays) == 3
+    # Tenants hear what kind of failure it was; the ledger keeps Stripe's own words for operators.
+    told = {"429": "TransientError: Stripe rate limit (429)", "500": "TransientError: Stripe unavailable (500)"}
+    assert {classified(e.detail["error"]) for e in failed} == {told[fault]}
+    kind, words = {"429": ("RateLimitError", "Too many requests"), "500": ("APIError", "An unknown error")}[fault]
+    causes = [e.detail["error"].partition(f"\ncaused by {kind}: ")[2] for e in failed]
+    assert all(words in cause for cause in causes), failed[0].detail
     assert_clean_end(standins, saga_id, "completed")
 
 
