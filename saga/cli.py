@@ -398,7 +398,7 @@ def render(record: Any) -> str:
                      f"{waiting['step']} ({waiting['reason']})")
         lines.append(f"  send it: saga input {data['id']} --input '{{\"{waiting['fields'][0]}\": ...}}'")
     elif data["error"]:
-        lines.append(f"  reason: {data['error']}")
+        lines.append("  reason: " + data["error"].replace("\n", "\n          "))
     if data.get("rewinding_to"):
         lines.append(f"  rewinding to {data['rewinding_to']}: undoing it and the later steps, then running forward")
     if data.get("cancel_requested"):
@@ -408,7 +408,7 @@ def render(record: Any) -> str:
         tries = f"{s['attempts']}" + (f"+{s['compensation_attempts']}u" if s["compensation_attempts"] else "")
         undone = s.get("compensation_result")
         note = s["error"] or (f"undone: {json.dumps(undone)}" if undone is not None else "")
-        lines.append(f"  {number:<3}{s['name']:<22}{s['kind']:<13}{s['status']:<14}{tries:<7}{note[:60]}")
+        lines.append(f"  {number:<3}{s['name']:<22}{s['kind']:<13}{s['status']:<14}{tries:<7}{note.split(chr(10), 1)[0][:60]}")
     return "\n".join(lines)
 
 

@@ -212,7 +212,7 @@ def _record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: 
     hold = KILL_GRACE if isinstance(exc, TimeLimitExceeded) else 0.0
     retry_in = max(policy.delay(attempt), hold) if attempt < policy.max_attempts else None
     recorded = claims.record_failure(
-        saga_id, step, token, mode, f"{type(exc).__name__}: {exc}", retry_in=retry_in,
+        saga_id, step, token, mode, disclosure.as_recorded(exc), retry_in=retry_in,
         effect_unknown=not part.transactional, hold=hold,  # type: ignore[union-attr]
     )
     if recorded is None:
