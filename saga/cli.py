@@ -408,7 +408,8 @@ def render(record: Any) -> str:
         tries = f"{s['attempts']}" + (f"+{s['compensation_attempts']}u" if s["compensation_attempts"] else "")
         undone = s.get("compensation_result")
         note = s["error"] or (f"undone: {json.dumps(undone)}" if undone is not None else "")
-        lines.append(f"  {number:<3}{s['name']:<22}{s['kind']:<13}{s['status']:<14}{tries:<7}{note.split(chr(10), 1)[0][:60]}")
+        note = note.split("\n", 1)[0]  # an error's causes are in `saga events` and `--json`
+        lines.append(f"  {number:<3}{s['name']:<22}{s['kind']:<13}{s['status']:<14}{tries:<7}{note[:60]}")
     return "\n".join(lines)
 
 
