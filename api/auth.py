@@ -8,9 +8,9 @@ import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api import background
 from api import keys as apikeys
 from api.errors import ApiError
 from api.metrics import KEY_CHECKS
@@ -39,6 +39,7 @@ class KeyRing:
         # Set when the next read to start has ended: whoever waits on it sees keys created before it waited.
         self._next_read = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._thread = background.Thread()
 
     def tenant_known(self, key_hash: str) -> str | None:
         """The tenant of a key known right now (configured, or stored and live at the last read), else None."""
@@ -86,14 +87,22 @@ class KeyRing:
         while True:
             this_read, self._next_read = self._next_read, asyncio.Event()
             try:
-                self._stored, self._revoked = await run_in_threadpool(apikeys.stored_keys)
+                self._stored, self._revoked = await self._thread.run(_read_stored_keys)
+                if not self._last_ok:
+                    log.info("the stored API keys can be read again")
                 self._last_ok = True
-            except Exception:  # the database is unreachable: known keys keep working, unknown ones get 503
+            except Exception as exc:  # the database is unreachable: known keys keep working, unknown ones get 503
+                if self._last_ok:  # the first failure in full, then nothing more until it is over
+                    log.warning("could not read the stored API keys (%s); trying again every %.0fs",
+                                type(exc).__name__, self._refresh, exc_info=True)
                 self._last_ok = False
-                log.warning("could not read the stored API keys; trying again in %.0fs", self._refresh,
-                            exc_info=True)
             this_read.set()
             await asyncio.sleep(self._refresh)
+
+
+def _read_stored_keys() -> tuple[dict[str, str], set[str]]:
+    with background.transaction() as conn:
+        return apikeys.stored_keys(conn)
 
 
 async def tenant_of(

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 
-from saga import db
+from api import background
 from saga.metrics import oldest_unfinished
 
 T = TypeVar("T")
@@ -39,7 +38,7 @@ class LedgerReading:
 def read_ledger() -> LedgerReading:
     """Whether the ledger answers, and what the metrics need of it, in one bounded query."""
     try:
-        with db.transaction() as conn:
+        with background.transaction() as conn:
             conn.execute(text(f"SET LOCAL lock_timeout = '{LEDGER_LOCK_TIMEOUT}'"))
             conn.execute(text(f"SET LOCAL statement_timeout = '{LEDGER_STATEMENT_TIMEOUT}'"))
             return LedgerReading(None, oldest_unfinished(conn))
@@ -60,7 +59,7 @@ def read_broker(celery_app: Any) -> str | None:
 
 
 class Reading(Generic[T]):
-    """The result of a blocking `read`, taken in a worker thread at most once per `interval` seconds."""
+    """The result of a blocking `read`, taken on a thread of its own at most once per `interval` seconds."""
 
     def __init__(self, read: Callable[[], T], interval: float) -> None:
         self._read = read
@@ -68,6 +67,7 @@ class Reading(Generic[T]):
         self._value: tuple[T] | None = None
         self._taken = float("-inf")
         self._pending: asyncio.Future[T] | None = None
+        self._thread = background.Thread()
 
     @property
     def last(self) -> T | None:
@@ -85,7 +85,7 @@ class Reading(Generic[T]):
 
     async def _take(self) -> T:
         try:
-            value = await run_in_threadpool(self._read)
+            value = await self._thread.run(self._read)
             self._value = (value,)
             return value
         finally:

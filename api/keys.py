@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
     MetaData,
     RowMapping,
@@ -170,16 +171,15 @@ def stored_tenant(key_hash: str) -> str | None:
 _ALL_KEYS = select(api_keys.c.key_hash, api_keys.c.tenant, api_keys.c.revoked_at)
 
 
-def stored_keys() -> tuple[dict[str, str], set[str]]:
+def stored_keys(conn: Connection) -> tuple[dict[str, str], set[str]]:
     """(key hash -> tenant of every live stored key, the hashes of the revoked ones)."""
     live: dict[str, str] = {}
     revoked: set[str] = set()
-    with db.transaction() as conn:
-        for row in conn.execute(_ALL_KEYS):
-            if row.revoked_at is None:
-                live[row.key_hash] = row.tenant
-            else:
-                revoked.add(row.key_hash)
+    for row in conn.execute(_ALL_KEYS):
+        if row.revoked_at is None:
+            live[row.key_hash] = row.tenant
+        else:
+            revoked.add(row.key_hash)
     return live, revoked
 
 

@@ -184,13 +184,18 @@ async def get_saga(
     known = _bare(if_none_match) or _bare(response.headers["ETag"])
     if wait <= 0 or known != _bare(response.headers["ETag"]):
         return response
-    watcher = request.app.state.watcher
-    slot = request.app.state.streams.take(tenant, "long_poll")
+    state = request.app.state
+    key_hash: str = request.state.key_hash
+    slot = state.streams.take(tenant, "long_poll")
     try:
         deadline = time.monotonic() + wait
         while record.status not in SETTLED and (remaining := deadline - time.monotonic()) > 0:
-            if not await watcher.changed(saga_id, record.updated_at, remaining):
-                break
+            # Looked at each second: a revoked key's long poll ends as its streams do.
+            if not await state.watcher.changed(saga_id, record.updated_at, min(remaining, 1.0)):
+                if state.keyring.tenant_known(key_hash) != tenant:
+                    raise ApiError(401, "unauthorized", "the API key is no longer valid",
+                                   headers={"WWW-Authenticate": "Bearer"})
+                continue
             record = await run_in_threadpool(saga.load, saga_id, tenant)
             response = SagaJSON(record)
             if _bare(response.headers["ETag"]) != known:
@@ -266,7 +271,7 @@ def saga_events(
     found = saga.events(saga_id, tenant, after=after, limit=limit + 1)
     more = len(found) > limit
     found = found[:limit]
-    return JSONResponse({"items": [event_for_tenant(e.to_dict()) for e in found],
+    return JSONResponse({"items": [event_for_tenant(e.to_dict(), tenant) for e in found],
                          "next_after": found[-1].id if more else None})
 
 

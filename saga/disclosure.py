@@ -98,14 +98,24 @@ def saga_for_tenant(saga: dict[str, Any]) -> dict[str, Any]:
                    "steps": [step | {"error": classified(step["error"])} for step in saga["steps"]]}
 
 
-def event_for_tenant(event: dict[str, Any]) -> dict[str, Any]:
-    """An audit event's JSON (`Event.to_dict()`) with the errors in its detail classified."""
+def event_for_tenant(event: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """An audit event's JSON (`Event.to_dict()`) as `tenant` sees it: the errors in its detail classified, and who
+    asked (`by`) named only when it was one of the tenant's own keys; anyone else is an operator, whose login and
+    host stay with the operators."""
     detail = event["detail"]
-    if not isinstance(detail, dict) or not ({"error", "reason"} & detail.keys()):
+    if not isinstance(detail, dict) or not ({"error", "reason", "by"} & detail.keys()):
         return event
     shown = dict(detail)
     if isinstance(shown.get("error"), str):
         shown["error"] = classified(shown["error"])
     if isinstance(shown.get("reason"), str):
         shown["reason"] = classified_reason(shown["reason"])
+    if "by" in shown:
+        by = shown["by"]
+        ours = isinstance(by, dict) and by.get("via") == "api" and by.get("tenant") == tenant
+        shown["by"] = {k: by[k] for k in ("via", "tenant", "key") if k in by} if ours else OPERATOR
     return event | {"detail": shown}
+
+
+# Who asked, as a tenant is told of anyone but its own keys.
+OPERATOR: dict[str, str] = {"via": "operator"}

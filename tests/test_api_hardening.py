@@ -308,3 +308,50 @@ def test_a_third_partys_error_text_reaches_operators_but_tenants_see_its_kind(ap
     texts = [str(e["detail"]) for e in events]
     assert not any("no answer" in t for t in texts), texts
     assert any(withheld in t for t in texts)
+
+
+def test_revocation_and_health_hold_while_busy_routes_take_every_thread_and_connection(stack: Stack) -> None:
+    """With `sagas` locked (a migration, a stuck query), 60 listings hold every thread of the API's pool and every
+    pooled connection; the key reader and the health check have their own, so neither waits behind them."""
+    server = serve(stack, "api-starved")
+    engine = create_engine(stack.database_url)
+    try:
+        key_id, victim = stored_key()
+        client = server.client(key=victim, timeout=10)
+        wait_until(lambda: client.get("/v1/sagas").status_code == 200, timeout=10, what="the stored key to work")
+        with engine.connect() as locker:
+            locker.execute(text("LOCK TABLE sagas IN ACCESS EXCLUSIVE MODE"))
+
+            async def listings() -> None:
+                async with httpx.AsyncClient(base_url=server.url, timeout=30,
+                                             limits=httpx.Limits(max_connections=None),
+                                             headers={"Authorization": f"Bearer {server.keys['alpha']}"}) as busy:
+                    await asyncio.gather(*(busy.get("/v1/sagas?limit=1") for _ in range(60)),
+                                         return_exceptions=True)
+
+            flood = threading.Thread(target=asyncio.run, args=(listings(),), daemon=True)
+            flood.start()
+            time.sleep(1.5)  # every thread and connection of the routes now waits on the lock
+            assert apikeys.revoke_key(key_id)
+            revoked = time.monotonic()
+            def refused() -> bool:
+                """A refusal needs no thread; a request the key still passes waits for one, so it times out."""
+                try:
+                    return client.get(f"/v1/sagas/{uuid.uuid4()}/events", timeout=0.5).status_code == 401
+                except httpx.TimeoutException:
+                    return False
+
+            wait_until(refused, timeout=5, interval=0.1, what="the revoked key to be refused while the routes are busy")
+            refused_after = time.monotonic() - revoked
+            began = time.monotonic()
+            health = httpx.get(f"{server.url}/healthz", timeout=10)
+            health_took = time.monotonic() - began
+            locker.rollback()
+        flood.join(30)
+        print(f"\nroutes held by a locked table: a revoked key refused after {refused_after:.2f} s, /healthz "
+              f"{health.status_code} in {health_took:.2f} s")
+        assert refused_after < 2.5
+        assert health.status_code == 503 and health_took < 5.0
+    finally:
+        engine.dispose()
+        server.close()

@@ -159,6 +159,13 @@ def test_who_asked_shows_in_the_apis_events_and_in_saga_events(api: ApiServer, s
     line = next(line for line in out.splitlines() if "saga_resumed" in line)
     assert fingerprint(key) in line and tenant in line, out
 
+    # An operator's login and host are the operators' business: the tenant is told "an operator".
+    via_cli()("cancel", saga_id)
+    listed = api.client(key=key).get(f"/v1/sagas/{saga_id}/events").json()["items"]
+    assert [e["detail"]["by"] for e in listed if e["kind"] == "cancel_requested"] == [{"via": "operator"}]
+    assert CLI_USER["host"] not in json.dumps(listed)
+    assert recorded_by(saga_id, "cancel") == CLI_USER
+
 
 def test_the_saga_command_run_as_a_process_records_the_os_user_and_host(stack: Stack) -> None:
     saga_id = held("default", "pending")
