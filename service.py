@@ -131,16 +131,24 @@ def keys() -> None:
 @keys.command(name="create")
 @click.option("--tenant", required=True, help="The tenant whose sagas the key reaches.")
 @click.option("--name", default=None, help="What the key is for (shown by `python -m service keys list`).")
-def keys_create(tenant: str, name: str | None) -> None:
+@click.option("--scope", "scopes", multiple=True, metavar="SCOPE",
+              help="What the key may do, repeatable: sagas:read, sagas:start, sagas:operate (cancel, resume, "
+                   "compensate, rewind, input, restart), webhooks:manage. Default: every scope.")
+def keys_create(tenant: str, name: str | None, scopes: tuple[str, ...]) -> None:
     """Create a key and print it (only now: it is stored hashed)."""
     from api import keys as apikeys
 
+    try:
+        allowed = apikeys.check_scopes(scopes or apikeys.EVERY_SCOPE)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scope") from None
     _boot()
     try:
-        record, key = apikeys.create_key(tenant, name, by=this_user())
+        record, key = apikeys.create_key(tenant, name, scopes=allowed, by=this_user())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
-    click.echo(f"key {record.id} for tenant {record.tenant}; it is shown only once:", err=True)
+    click.echo(f"key {record.id} for tenant {record.tenant} with scopes {' '.join(record.scopes)}; "
+               "it is shown only once:", err=True)
     click.echo(key)
 
 
@@ -148,7 +156,8 @@ def keys_create(tenant: str, name: str | None) -> None:
 @click.option("--tenant", default=None)
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(tenant: str | None, as_json: bool) -> None:
-    """List stored keys (not the keys themselves: who they belong to, and whether they are revoked)."""
+    """List stored keys (not the keys themselves: who they belong to, what they may do, and whether they are
+    revoked)."""
     from dataclasses import asdict
 
     from api import keys as apikeys
@@ -160,7 +169,8 @@ def keys_list(tenant: str | None, as_json: bool) -> None:
         return
     for k in found:
         state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
-        click.echo(f"{k.id:<6} {k.tenant:<20} {state:<24} {k.created_at:%Y-%m-%d %H:%M}  {k.name or ''}")
+        click.echo(f"{k.id:<6} {k.tenant:<20} {state:<24} {k.created_at:%Y-%m-%d %H:%M}  {','.join(k.scopes):<52} "
+                   f"{k.name or ''}".rstrip())
 
 
 @keys.command(name="revoke")
@@ -193,7 +203,8 @@ def keys_events(key_id: int | None, tenant: str | None, limit: int, as_json: boo
         return
     for e in found:
         by = " ".join(f"{name}={value}" for name, value in sorted(e.by.items(), key=lambda i: (i[0] != "via", i[0])))
-        click.echo(f"{e.at:%Y-%m-%d %H:%M:%S}  key {e.key_id:<6} {e.tenant:<20} {e.kind:<8} by {by}")
+        scopes = f"  scopes {','.join(e.scopes)}" if e.scopes is not None else ""
+        click.echo(f"{e.at:%Y-%m-%d %H:%M:%S}  key {e.key_id:<6} {e.tenant:<20} {e.kind:<8} by {by}{scopes}")
 
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -17,7 +18,7 @@ from fastapi_offline import FastAPIOffline
 
 from api import console, errors, health, metrics, stats
 from api import keys as apikeys
-from api.auth import KeyRing
+from api.auth import KeyRing, document_scopes
 from api.headers import SecurityHeaders
 from api.limits import DEFAULT_MAX_BODY, BodySizeLimit
 from api.routes import router
@@ -35,6 +36,12 @@ or everything that can be undone was undone.
 
 Every `/v1` request carries an API key: `Authorization: Bearer <key>`. Each key belongs to one tenant;
 a tenant sees only its own sagas (another tenant's saga is a 404).
+
+Each key has scopes, and each operation needs one (listed in its `security` requirement, its
+`x-required-scopes` and its description): `sagas:read` to read, list and follow sagas, their audit logs and
+the stats; `sagas:start` to start sagas; `sagas:operate` for cancel, resume, compensate, rewind, input and
+restart; `webhooks:manage` for webhook subscriptions. A key without the scope gets `403`
+`insufficient_scope` naming it, whatever the saga (another tenant's saga is still a 404 with the scope).
 
 Every error is `{"error": {"code", "message", "details"}}`.
 """
@@ -64,6 +71,15 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     app.state.streams = StreamSlots(settings.api_streams_per_tenant, settings.api_streams)
     app.state.stream_seconds = settings.api_stream_seconds
     errors.install(app)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document (built once, then kept), with each operation's scopes where readers look."""
+        if app.openapi_schema is None:
+            document_scopes(generate())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(stats.router)
     console.install(app)

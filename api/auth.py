@@ -1,14 +1,16 @@
-"""Bearer API keys: each request's key names its tenant, and every read and write is scoped to it."""
+"""Bearer API keys: each request's key names its tenant, and every read and write is scoped to it; each route needs
+one of the key's scopes (`Reader`, `Starter`, `Operator`), checked before anything is read, so a 403 reveals
+nothing about the sagas there are."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 
 from api import background
 from api import keys as apikeys
@@ -17,7 +19,12 @@ from api.metrics import KEY_CHECKS
 
 log = logging.getLogger("api.auth")
 
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key: `Authorization: Bearer <key>`. Each key has scopes, and each operation lists the one "
+                "it needs (in its `security` requirement and `x-required-scopes`): "
+                + "; ".join(f"`{name}`: {allows}" for name, allows in apikeys.SCOPES.items()) + ".",
+)
 
 
 class KeyRing:
@@ -30,10 +37,10 @@ class KeyRing:
     a flood of made-up keys costs nothing but its own waiting, and valid keys never queue behind it.
     """
 
-    def __init__(self, configured: dict[str, str], refresh: float = 1.0) -> None:
+    def __init__(self, configured: dict[str, apikeys.KeyGrant], refresh: float = 1.0) -> None:
         self._configured = configured
         self._refresh = refresh
-        self._stored: dict[str, str] = {}
+        self._stored: dict[str, apikeys.KeyGrant] = {}
         self._revoked: set[str] = set()
         self._last_ok = True
         # Set when the next read to start has ended: whoever waits on it sees keys created before it waited.
@@ -41,14 +48,19 @@ class KeyRing:
         self._task: asyncio.Task[None] | None = None
         self._thread = background.Thread()
 
-    def tenant_known(self, key_hash: str) -> str | None:
-        """The tenant of a key known right now (configured, or stored and live at the last read), else None."""
+    def known(self, key_hash: str) -> apikeys.KeyGrant | None:
+        """The tenant and scopes of a key known right now (configured, or stored and live at the last read)."""
         return self._configured.get(key_hash) or self._stored.get(key_hash)
 
-    async def tenant(self, key: str) -> str | None:
-        """The tenant of `key`, or None if it is not valid; 503 if stored keys could not be read lately."""
+    def tenant_known(self, key_hash: str) -> str | None:
+        """The tenant of a key known right now, else None."""
+        known = self.known(key_hash)
+        return known.tenant if known else None
+
+    async def grant(self, key: str) -> apikeys.KeyGrant | None:
+        """The tenant and scopes of `key`, or None if it is not valid; 503 if stored keys could not be read lately."""
         key_hash = apikeys.hash_key(key)
-        if (known := self.tenant_known(key_hash)) is not None:
+        if (known := self.known(key_hash)) is not None:
             return known
         if not apikeys.STORED_KEY.fullmatch(key):
             KEY_CHECKS.labels("malformed").inc()
@@ -58,7 +70,7 @@ class KeyRing:
             return None
         self._ensure_running()
         await self._next_read.wait()
-        if (known := self.tenant_known(key_hash)) is not None:
+        if (known := self.known(key_hash)) is not None:
             KEY_CHECKS.labels("new").inc()
             return known
         if not self._last_ok:
@@ -100,27 +112,65 @@ class KeyRing:
             await asyncio.sleep(self._refresh)
 
 
-def _read_stored_keys() -> tuple[dict[str, str], set[str]]:
+def _read_stored_keys() -> tuple[dict[str, apikeys.KeyGrant], set[str]]:
     with background.transaction() as conn:
         return apikeys.stored_keys(conn)
 
 
 async def tenant_of(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    scopes: SecurityScopes, request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The calling tenant; 401 without a valid key."""
+    """The calling tenant: 401 without a valid key, then 403 if the key lacks a scope the route needs (named in
+    `Security(..., scopes=...)`). Both come before the route reads anything, so neither says whether a saga
+    exists; a key with the scope still gets 404 for another tenant's saga."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "unauthorized", "send an API key as `Authorization: Bearer <key>`",
                        headers={"WWW-Authenticate": "Bearer"})
-    tenant = await request.app.state.keyring.tenant(credentials.credentials)
-    if tenant is None:
+    grant = await request.app.state.keyring.grant(credentials.credentials)
+    if grant is None:
         raise ApiError(401, "unauthorized", "the API key is not valid",
                        headers={"WWW-Authenticate": "Bearer"})
+    for scope in scopes.scopes:
+        if scope not in grant.scopes:
+            raise ApiError(
+                403, "insufficient_scope",
+                f"this API key lacks the scope {scope}, which {request.method} {_route_path(request)} needs "
+                f"(the key has {', '.join(sorted(grant.scopes))}); use a key created with --scope {scope}",
+                {"scope": scope}, headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})
     key_hash = apikeys.hash_key(credentials.credentials)
     request.state.key_hash = key_hash  # open streams end when this key stops being valid
     # Who asked, for the audit log of operator actions: the tenant and its key by fingerprint, never the key.
-    request.state.caller = {"via": "api", "tenant": tenant, "key": f"sha256:{key_hash[:12]}"}
-    return tenant
+    request.state.caller = {"via": "api", "tenant": grant.tenant, "key": f"sha256:{key_hash[:12]}"}
+    return grant.tenant
 
 
-Tenant = Annotated[str, Depends(tenant_of)]
+def _route_path(request: Request) -> str:
+    """The route's path as the OpenAPI document names it (`/v1/sagas/{saga_id}/cancel`), not the saga's id."""
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or request.url.path
+
+
+Reader = Annotated[str, Security(tenant_of, scopes=["sagas:read"])]
+"""The tenant of a key with `sagas:read`: reading, listing and following sagas."""
+Starter = Annotated[str, Security(tenant_of, scopes=["sagas:start"])]
+"""The tenant of a key with `sagas:start`: starting sagas."""
+Operator = Annotated[str, Security(tenant_of, scopes=["sagas:operate"])]
+"""The tenant of a key with `sagas:operate`: cancel, resume, compensate, rewind, input, restart."""
+WebhookManager = Annotated[str, Security(tenant_of, scopes=["webhooks:manage"])]
+"""The tenant of a key with `webhooks:manage`: managing webhook subscriptions."""
+
+
+def document_scopes(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with each operation's scopes (from its `security` requirement) also in
+    `x-required-scopes` and a sentence of its description, where a reader or a client generator sees them."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            needed = sorted({scope for requirement in operation.get("security", ())
+                             for scopes in requirement.values() for scope in scopes})
+            if not needed:
+                continue
+            operation["x-required-scopes"] = needed
+            sentence = f"Needs an API key with the scope {', '.join(f'`{s}`' for s in needed)} (403 without it)."
+            operation["description"] = f"{operation.get('description', '').rstrip()}\n\n{sentence}".lstrip()
+    return schema

@@ -1,6 +1,8 @@
 """The `/v1/sagas` routes: start, read, list, audit log, long poll and stream, operator actions.
 
-Every route is scoped to the caller's tenant: another tenant's saga answers 404, as if it did not exist.
+Every route is scoped to the caller's tenant: another tenant's saga answers 404, as if it did not exist. Each needs
+one scope of the caller's key: starting `sagas:start`, reading and following `sagas:read`, operator actions
+`sagas:operate` (403 without it, checked before the saga is looked at).
 Blocking database work runs in FastAPI's threadpool (sync endpoints, or `run_in_threadpool`).
 """
 
@@ -21,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 import saga
-from api.auth import Tenant
+from api.auth import Operator, Reader, Starter
 from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
 from api.metrics import SAGAS_STARTED
 from api.schemas import EventPage, ProvideInput, RestartSaga, RewindSaga, Saga, SagaPage, StartSaga
@@ -82,11 +84,11 @@ _NEXT = {name: {"operationId": operation, "parameters": {"saga_id": "$response.b
     responses={202: {"description": "The saga, accepted.", "links": _NEXT},
                200: {"model": Saga, "description": "A replay: the saga this idempotency key started before.",
                      "links": _NEXT},
-               **responses(400, 401, 404, 413, 422, 429, 503)},
+               **responses(400, 401, 403, 404, 413, 422, 429, 503)},
     summary="Start a saga", operation_id="startSaga",
 )
 def start_saga(
-    body: StartSaga, tenant: Tenant, background: BackgroundTasks,
+    body: StartSaga, tenant: Starter, background: BackgroundTasks,
     idempotency_key: Annotated[str, key_header(
         "Unique per saga (printable ASCII); repeat it when you retry. Same key and body: the same saga back "
         "(200); same key, other body: 422.")],
@@ -108,10 +110,10 @@ def _accepted(started: saga.Started, background: BackgroundTasks) -> SagaJSON:
     return SagaJSON(record, 202 if started.created else 200, headers={"Location": f"/v1/sagas/{record.id}"})
 
 
-@router.get("", response_model=SagaPage, responses=responses(401, 422, 429, 503), summary="List sagas, newest first",
+@router.get("", response_model=SagaPage, responses=responses(401, 403, 422, 429, 503), summary="List sagas, newest first",
             operation_id="listSagas")
 def list_sagas(
-    tenant: Tenant,
+    tenant: Reader,
     status: Annotated[SagaStatus | None, Query(description="Only sagas in this status.")] = None,
     type: Annotated[str | None, Query(
         max_length=100, pattern=NO_NUL, description="Only sagas of this type.")] = None,
@@ -166,10 +168,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
                        [{"field": "cursor", "message": "not a cursor from next_cursor"}]) from None
 
 
-@router.get("/{saga_id}", response_model=Saga, responses=responses(401, 404, 422, 429, 503), summary="Read a saga",
+@router.get("/{saga_id}", response_model=Saga, responses=responses(401, 403, 404, 422, 429, 503), summary="Read a saga",
             operation_id="getSaga")
 async def get_saga(
-    saga_id: SagaId, tenant: Tenant, request: Request,
+    saga_id: SagaId, tenant: Reader, request: Request,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description=(
         "Long poll: hold the answer up to this many seconds until the saga changes (from the version in "
         "`If-None-Match`, else from the one when the request arrived). A saga that can no longer change "
@@ -210,10 +212,10 @@ async def get_saga(
     responses={200: {"content": {"text/event-stream": {}}, "description":
                      "Server-Sent Events: one `saga` event with the saga's JSON now and after every change; "
                      "the stream ends once the saga is completed, compensated, paused or failed."},
-               **responses(401, 404, 422, 429, 503)},
+               **responses(401, 403, 404, 422, 429, 503)},
     summary="Follow a saga as Server-Sent Events", operation_id="streamSaga",
 )
-async def stream_saga(saga_id: SagaId, tenant: Tenant, request: Request) -> StreamingResponse:
+async def stream_saga(saga_id: SagaId, tenant: Reader, request: Request) -> StreamingResponse:
     """One `saga` event now and after every change, until the saga ends, the key stops being valid, or the
     stream reaches its maximum age (`SAGA_API_STREAM_SECONDS`; reconnect to go on). 429 over the open streams
     allowed per tenant or in all."""
@@ -261,10 +263,10 @@ async def stream_saga(saga_id: SagaId, tenant: Tenant, request: Request) -> Stre
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-@router.get("/{saga_id}/events", response_model=EventPage, responses=responses(401, 404, 422, 429, 503),
+@router.get("/{saga_id}/events", response_model=EventPage, responses=responses(401, 403, 404, 422, 429, 503),
             summary="A saga's audit log, oldest first", operation_id="listSagaEvents")
 def saga_events(
-    saga_id: SagaId, tenant: Tenant,
+    saga_id: SagaId, tenant: Reader,
     after: Annotated[int, Query(ge=0, le=2**62, description="Only events after this event id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> JSONResponse:
@@ -276,21 +278,21 @@ def saga_events(
 
 
 def _action(name: str, summary: str, doc: str) -> None:
-    def act(saga_id: SagaId, tenant: Tenant, request: Request) -> SagaJSON:
+    def act(saga_id: SagaId, tenant: Operator, request: Request) -> SagaJSON:
         return SagaJSON(getattr(saga, name)(saga_id, tenant, by=request.state.caller))
 
     act.__name__ = f"{name}_saga"
     act.__doc__ = doc
-    router.post(f"/{{saga_id}}/{name}", response_model=Saga, responses=responses(401, 404, 409, 422, 429, 503),
+    router.post(f"/{{saga_id}}/{name}", response_model=Saga, responses=responses(401, 403, 404, 409, 422, 429, 503),
                 summary=summary, operation_id=f"{name}Saga")(act)
 
 
 @router.post(
-    "/{saga_id}/input", response_model=Saga, responses=responses(400, 401, 404, 409, 413, 422, 429, 503),
+    "/{saga_id}/input", response_model=Saga, responses=responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     summary="Give a saga the input it awaits", operation_id="provideInput",
 )
 def provide_input(
-    saga_id: SagaId, body: ProvideInput, tenant: Tenant, background: BackgroundTasks, request: Request,
+    saga_id: SagaId, body: ProvideInput, tenant: Operator, background: BackgroundTasks, request: Request,
     idempotency_key: Annotated[str, key_header(
         "Unique per input you send (printable ASCII); repeat it when you retry. Same key and input: the saga "
         "back, nothing changed; same key, other input: 422.")],
@@ -309,11 +311,11 @@ def provide_input(
 
 
 @router.post(
-    "/{saga_id}/rewind", response_model=Saga, responses=responses(400, 401, 404, 409, 413, 422, 429, 503),
+    "/{saga_id}/rewind", response_model=Saga, responses=responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     summary="Take a saga back to an earlier step", operation_id="rewindSaga",
 )
 def rewind_saga(
-    saga_id: SagaId, body: RewindSaga, tenant: Tenant, request: Request,
+    saga_id: SagaId, body: RewindSaga, tenant: Operator, request: Request,
     idempotency_key: Annotated[str, key_header(
         "Unique per rewind (printable ASCII); repeat it when you retry: the saga back, nothing changed.")],
 ) -> SagaJSON:
@@ -348,11 +350,11 @@ _action("compensate", "Re-run the compensations of a failed saga",
     responses={202: {"description": "The new saga, accepted.", "links": _NEXT},
                200: {"model": Saga, "description": "A replay: the restart this idempotency key made before.",
                      "links": _NEXT},
-               **responses(400, 401, 404, 409, 413, 422, 429, 503)},
+               **responses(400, 401, 403, 404, 409, 413, 422, 429, 503)},
     summary="Start a compensated or failed saga again", operation_id="restartSaga",
 )
 def restart_saga(
-    saga_id: SagaId, tenant: Tenant, background: BackgroundTasks, request: Request, body: RestartSaga | None = None,
+    saga_id: SagaId, tenant: Operator, background: BackgroundTasks, request: Request, body: RestartSaga | None = None,
     idempotency_key: Annotated[str | None, key_header(
         "The new saga's key (default `restart-of:<id>`); repeat it when you retry.")] = None,
 ) -> SagaJSON:

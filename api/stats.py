@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.auth import Tenant
+from api.auth import Reader
 from api.errors import responses
 from api.schemas import Stats
 from saga.disclosure import classified_reason
@@ -14,9 +14,9 @@ from saga.overview import overview
 router = APIRouter(prefix="/v1", tags=["overview"])
 
 
-@router.get("/stats", response_model=Stats, responses=responses(401, 429, 503),
+@router.get("/stats", response_model=Stats, responses=responses(401, 403, 429, 503),
             summary="Counts, sagas that need an operator, and the last hour", operation_id="getStats")
-def stats(tenant: Tenant) -> JSONResponse:
+def stats(tenant: Reader) -> JSONResponse:
     """How many of the tenant's sagas are in each status, by type; the sagas that need an operator (failed,
     awaiting input past half their wait, paused), most pressing first; and per minute of the last hour how many
     sagas started, completed, were compensated, paused or failed."""

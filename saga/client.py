@@ -38,6 +38,15 @@ class ApiError(SagaError):
         self.code = code
 
 
+class MissingScope(ApiError):
+    """The API key lacks the scope this request needs (403 `insufficient_scope`): `scope` names it, and a key
+    created with it (`python -m service keys create --scope ...`) is what the request takes."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(status, code, message, details)
+        self.scope: str | None = details.get("scope") if isinstance(details, dict) else None
+
+
 class ApiUnreachable(ApiError):
     """No answer from the API after every retry (connection refused, timeouts, gateway errors)."""
 
@@ -204,6 +213,7 @@ class SagaClient:
 def _error(response: httpx.Response) -> ApiError:
     try:
         error = response.json()["error"]
-        return ApiError(response.status_code, str(error["code"]), str(error["message"]), error.get("details"))
+        kind = MissingScope if response.status_code == 403 and error["code"] == "insufficient_scope" else ApiError
+        return kind(response.status_code, str(error["code"]), str(error["message"]), error.get("details"))
     except (ValueError, KeyError, TypeError):
         return ApiError(response.status_code, f"http_{response.status_code}", response.text[:200] or "error")

@@ -21,11 +21,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+import saga
 from api import keys as apikeys
 from saga.testing import Stack, wait_until
 from tests.conftest import TEST_DIR
 from tests.jobs import posting
 from tests.test_api import switch
+from tests.test_audit import held
 
 ARTIFACTS = TEST_DIR / "artifacts"
 FINAL = ("completed", "compensated", "paused", "failed")
@@ -226,6 +228,20 @@ def test_cancel_moves_a_running_saga_and_a_refusal_is_shown(
     WebDriverWait(browser, 10).until(lambda b: "cancel refused" in texts(b, "#notice")[0])
     assert "point of no return" in texts(browser, "#notice")[0]
     assert ended(client, past_pivot)["status"] == "completed"
+
+
+def test_a_key_that_may_only_read_sees_a_saga_and_is_told_why_its_cancel_is_refused(
+    api: Any, browser: WebDriver,
+) -> None:
+    tenant = f"ui-{uuid.uuid4().hex[:10]}"
+    _, key = apikeys.create_key(tenant, scopes=["sagas:read"])
+    saga_id = held(tenant, "pending")
+    open_console(browser, api, key, f"#/saga/{saga_id}")
+    WebDriverWait(browser, 20).until(lambda b: badge(b) == "pending")
+    click(browser, '#actions [data-action="cancel"]')
+    WebDriverWait(browser, 10).until(lambda b: "cancel refused" in texts(b, "#notice")[0])
+    assert "lacks the scope sagas:operate" in texts(browser, "#notice")[0]
+    assert saga.load(saga_id).status == "pending"
 
 
 def test_resume_a_paused_saga_and_compensate_a_failed_one(

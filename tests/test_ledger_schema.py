@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 import migrations
+from api.keys import EVERY_SCOPE
 from devstack.servers import Services
 from saga import store
 from saga.ledger import TABLES, VERSION_TABLE
@@ -182,8 +183,11 @@ def test_a_ledger_from_the_shared_version_table_upgrades_in_place_keeping_every_
     assert snapshot(database) == before, "a saga, step, event or service row changed"
 
     migrations.upgrade(database)  # the service's own history adopts its tables as they are
-    assert version(database, "service_alembic_version") == ["api_0002", "jobs_0001"]
-    assert snapshot(database) == before
+    assert version(database, "service_alembic_version") == ["api_0003", "jobs_0001"]
+    after = snapshot(database)
+    keys = [json.loads(row) for row in after.pop("api_keys")]
+    assert [key.pop("scopes") for key in keys] == [list(EVERY_SCOPE)], "a key from before scopes keeps every one"
+    assert {**after, "api_keys": keys} == {**before, "api_keys": [json.loads(row) for row in before["api_keys"]]}
 
     fresh = with_database(servers.database_url, f"saga_schema_{uuid.uuid4().hex[:10]}")
     create_database(servers.database_url, fresh.rsplit("/", 1)[1])
