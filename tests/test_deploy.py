@@ -82,11 +82,13 @@ def test_compose_runs_the_whole_stack_with_health_checks(config: dict[str, Any])
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy", name
         env = services[name]["environment"]
         assert env["SAGA_LOG_FORMAT"] == "json", name
+        assert services[name]["image"] == "celery-sagas" and services[name]["build"]["context"] == str(ROOT)
+        if name == "flower":
+            continue  # the broker alone (test_flower_gets_the_broker_alone_and_none_of_the_apps_secrets)
         assert env["SAGA_DATABASE_URL"].startswith(f"postgresql+psycopg://saga:{SECRETS['SAGA_DB_PASSWORD']}@postgres:")
         third_parties = {k: v for k, v in SECRETS.items()
                          if k not in ("POSTGRES_PASSWORD", "SAGA_DB_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
         assert {k: env.get(k) for k in third_parties} == third_parties, name
-        assert services[name]["image"] == "celery-sagas" and services[name]["build"]["context"] == str(ROOT)
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == SECRETS["FLOWER_BASIC_AUTH"]
     assert "noeviction" in services["redis"]["command"] and "--appendonly" in services["redis"]["command"]
 
@@ -111,7 +113,7 @@ def test_only_the_api_and_flower_are_published_and_on_this_hosts_loopback_only(c
 def test_the_app_connects_to_postgresql_as_the_services_own_role_not_the_superuser(config: dict[str, Any]) -> None:
     services = config["services"]
     superuser = services["postgres"]["environment"]["POSTGRES_USER"]
-    for name in APP_SERVICES:
+    for name in APP_SERVICES - {"flower"}:  # Flower needs no database (below)
         url = make_url(services[name]["environment"]["SAGA_DATABASE_URL"])
         assert (url.username, url.password, url.host, url.database) == (
             "saga", SECRETS["SAGA_DB_PASSWORD"], "postgres", "saga"), name
@@ -132,6 +134,14 @@ def _mount(volume: str | dict[str, Any]) -> tuple[str, str]:
         return str(volume["source"]), str(volume["target"])
     source, target, *_ = volume.split(":")
     return source, target
+
+
+def test_flower_gets_the_broker_alone_and_none_of_the_apps_secrets(config: dict[str, Any]) -> None:
+    """Flower shows operators the tasks and needs the broker only: no database URL, no Stripe key, no cloud or mail
+    credentials in a process whose pages sit on the network. It serves with that environment alone."""
+    flower = config["services"]["flower"]["environment"]
+    assert set(flower) == {"SAGA_BROKER_URL", "SAGA_MODULES", "SAGA_LOG_FORMAT", "FLOWER_BASIC_AUTH"}, flower
+    assert not {str(v) for v in flower.values()} & {v for k, v in SECRETS.items() if k != "FLOWER_BASIC_AUTH"}
 
 
 def test_redis_requires_its_password_from_every_client(config: dict[str, Any]) -> None:
