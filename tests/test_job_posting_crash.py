@@ -8,6 +8,7 @@ import time
 from collections.abc import Collection, Iterator
 from functools import partial
 from urllib.parse import urlparse
+from uuid import UUID
 
 import psutil
 import pytest
@@ -36,11 +37,24 @@ def pool_children(stack: Stack) -> list[int]:
     return [c.pid for c in psutil.Process(worker.popen.pid).children(recursive=True)]
 
 
-def kill_in(stack: Stack, step: str, patience: float, exclude: Collection[Attempt]) -> Attempt:
-    """A kill that landed in `step`, or in any step once `patience` seconds passed without one running."""
+def kill_in(stack: Stack, step: str, patience: float, exclude: Collection[Attempt], ids: list[UUID],
+            standins: StandIns) -> Attempt:
+    """A kill that landed in `step`, or in any step once `patience` seconds passed without one running. A saga's
+    steps take milliseconds, so while none runs, a new saga whose charge Stripe holds for a while comes every few
+    seconds to give the kill something to land in (its id joins `ids`)."""
     give_up = time.monotonic() + patience
-    return wait_until(lambda: kill_a_running_step(stack, None if time.monotonic() > give_up else {step}, exclude),
-                      timeout=patience + 60, interval=0.1, what=f"a kill to land in {step} or another step")
+    next_saga = give_up
+
+    def attempt() -> Attempt | None:
+        nonlocal next_saga
+        landed = kill_a_running_step(stack, None if time.monotonic() > give_up else {step}, exclude)
+        if not landed and time.monotonic() > next_saga:
+            standins.stripe_faults("hang", 1, seconds=1.5, add=True)
+            ids.append(submit(payment_method="pm_card_visa"))
+            next_saga = time.monotonic() + 3
+        return landed
+
+    return wait_until(attempt, timeout=patience + 60, interval=0.1, what=f"a kill to land in {step} or another step")
 
 
 def test_sagas_end_cleanly_while_pool_children_and_a_whole_worker_are_killed(
@@ -53,7 +67,7 @@ def test_sagas_end_cleanly_while_pool_children_and_a_whole_worker_are_killed(
     # Each kill aims at the steps that talk to a third party in turn (the pivot first, while Stripe is slow);
     # more sagas arrive meanwhile, so every step keeps having some to run.
     for round_, step in enumerate(["charge_payment", "upload_logo", "send_confirmation"] * 4):
-        landed.append(kill_in(workers, step, patience=3, exclude=landed))
+        landed.append(kill_in(workers, step, patience=3, exclude=landed, ids=ids, standins=standins))
         ids.append(submit(payment_method="pm_card_chargeDeclined" if round_ % 4 == 3 else "pm_card_visa"))
         if round_ == 6:
             # The whole worker, main process and pool at once, while it holds steps (other than those whose
