@@ -40,18 +40,23 @@ def pool_children(stack: Stack) -> list[int]:
 def kill_in(stack: Stack, step: str, patience: float, exclude: Collection[Attempt], ids: list[UUID],
             standins: StandIns) -> Attempt:
     """A kill that landed in `step`, or in any step once `patience` seconds passed without one running. A saga's
-    steps take milliseconds, so while none runs, a new saga whose charge Stripe holds for a while comes every few
-    seconds to give the kill something to land in (its id joins `ids`)."""
+    steps take milliseconds, so while none is caught running, new sagas come every second to give the kill
+    something to land in (their ids join `ids`): one whose charge Stripe holds for a while when the charge is the
+    aim or any step will do, else a few at once, whose first steps queue behind each other."""
     give_up = time.monotonic() + patience
-    next_saga = give_up
+    next_saga = time.monotonic() + 1
 
     def attempt() -> Attempt | None:
         nonlocal next_saga
-        landed = kill_a_running_step(stack, None if time.monotonic() > give_up else {step}, exclude)
+        anything = time.monotonic() > give_up
+        landed = kill_a_running_step(stack, None if anything else {step}, exclude)
         if not landed and time.monotonic() > next_saga:
-            standins.stripe_faults("hang", 1, seconds=1.5, add=True)
-            ids.append(submit(payment_method="pm_card_visa"))
-            next_saga = time.monotonic() + 3
+            if step == "charge_payment" or anything:
+                standins.stripe_faults("hang", 1, seconds=1.5, add=True)
+                ids.append(submit(payment_method="pm_card_visa"))
+            else:
+                ids.extend(submit(payment_method="pm_card_visa") for _ in range(4))
+            next_saga = time.monotonic() + 1
         return landed
 
     return wait_until(attempt, timeout=patience + 60, interval=0.1, what=f"a kill to land in {step} or another step")
