@@ -1,7 +1,7 @@
 """DBOS Transact peer, run by the peer venv's python (never imported by the project): a worker or a submitter.
 
     python bench/peers/dbos_peer.py worker --system-db URL --app-db URL [--concurrency 2] [--poll 0.01]
-        [--step-kind transaction|step]
+        [--step-kind transaction|step] [--schema dbos]
     python bench/peers/dbos_peer.py submitter --system-db URL
 
 The workflow `bench_workflow(run_id, ref)` has 4 steps, each inserting one row `(run_id, ref, step)` into
@@ -32,7 +32,6 @@ from dbos import DBOS, DBOSClient, DBOSConfig, SQLAlchemyDatasource
 APP_NAME = "bench_peer"
 QUEUE = "bench"
 WORKFLOW = "bench_workflow"
-DATASOURCE_SCHEMA = "dbos_bench_peer"  # the datasource's checkpoint table, in the app database
 INSERT = "INSERT INTO bench_rows (run_id, ref, step) VALUES (%s, %s, %s)"
 
 
@@ -53,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
         return local.conn
 
     if args.step_kind == "transaction":
-        datasource = SQLAlchemyDatasource.create(args.app_db, schema=DATASOURCE_SCHEMA)
+        datasource = SQLAlchemyDatasource.create(args.app_db, schema=args.schema)
 
         def make_step(number: int) -> Any:
             @datasource.transaction(name=f"step_{number}", isolation_level="READ COMMITTED")
@@ -119,6 +118,7 @@ def main() -> None:
     w.add_argument("--concurrency", type=int, default=2)
     w.add_argument("--poll", type=float, default=0.01, help="queue polling interval, seconds")
     w.add_argument("--step-kind", choices=("transaction", "step"), default="transaction")
+    w.add_argument("--schema", default="dbos", help="schema of the transaction steps' checkpoints in the app db")
     s = sub.add_parser("submitter")
     s.add_argument("--system-db", required=True)
     args = parser.parse_args()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import time
 import uuid
@@ -31,13 +32,15 @@ SCRIPTS = Path(__file__).resolve().parent
 LOG_DIR = PEERS_DIR / "logs"
 POLL = 0.02  # as bench.run
 SOLO_POLL = 0.002  # as bench.run: one-at-a-time runs poll faster, their latency is the figure
+DATASOURCE_SCHEMA = "dbos_bench_peer"  # DBOS's checkpoints of its transaction steps, in the bench's database
 
 
 class Submitter:
     """The peer's submitting process: one JSON command a line on its stdin, one JSON answer a line on its stdout."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, timeout: float) -> None:
         self._log = log.open("ab")
+        self.timeout = timeout
         self.popen = subprocess.Popen(argv, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=SCRIPTS,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                       start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
@@ -48,6 +51,9 @@ class Submitter:
         assert stdin is not None and stdout is not None
         stdin.write(json.dumps(command) + "\n")
         stdin.flush()
+        # One answer a command, so nothing is left in stdout's buffer between commands: select sees it all.
+        if not select.select([stdout], [], [], self.timeout)[0]:
+            raise TimeoutError(f"submitter gave no answer to {command['cmd']} in {self.timeout:.0f}s")
         line = stdout.readline()
         if not line:
             raise RuntimeError(f"submitter exited ({self.popen.poll()}): {self.log.read_text()[-2000:]}")
@@ -247,15 +253,16 @@ class DbosPeer(Peer):
         script = str(SCRIPTS / "dbos_peer.py")
         worker = self._spawn_worker(
             [str(python), script, "worker", "--system-db", system_url, "--app-db", database_url,
-             "--concurrency", str(self.concurrency), "--poll", str(self.poll_s), "--step-kind", self.step_kind],
+             "--concurrency", str(self.concurrency), "--poll", str(self.poll_s), "--step-kind", self.step_kind,
+             "--schema", DATASOURCE_SCHEMA],
             {}, "ready")
         submitter = Submitter([str(python), script, "submitter", "--system-db", system_url], {},
-                              LOG_DIR / "dbos-submitter.log")
+                              LOG_DIR / "dbos-submitter.log", self.timeout)
         return worker, submitter
 
     def _cleanup(self) -> None:
         assert self._conn is not None
-        self._conn.execute("DROP SCHEMA IF EXISTS dbos_bench_peer CASCADE")  # the datasource's checkpoints
+        self._conn.execute(f"DROP SCHEMA IF EXISTS {DATASOURCE_SCHEMA} CASCADE")
         if self.system_database:
             drop_database(self.database_url, self.system_database)
             self.system_database = ""
@@ -288,7 +295,7 @@ class CelerySagaPeer(Peer):
              f"--hostname={self.name}@%h", "--loglevel=INFO", "--without-gossip", "--without-mingle",
              f"--queues={self.queue}"], env, " ready.")
         submitter = Submitter([str(python), str(SCRIPTS / "celery_saga_peer.py"), "submitter"], env,
-                              LOG_DIR / "celery-saga-submitter.log")
+                              LOG_DIR / "celery-saga-submitter.log", self.timeout)
         return worker, submitter
 
     def _cleanup(self) -> None:
