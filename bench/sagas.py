@@ -45,13 +45,15 @@ class BenchInput(BaseModel):
     run_id: str
 
 
-def _declare(name: str, transactional: bool) -> SagaType[BenchInput]:
+def _declare(name: str, transactional: bool, continuation: bool = True) -> SagaType[BenchInput]:
     """Four steps (compensable, compensable, pivot, retriable) that each write one row.
 
     Transactional: the row goes through `ctx.db`, committed with the step's outcome (exactly once).
     Otherwise: the body writes in a transaction of its own, as a body calling a third party would.
+    `continuation=False`: every step goes through the broker as a message of its own.
     """
-    saga_type = sagas.saga_type(name, BenchInput, queue=QUEUE, default_time_limit=TIME_LIMIT)
+    saga_type = sagas.saga_type(name, BenchInput, queue=QUEUE, default_time_limit=TIME_LIMIT,
+                                continuation=continuation)
     for number, kind in enumerate(("compensable", "compensable", "pivot", "retriable"), start=1):
         def body(ctx: StepContext[BenchInput], number: int = number) -> None:
             if ctx.db is not None:
@@ -72,7 +74,8 @@ def _nothing(ctx: StepContext[BenchInput]) -> None:
 
 bench_saga = _declare("bench_saga", transactional=True)
 bench_saga_own_tx = _declare("bench_saga_own_tx", transactional=False)
-SAGA_TYPES = ("bench_saga", "bench_saga_own_tx")
+bench_saga_broker = _declare("bench_saga_broker", transactional=True, continuation=False)
+bench_saga_own_tx_broker = _declare("bench_saga_own_tx_broker", transactional=False, continuation=False)
 
 
 # --- job-posting-shaped: a blob in the input (a logo) that only the first step reads ----------------------
@@ -102,9 +105,10 @@ def _declare_blob(name: str, large: bool) -> SagaType[BlobInput]:
     return saga_type
 
 
-def _declare_long(name: str, steps: int) -> SagaType[BenchInput]:
+def _declare_long(name: str, steps: int, continuation: bool = True) -> SagaType[BenchInput]:
     """`steps` transactional one-row steps: half compensable, a pivot, the rest retriable."""
-    saga_type = sagas.saga_type(name, BenchInput, queue=QUEUE, default_time_limit=TIME_LIMIT)
+    saga_type = sagas.saga_type(name, BenchInput, queue=QUEUE, default_time_limit=TIME_LIMIT,
+                                continuation=continuation)
     compensable = steps // 2
     for number in range(1, steps + 1):
         kind = "compensable" if number <= compensable else "pivot" if number == compensable + 1 else "retriable"
@@ -121,6 +125,7 @@ def _declare_long(name: str, steps: int) -> SagaType[BenchInput]:
 
 LONG_STEPS = 20
 bench_long = _declare_long("bench_long", LONG_STEPS)
+bench_long_broker = _declare_long("bench_long_broker", LONG_STEPS, continuation=False)
 bench_blob = _declare_blob("bench_blob", large=True)
 bench_blob_inline = _declare_blob("bench_blob_inline", large=False)
 

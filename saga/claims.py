@@ -59,6 +59,16 @@ class Refusal:
     out_of_turn: bool = False
 
 
+@dataclass(frozen=True)
+class Committed:
+    """A step's outcome is recorded: the saga's status then, and whether a cancel is still to be honoured. With
+    `next`, the same statement also claimed the saga's next step for this execution (continuation)."""
+
+    saga_status: str
+    cancel_requested: bool = False
+    next: Claim | None = None
+
+
 Mode = Literal["forward", "compensation"]
 
 # Every statement names the saga id in its step predicates (`st.saga_id = :saga_id`), never only through a
@@ -105,10 +115,10 @@ WITH s AS (
     SELECT :saga_id, :name, 'step_started',
         jsonb_build_object('attempt', c.attempts, 'task_id', :task_id, 'redelivered', :redelivered) FROM c
 )
-SELECT c.fencing_token, c.attempts, s.input,
+SELECT c.fencing_token AS token, c.attempts AS attempt, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(c.checkpoint, '{{}}'), s.tenant,
+    coalesce(c.checkpoint, '{{}}') AS checkpoint, s.tenant,
     (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, c.generation
 FROM c, s
 """)
@@ -130,22 +140,23 @@ WITH s AS (
         jsonb_build_object('attempt', c.compensation_attempts, 'task_id', :task_id, 'redelivered', :redelivered)
     FROM c
 )
-SELECT c.fencing_token, c.compensation_attempts, s.input,
+SELECT c.fencing_token AS token, c.compensation_attempts AS attempt, s.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND result IS NOT NULL) AS results,
-    coalesce(c.checkpoint, '{{}}'), s.tenant,
+    coalesce(c.checkpoint, '{{}}') AS checkpoint, s.tenant,
     (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, c.generation
 FROM c, s
 """)
 # Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
 # forward step may run before it takes anything.
 _LOOK = text(f"""
-SELECT sa.status, sa.cancel_requested, st.status, st.attempts, st.compensation_attempts,
+SELECT sa.status AS saga_status, sa.cancel_requested, st.status AS step_status, st.attempts,
+    st.compensation_attempts,
     greatest(0, extract(epoch FROM st.lease_expires_at - now()), extract(epoch FROM st.not_before - now())) AS wait,
     sa.input,
     (SELECT coalesce(jsonb_object_agg(name, result), '{{}}') FROM saga_steps
      WHERE saga_id = :saga_id AND idx < :idx AND status = 'succeeded') AS results,
-    coalesce(st.checkpoint, '{{}}'), st.effect_unknown, sa.tenant,
+    coalesce(st.checkpoint, '{{}}') AS checkpoint, st.effect_unknown, sa.tenant,
     (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, st.generation,
     (sa.version = :version AND coalesce(sa.fingerprint, :fingerprint) = :fingerprint) AS ours, {_IN_TURN} AS in_turn,
     {_UNDO_IN_TURN} AS undo_in_turn
@@ -155,7 +166,7 @@ WHERE sa.id = :saga_id AND st.idx = :idx
 # The claim and the commit of a transactional forward step at once, after its body (so the clock is the
 # statement's, not the transaction's); when the step cannot be taken the caller rolls the whole transaction
 # back.
-_FORWARD_CLAIM_AND_COMMIT = text(f"""
+_FORWARD_CLAIM_AND_COMMIT_CTES = f"""
 WITH s AS (
     SELECT id FROM sagas
     WHERE id = :saga_id AND status IN ('pending', 'running') AND NOT cancel_requested AND {_OURS} FOR NO KEY UPDATE
@@ -171,7 +182,7 @@ WITH s AS (
         status = CASE WHEN :last THEN 'completed' ELSE 'running' END,
         deadline = CASE WHEN :last THEN NULL ELSE statement_timestamp() + make_interval(secs => :pickup) END
     WHERE id = :saga_id AND EXISTS (SELECT FROM c)
-    RETURNING status
+    RETURNING status, cancel_requested
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail, created_at)
     SELECT :saga_id, :name, 'step_started', jsonb_build_object('attempt', c.attempts, 'task_id', :task_id), now()
@@ -181,9 +192,8 @@ WITH s AS (
     FROM c
     UNION ALL
     SELECT :saga_id, NULL, 'saga_completed', '{{}}'::jsonb, statement_timestamp() FROM u WHERE u.status = 'completed'
-)
-SELECT status FROM u
-""")
+)"""
+_FORWARD_CLAIM_AND_COMMIT = text(_FORWARD_CLAIM_AND_COMMIT_CTES + "\nSELECT status, cancel_requested FROM u")
 
 
 def patience(saga_type: SagaType[Any]) -> float:
@@ -225,8 +235,9 @@ def claim(
         row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
         metrics.CLAIM_SECONDS.labels(mode).observe(time.perf_counter() - started)
         if row is not None:
-            return Claim(token=row[0], attempt=row[1], input=row[2], results=row[3], checkpoint=row[4],
-                         tenant=row[5], large_input=row[6], generation=row[7])
+            return Claim(token=row.token, attempt=row.attempt, input=row.input, results=row.results,
+                         checkpoint=row.checkpoint, tenant=row.tenant, large_input=row.large_input,
+                         generation=row.generation)
         return _refusal(_look(tx, saga_id, step), mode)
 
 
@@ -241,21 +252,24 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     why = _refusal(row, "forward")
     if (why is not None and not why.foreign and not why.out_of_turn and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
-        return Claim(token=None, attempt=why.attempts + 1, input=row[6], results=row[7],  # type: ignore[index]
-                     checkpoint=row[8], tenant=row[10], large_input=row[11],  # type: ignore[index]
-                     generation=row[12])  # type: ignore[index]
+        return Claim(token=None, attempt=why.attempts + 1, input=row.input, results=row.results,  # type: ignore[union-attr]
+                     checkpoint=row.checkpoint, tenant=row.tenant, large_input=row.large_input,  # type: ignore[union-attr]
+                     generation=row.generation)  # type: ignore[union-attr]
     return why
 
 
-def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, conn: Connection) -> str | None:
-    """Take and complete a transactional forward step in its own transaction; returns the saga's status, or
-    None if it could not be taken (another delivery committed it, or the saga moved on): roll back then."""
-    row = db.fetchone(conn, _FORWARD_CLAIM_AND_COMMIT, {
+def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, conn: Connection, *,
+                     then: Then | None = None, claimed: Claim | None = None) -> Committed | None:
+    """Take and complete a transactional forward step in its own transaction, or None if it could not be taken
+    (another delivery committed it, or the saga moved on): roll back then. With `then`, claim that next step too,
+    for the body that ran under `claimed` (whose input and results, with this result, it gets)."""
+    params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "result": result_json,
         "max_attempts": step.retry.max_attempts, "pickup": patience(step.saga),
-        "last": step.index == len(step.saga.steps) - 1, **_fences(step),
-    })
-    return row[0] if row else None
+        "last": step.index == len(step.saga.steps) - 1, **_fences(step), **(then.params() if then else {}),
+    }
+    row = db.fetchone(conn, _FORWARD_CLAIM_AND_COMMIT_THEN_CLAIM if then else _FORWARD_CLAIM_AND_COMMIT, params)
+    return _committed(row, then, claimed) if row else None
 
 
 def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
@@ -264,7 +278,7 @@ def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
         return _refusal(_look(conn, saga_id, step), mode)
 
 
-def _look(conn: Connection, saga_id: UUID, step: Step, large: bool = False) -> tuple[Any, ...] | None:
+def _look(conn: Connection, saga_id: UUID, step: Step, large: bool = False) -> Any:
     """The step's row and its saga's; with `large`, the large input fields too (for a body about to run)."""
     return db.fetchone(conn, _LOOK, {"saga_id": saga_id, "idx": step.index, "large": large, **_fences(step)})
 
@@ -276,13 +290,16 @@ def _fences(step: Step) -> dict[str, Any]:
             "undo_attempts": [s.compensation.retry.max_attempts if s.compensation else 0 for s in step.saga.steps]}
 
 
-def _refusal(why: tuple[Any, ...] | None, mode: Mode) -> Refusal | None:
+def _refusal(why: Any, mode: Mode) -> Refusal | None:
+    """A `_LOOK` row as the reason a step of this mode cannot be taken."""
     if why is None:
         return None
+    forward = mode == "forward"
     return Refusal(
-        saga_status=why[0], cancel_requested=why[1], step_status=why[2],
-        attempts=why[3] if mode == "forward" else why[4], wait=float(why[5]), effect_unknown=why[9],
-        foreign=not why[13], out_of_turn=not (why[14] if mode == "forward" else why[15]),
+        saga_status=why.saga_status, cancel_requested=why.cancel_requested, step_status=why.step_status,
+        attempts=why.attempts if forward else why.compensation_attempts, wait=float(why.wait),
+        effect_unknown=why.effect_unknown, foreign=not why.ours,
+        out_of_turn=not (why.in_turn if forward else why.undo_in_turn),
     )
 
 
@@ -313,7 +330,7 @@ def checkpoint(saga_id: UUID, step: Step, token: int, mode: Mode, values_json: s
 
 # A cancel asked while a step past the point of no return (pivot or retriable) was running is refused when
 # that step succeeds: the saga goes forward. A cancel asked during a compensable step is honoured by the caller.
-_FORWARD_SUCCESS = text("""
+_FORWARD_SUCCESS_CTES = """
 WITH s AS (
     SELECT id, cancel_requested AND NOT CAST(:pivotal AS boolean) AS undo,
         cancel_requested AND CAST(:pivotal AS boolean) AS refused
@@ -340,9 +357,61 @@ WITH s AS (
     FROM s WHERE s.refused AND EXISTS (SELECT FROM c)
     UNION ALL
     SELECT :saga_id, NULL, 'saga_completed', '{}'::jsonb FROM u WHERE u.status = 'completed'
+)"""
+_FORWARD_SUCCESS = text(_FORWARD_SUCCESS_CTES + "\nSELECT status, cancel_requested FROM u")
+
+# Continuation: the statement that commits a forward step also claims the saga's next one for the same execution
+# (the caller runs it next, in the same task), so a continued step costs one statement, its commit. It is taken
+# as any claim takes it (lease, fencing token, its attempt counted, `step_started`), only once this commit landed,
+# the saga goes on with no cancel to honour, and every step before it but this one already succeeded.
+_CLAIM_NEXT = f"""
+, n AS (
+    UPDATE saga_steps st SET status = 'running', attempts = st.attempts + 1, fencing_token = st.fencing_token + 1,
+        lease_expires_at = statement_timestamp() + make_interval(secs => :next_lease), not_before = NULL,
+        task_id = :next_task_id, started_at = coalesce(st.started_at, statement_timestamp()),
+        effect_unknown = st.effect_unknown OR st.status = 'running'
+    WHERE st.saga_id = :saga_id AND st.idx = :next_idx AND st.status IN ('pending', 'running')
+        AND st.attempts < :next_max_attempts AND {_CLAIMABLE.replace('now()', 'statement_timestamp()')}
+        AND NOT EXISTS (SELECT FROM saga_steps e WHERE e.saga_id = :saga_id AND e.idx < :next_idx
+                        AND e.idx <> :idx AND e.status <> 'succeeded')
+        AND EXISTS (SELECT FROM u WHERE u.status = 'running' AND NOT u.cancel_requested)
+    RETURNING st.fencing_token, st.attempts, st.checkpoint, st.generation
+), ne AS (
+    INSERT INTO saga_events (saga_id, step, kind, detail, created_at)
+    SELECT :saga_id, :next_name, 'step_started',
+        jsonb_build_object('attempt', n.attempts, 'task_id', :next_task_id, 'redelivered', false), statement_timestamp()
+    FROM n
 )
-SELECT status, cancel_requested FROM u
-""")
+SELECT u.status, u.cancel_requested, n.fencing_token AS next_token, n.attempts AS next_attempt,
+    coalesce(n.checkpoint, '{{}}') AS next_checkpoint, n.generation AS next_generation,
+    (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:next_large AS boolean)) AS next_large_input
+FROM u LEFT JOIN n ON true
+"""
+_FORWARD_SUCCESS_THEN_CLAIM = text(_FORWARD_SUCCESS_CTES + _CLAIM_NEXT)
+_FORWARD_CLAIM_AND_COMMIT_THEN_CLAIM = text(_FORWARD_CLAIM_AND_COMMIT_CTES + _CLAIM_NEXT)
+
+
+@dataclass(frozen=True)
+class Then:
+    """The step a commit also claims (continuation), and the task id its execution is known by."""
+
+    step: Step
+    task_id: str
+
+    def params(self) -> dict[str, Any]:
+        return {"next_idx": self.step.index, "next_name": self.step.name, "next_task_id": self.task_id,
+                "next_lease": self.step.lease_seconds, "next_max_attempts": self.step.retry.max_attempts,
+                "next_large": bool(self.step.needs)}
+
+
+def _committed(row: Any, then: Then | None, claimed: Claim | None) -> Committed:
+    """What a commit statement's row says: the saga, and the next step's claim if it took one."""
+    if then is None or row.next_token is None or claimed is None:
+        return Committed(row.status, row.cancel_requested)
+    return Committed(row.status, row.cancel_requested, Claim(
+        token=row.next_token, attempt=row.next_attempt, input=claimed.input,
+        results=claimed.results, checkpoint=row.next_checkpoint, tenant=claimed.tenant,
+        large_input=row.next_large_input, generation=row.next_generation))
 _COMPENSATION_SUCCESS = text("""
 WITH s AS (
     SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
@@ -366,19 +435,23 @@ SELECT status, cancel_requested FROM u
 
 
 def commit_success(
-    saga_id: UUID, step: Step, token: int, result_json: str, mode: Mode, conn: Connection | None = None,
-) -> tuple[str, bool] | None:
-    """Record the outcome (the result as JSON text); returns (saga status, cancel still to honour), or None if
-    the token was superseded. Fenced by the token alone: while nobody else has taken the step, the result of
-    an effect that already happened is worth keeping even if the lease ran out meanwhile."""
+    saga_id: UUID, step: Step, token: int, result_json: str, mode: Mode, conn: Connection | None = None, *,
+    then: Then | None = None, claimed: Claim | None = None,
+) -> Committed | None:
+    """Record the outcome (the result as JSON text), or None if the token was superseded. Fenced by the token
+    alone: while nobody else has taken the step, the result of an effect that already happened is worth keeping
+    even if the lease ran out meanwhile. With `then` (forward only), claim that next step too (see
+    `claim_and_commit`)."""
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "pickup": patience(step.saga),
         "result": result_json, "last": step.index == len(step.saga.steps) - 1,
-        "pivotal": step.kind is not StepKind.COMPENSABLE,
+        "pivotal": step.kind is not StepKind.COMPENSABLE, **(then.params() if then else {}),
     }
+    statement = (_COMPENSATION_SUCCESS if mode == "compensation"
+                 else _FORWARD_SUCCESS_THEN_CLAIM if then else _FORWARD_SUCCESS)
     with db.autocommit(conn) as tx:
-        row = db.fetchone(tx, _FORWARD_SUCCESS if mode == "forward" else _COMPENSATION_SUCCESS, params)
-    return (row[0], row[1]) if row else None
+        row = db.fetchone(tx, statement, params)
+    return _committed(row, then, claimed) if row else None
 
 
 # A failed attempt that will be retried: the step waits out its backoff; `effect_unknown` only ever grows, so
@@ -495,11 +568,11 @@ def failed_status(mode: Mode, retry_in: float | None) -> str:
 def record_failure(
     saga_id: UUID, step: Step, token: int, mode: Mode, error: str, *, retry_in: float | None,
     effect_unknown: bool, hold: float = 0.0,
-) -> tuple[str, bool] | None:
+) -> Committed | None:
     """Record a failed attempt: scheduled for retry after `retry_in` seconds, or final when it is None; a final
     forward failure keeps the step from being undone for `hold` seconds (its process is still being killed).
 
-    Returns (saga status, cancel requested), or None if the lease was lost.
+    Returns the saga's status and whether a cancel is asked, or None if the lease was lost.
     """
     params: dict[str, Any] = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "error": error[:2000],
@@ -516,7 +589,7 @@ def record_failure(
         params["max_attempts"] = policy_of(step, mode).max_attempts
     with db.autocommit() as conn:
         row = db.fetchone(conn, statement, params)
-    return (row[0], row[1]) if row else None
+    return Committed(row.status, row.cancel_requested) if row else None
 
 
 _LANDED = text("""
@@ -526,12 +599,12 @@ WHERE st.saga_id = :saga_id AND st.idx = :idx AND st.fencing_token = :token AND 
 """)
 
 
-def landed(saga_id: UUID, step: Step, token: int, status: str) -> tuple[str, bool] | None:
-    """(saga status, cancel requested) if this attempt's own write already put the step in `status`: a write
-    whose answer was lost and whose retry then found nothing left to change. None if someone else moved it."""
+def landed(saga_id: UUID, step: Step, token: int, status: str) -> Committed | None:
+    """The saga as it is, if this attempt's own write already put the step in `status`: a write whose answer was
+    lost and whose retry then found nothing left to change. None if someone else moved it."""
     with db.autocommit() as conn:
-        row = db.fetchone(conn, _LANDED, {"saga_id": saga_id, "idx": step.index, "token": token, "status": status})
-    return (row[0], row[1]) if row else None
+        row = conn.execute(_LANDED, {"saga_id": saga_id, "idx": step.index, "token": token, "status": status}).first()
+    return Committed(row.status, row.cancel_requested) if row else None
 
 
 def _give_up_statement(mode: Mode) -> Any:

@@ -9,7 +9,7 @@ from uuid import UUID
 from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
-from saga import claims, commit_seal, db, disclosure, dispatch, metrics, runner, store, versions
+from saga import claims, commit_seal, continuation, db, disclosure, dispatch, metrics, runner, store, versions
 from saga.claims import patience
 from saga.definitions import KILL_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
@@ -169,6 +169,13 @@ def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kw
         log.error("saga %s: task %s failed: %r; recovery will look at the saga", saga_id, task_name, exc)
         return
     step, mode = TASKS[task_name]
+    at = kwargs.get("at")
+    if mode == "forward" and isinstance(at, str) and at != step.name:  # a retry for a step run by continuation
+        later = next((s for s in step.saga.steps[step.index + 1:] if s.name == at), None)
+        if later is None:
+            log.error("saga %s: task %s names step %r, not one after it; ignored", saga_id, task_name, at)
+            return
+        step, task_id = later, continuation.task_id(task_id, later, task_name)
     if isinstance(exc, Reject):
         # The task could not send its own retry (the broker is down). The ledger still holds what is owed and
         # recovery sends it later; a finished body's result is worth one more try to record now.
@@ -184,7 +191,7 @@ def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kw
                 log.warning("saga %s %s: result still not recorded (%s)", saga_id, step.name, error)
         return
     if isinstance(exc, TimeLimitExceeded):
-        _record_lost_attempt(saga_id, step, mode, task_id, exc)
+        record_lost_attempt(saga_id, step, mode, task_id, exc)
     elif not isinstance(exc, StepFailed):
         # Anything else reached here from outside the body (or from a message somebody made up, whose task id
         # and errback say nothing true): the attempt's lease runs out and recovery takes the step on.
@@ -194,8 +201,9 @@ def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kw
         react(saga_id)
 
 
-def _record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: str, exc: TimeLimitExceeded) -> None:
-    """A hard time limit: count the attempt, with its outcome unknown. Only an attempt that has really run that
+def record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: str, exc: TimeLimitExceeded) -> None:
+    """A hard time limit (the errback's, or continuation's for a step a message ran after its own): count the
+    attempt, with its outcome unknown. Only an attempt that has really run that
     long counts (its lease is about to end): a made-up message with that task id cannot fail a live attempt."""
     part = step if mode == "forward" else step.compensation
     held = claims.current_token(saga_id, step, task_id, mode, ending_within=KILL_GRACE + LIMIT_SLACK)
@@ -217,7 +225,7 @@ def _record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: 
     )
     if recorded is None:
         return
-    if mode == "forward" and recorded[1]:
+    if mode == "forward" and recorded.cancel_requested:
         begin(saga_id, step.saga, "cancelled", after_leases=True)
     elif mode == "forward" and retry_in is not None:
         dispatch.forward(saga_id, step.saga, step.index, countdown=retry_in, claim_first=True)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Engine, TextClause, create_engine, func
 from sqlalchemy import exc as exc_module
 
@@ -75,7 +76,7 @@ _DRIVER_SQL: dict[str, str] = {}
 
 
 def fetchone(conn: Connection, statement: TextClause, params: dict[str, Any]) -> tuple[Any, ...] | None:
-    """First row of a hot-path statement, run on the psycopg connection itself.
+    """First row of a hot-path statement, run on the psycopg connection itself; its columns read by name.
 
     A step's claim and commit run often enough that SQLAlchemy's per-call work is a visible share of a
     worker's CPU; the statement, its transaction and the connection pool stay SQLAlchemy's.
@@ -85,7 +86,7 @@ def fetchone(conn: Connection, statement: TextClause, params: dict[str, Any]) ->
         sql = _DRIVER_SQL[statement.text] = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", statement.text)
     driver = conn.connection.driver_connection
     try:
-        return driver.execute(sql, params).fetchone()  # type: ignore[union-attr]
+        return driver.cursor(row_factory=namedtuple_row).execute(sql, params).fetchone()  # type: ignore[union-attr]
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         if driver.broken or exc.sqlstate is None:  # the connection itself failed, not just the statement
             conn.invalidate()

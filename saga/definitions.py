@@ -183,7 +183,7 @@ class SagaType(Generic[InputT]):
     def __init__(
         self, engine: Engine, name: str, input_model: type[InputT], *, default_retry: RetryPolicy | None = None,
         default_time_limit: float = 60.0, queue: str = "celery", large_fields: tuple[str, ...] = (),
-        version: int = 1, max_field_bytes: int = MAX_FIELD_BYTES,
+        version: int = 1, max_field_bytes: int = MAX_FIELD_BYTES, continuation: bool = True,
     ) -> None:
         if not _NAME.match(name):
             raise ValueError(f"saga type name {name!r} must be lowercase letters, digits and underscores")
@@ -213,6 +213,9 @@ class SagaType(Generic[InputT]):
         self.default_time_limit = default_time_limit
         # The Celery queue its steps go to, so a saga type can have workers of its own.
         self.queue = queue
+        # A task that committed a step runs the next one itself (`saga.continuation`); False sends every step
+        # through the broker, as its own message.
+        self.continuation = continuation
         self.steps: list[Step] = []
         REGISTRY[(name, version)] = self
 

@@ -12,7 +12,19 @@ from typing import Any, TypeVar
 from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
 from pydantic import BaseModel
 
-from saga import db, engine_tasks, execution, logs, metrics, recovery, settings, tracing, worker_checks
+from saga import (
+    continuation,
+    db,
+    engine_tasks,
+    execution,
+    logs,
+    metrics,
+    recovery,
+    settings,
+    task_events,
+    tracing,
+    worker_checks,
+)
 from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
 from saga.errors import ConfigurationError, StepFailed
 
@@ -43,6 +55,7 @@ class Sagas:
         db.dispose()
         engine_tasks.register(app)
         worker_checks.install(app)
+        task_events.install(app)
         logs.install(json_lines=settings.get_settings().log_format == "json")
 
         # Recovery runs in beat's own process, not as a task beat sends: a task every few seconds would fill
@@ -87,13 +100,16 @@ class Sagas:
         comp = step.compensation if compensating else None
         task_name = comp.task_name if comp else step.task_name
         time_limit = comp.time_limit if comp else step.time_limit
+        if not comp and step.saga.continuation:  # the message may run later steps, each under its own limits
+            time_limit = continuation.message_time_limit(step)
         if task_name in TASKS:
             raise ValueError(f"task name {task_name!r} is used by two steps")
 
-        def run(task: Any, saga_id: str, commit: dict[str, Any] | None = None, claim_first: bool = False) -> Any:
+        def run(task: Any, saga_id: str, commit: dict[str, Any] | None = None, claim_first: bool = False,
+                at: str | None = None) -> Any:
             if compensating:
                 return execution.run_compensation(task, step, saga_id, commit, claim_first)
-            return execution.run_step(task, step, saga_id, commit, claim_first)
+            return execution.run_step(task, step, saga_id, commit, claim_first, at)
 
         TASKS[task_name] = (step, "compensation" if compensating else "forward")
         run.__name__ = task_name.rsplit(".", 1)[-1]

@@ -6,16 +6,31 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
-from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from saga import claims, commit_seal, compensation, db, dispatch, logs, metrics, store, tracing, versions
-from saga.claims import Claim, Mode, Refusal
-from saga.definitions import Step, StepContext
+from saga import (
+    claims,
+    commit_seal,
+    compensation,
+    continuation,
+    db,
+    dispatch,
+    logs,
+    metrics,
+    store,
+    task_events,
+    tracing,
+    versions,
+)
+from saga.claims import Claim, Committed, Mode, Refusal
+from saga.definitions import HARD_LIMIT_GRACE, Step, StepContext
 from saga.disclosure import as_recorded
 from saga.errors import (
     ConfigurationError,
@@ -43,14 +58,16 @@ DURABLE_WRITE_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
 
 
 def run_step(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None,
-             claim_first: bool = False) -> Any:
-    """Execute a forward step for the saga; the chain continues only when this returns.
+             claim_first: bool = False, at: str | None = None) -> Any:
+    """Execute a forward step for the saga (and, with continuation, the steps after it while its budget lasts);
+    the chain continues from the first step not run here only when this returns.
 
     `commit` is set on a retry whose body already ran: only its result is still to be recorded. It is recorded
     only under the engine's seal (`saga.commit_seal`); a message without one is refused.
     `claim_first` is set by recovery and the errback: an earlier attempt may have crashed.
+    `at` names the later step a retried message is for: one that an earlier delivery ran by continuation.
     """
-    return _run(task, step, UUID(saga_id), "forward", commit, claim_first)
+    return _run(task, step, UUID(saga_id), "forward", commit, claim_first, at)
 
 
 def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None,
@@ -60,21 +77,85 @@ def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any]
 
 
 def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
-         claim_first: bool) -> Any:
+         claim_first: bool, at: str | None = None) -> Any:
+    if at is not None and at != step.name:
+        step = _later_step(step, saga_id, at)
+    if mode == "compensation" or not step.saga.continuation or not continuation.possible():
+        _one(task, step, saga_id, mode, pending, claim_first)
+        return None
+    budget = continuation.Budget(task, step)
+    given: Claim | None = None
+    while True:
+        task_id = continuation.task_id(task.request.id, step, task.name)
+        try:
+            with continuation.own_limits(step, partial(_hard_limit, saga_id, step, task_id)), \
+                    task_events.shown(task, step, saga_id, task_id):
+                done = _one(task, step, saga_id, mode, pending, claim_first, given, budget)
+        except StepFailed:
+            if task_id == task.request.id:
+                raise  # the message's own step: the chain's errback reacts
+            _react(task, saga_id)  # a later step failed, not this message's own: it ends as its own step did
+            return None
+        if done is None:  # the step was done already (a redelivery walks the saga): look at the next one here
+            following = budget.next_for(step)
+        elif done.next is not None:  # the commit claimed the next step for this execution
+            following = step.saga.steps[step.index + 1]
+        else:
+            return None
+        if following is None:
+            return None
+        continuation.take_link(task, following)
+        budget.took()
+        metrics.CONTINUED.labels(step.saga.name).inc()
+        step, given, pending, claim_first = following, done.next if done else None, None, False
+
+
+def _react(task: Any, saga_id: UUID) -> None:
+    """A step this message ran by continuation failed for good: do what the chain's errback does (pause or undo the
+    saga), and send nothing on."""
+    if task.request.chain:
+        task.request.chain.clear()
+    try:
+        compensation.react(saga_id)
+    except _UNREACHABLE as exc:
+        log.warning("saga %s: a failed step not reacted to (%s); recovery will", saga_id, type(exc).__name__)
+
+
+def _hard_limit(saga_id: UUID, step: Step, task_id: str) -> None:
+    """At a step's hard time limit in a continuing message, just before its process is killed: the attempt is
+    recorded as the errback records one of a message's own step that Celery killed."""
+    limit = step.time_limit + HARD_LIMIT_GRACE
+    compensation.record_lost_attempt(saga_id, step, "forward", task_id, TimeLimitExceeded(limit))
+
+
+def _later_step(step: Step, saga_id: UUID, name: str) -> Step:
+    """The step a retried message names in `at`: one after its own, of the same saga type."""
+    for later in step.saga.steps[step.index + 1:]:
+        if later.name == name:
+            return later
+    log.warning("saga %s: a message of task %s names step %r, which is not one after it; nothing run", saga_id,
+                step.task_name, name)
+    raise Ignore()
+
+
+def _one(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None, claim_first: bool,
+         given: Claim | None = None, budget: continuation.Budget | None = None) -> Committed | None:
+    """One step (or compensation) in this message: recorded as done (with the next step's claim if the commit took
+    it), None if it was done already or nothing is left to do for it; every other end is raised for Celery."""
     with logs.step_context(saga_id=str(saga_id), saga_type=step.saga.name, step=step.name, mode=mode) as fields, \
             tracing.attempt_span(saga_id, f"{mode} {step.name}", fields):
-        return _run_tagged(task, step, saga_id, mode, pending, claim_first)
+        return _one_tagged(task, step, saga_id, mode, pending, claim_first, given, budget)
 
 
-def _run_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
-                claim_first: bool) -> Any:
+def _one_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
+                claim_first: bool, given: Claim | None, budget: continuation.Budget | None) -> Committed | None:
     try:
         commit_seal.load()  # while the ledger answers: a commit that cannot be recorded later is sealed with it
     except _UNREACHABLE as exc:
-        raise _ledger_unreachable(task, exc) from exc
+        raise _ledger_unreachable(task, step, mode, exc) from exc
     except ConfigurationError as exc:  # a ledger not migrated yet: the step waits for it, no attempt is spent
         log.error("saga %s %s %s: %s; trying again in %.0fs", saga_id, mode, step.name, exc, LEDGER_RETRY_DELAY)
-        raise task.retry(countdown=LEDGER_RETRY_DELAY) from exc
+        raise _retry(task, step, mode, LEDGER_RETRY_DELAY) from exc
     if pending is not None:
         sealed = commit_seal.opened(saga_id, step.name, mode, pending)
         if sealed is None:  # not from a worker of this ledger: whoever sent it cannot say how the step went
@@ -87,23 +168,24 @@ def _run_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[
     # claimed (and counted) up front, even for a transactional step, so a body that always crashes runs out of
     # attempts.
     suspect = claim_first or bool((task.request.delivery_info or {}).get("redelivered"))
+    attempt = _Attempt(task, step, saga_id, mode, suspect, given, budget)
     try:
         if transactional:
             with db.engine().connect() as conn, conn.begin():
-                outcome = _attempt(task, step, saga_id, mode, conn, suspect)
+                outcome = attempt.run(conn)
         else:
-            outcome = _attempt(task, step, saga_id, mode, None, suspect)
+            outcome = attempt.run(None)
     except _UNREACHABLE as exc:
-        raise _ledger_unreachable(task, exc) from exc
+        raise _ledger_unreachable(task, step, mode, exc) from exc
     except _Overtaken:
         # The body's writes rolled back: another delivery committed the step, or the saga moved on.
         _count(step, mode, "lost")
-        outcome = _ledger(task, claims.explain, saga_id, step, mode)
+        outcome = _ledger(task, step, mode, claims.explain, saga_id, step, mode)
     except _BodyFailed as failure:
         if failure.claim.token is None:
             # A transactional step's body ran before anything was taken, and its writes rolled back with the
             # transaction: take the step now, to count the attempt.
-            claim = _ledger(task, claims.claim, saga_id, step, task.request.id, mode)
+            claim = _ledger(task, step, mode, claims.claim, saga_id, step, attempt.task_id, mode)
             if not isinstance(claim, Claim):
                 raise Ignore() from failure.exc
             failure.claim = claim
@@ -111,18 +193,24 @@ def _run_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[
     return _settle(task, step, saga_id, mode, outcome)
 
 
-def _settle(task: Any, step: Step, saga_id: UUID, mode: Mode, outcome: Refusal | None | str | tuple[str, bool]) -> Any:
+def _settle(task: Any, step: Step, saga_id: UUID, mode: Mode, outcome: Refusal | None | Lost | Committed) -> Committed | None:
     """What the message does once the attempt is over: go on, stop its chain, or start the undo."""
     if isinstance(outcome, Refusal) or outcome is None:
         return _refused(task, step, saga_id, mode, outcome)
-    if outcome == "lost":
+    if isinstance(outcome, Lost):
         _discard(step, saga_id, mode)
-    saga_status, cancel_requested = outcome
-    _count(step, mode, "succeeded", saga_status)
-    if mode == "forward" and cancel_requested:
+    _count(step, mode, "succeeded", outcome.saga_status)
+    if mode == "forward" and outcome.cancel_requested:
         _cancel(saga_id, step)
         raise Ignore()
-    return None
+    return outcome
+
+
+class Lost:
+    """This attempt lost its claim before its outcome could be recorded: the new holder decides."""
+
+
+LOST = Lost()
 
 
 class _BodyFailed(Exception):
@@ -136,43 +224,74 @@ class _Overtaken(Exception):
     """A transactional step could not be committed when its body was done: its transaction rolls back."""
 
 
-def _attempt(
-    task: Any, step: Step, saga_id: UUID, mode: Mode, conn: Connection | None, suspect: bool,
-) -> Refusal | None | str | tuple[str, bool]:
-    """Claim, run the body, commit: (saga status, cancel requested), a Refusal, None, or "lost"."""
-    deferred = mode == "forward" and conn is not None and not suspect  # claimed together with its commit
-    outcome = claims.preview(saga_id, step, conn) if deferred else None  # type: ignore[arg-type]
-    if isinstance(outcome, Refusal) and outcome.step_status == "running" and outcome.wait == 0:
-        deferred = False  # an attempt claimed up front never reported (it crashed): count this one up front too
-    if not deferred:
-        outcome = claims.claim(saga_id, step, task.request.id, mode, redelivered=suspect)
-    if not isinstance(outcome, Claim):
-        return outcome
-    logs.tag(attempt=outcome.attempt, tenant=outcome.tenant)
-    body = step.fn if mode == "forward" else step.compensation.fn  # type: ignore[union-attr]
-    started = time.perf_counter()
-    try:
-        result = _as_json(body(_context(step, saga_id, mode, outcome, conn)))
-    except LeaseLost:
-        return "lost"
-    except Exception as exc:
-        raise _BodyFailed(exc, outcome) from exc
-    finally:
-        metrics.STEP_SECONDS.labels(step.saga.name, step.name, mode).observe(time.perf_counter() - started)
-    if deferred:
-        status = claims.claim_and_commit(saga_id, step, task.request.id, result, conn)  # type: ignore[arg-type]
-        if status is None:
-            raise _Overtaken()
-        return status, False
-    if conn is not None:  # transactional, claimed up front: the commit joins the body's transaction
+class _Attempt:
+    """One execution of a step's body: claim (unless the previous step's commit claimed it), body, commit (which
+    may claim the next step, within the message's budget)."""
+
+    def __init__(self, task: Any, step: Step, saga_id: UUID, mode: Mode, suspect: bool, given: Claim | None,
+                 budget: continuation.Budget | None) -> None:
+        self.task, self.step, self.saga_id, self.mode = task, step, saga_id, mode
+        self.suspect, self.given, self.budget = suspect, given, budget
+        self.task_id = continuation.task_id(task.request.id, step, task.name)
+
+    def run(self, conn: Connection | None) -> Refusal | None | Lost | Committed:
+        """Claim, run the body, commit: what was recorded, a Refusal, None, or LOST."""
+        task, step, saga_id, mode = self.task, self.step, self.saga_id, self.mode
+        # A transactional forward step is claimed together with its commit, unless it is suspect or was claimed
+        # by the previous step's commit.
+        deferred = mode == "forward" and conn is not None and not self.suspect and self.given is None
+        outcome: Claim | Refusal | None = self.given
+        if outcome is None:
+            if deferred:
+                outcome = claims.preview(saga_id, step, conn)  # type: ignore[arg-type]
+                if isinstance(outcome, Refusal) and outcome.step_status == "running" and outcome.wait == 0:
+                    deferred = False  # an attempt claimed up front never reported (it crashed): count this one too
+            if not deferred:
+                outcome = claims.claim(saga_id, step, self.task_id, mode, redelivered=self.suspect)
+        if not isinstance(outcome, Claim):
+            return outcome
+        logs.tag(attempt=outcome.attempt, tenant=outcome.tenant)
+        body = step.fn if mode == "forward" else step.compensation.fn  # type: ignore[union-attr]
+        started = time.perf_counter()
         try:
-            committed = claims.commit_success(saga_id, step, outcome.token, result, mode, conn)  # type: ignore[arg-type]
-        except _UNREACHABLE as exc:
-            raise _BodyFailed(exc, outcome) from exc  # the transaction is lost with the body's writes: retry
-        if committed is None:
-            raise _Overtaken()
-        return committed
-    return _commit(task, step, saga_id, mode, outcome.token, result)  # type: ignore[arg-type]
+            result = _as_json(body(_context(step, saga_id, mode, outcome, conn)))
+        except LeaseLost:
+            return LOST
+        except Exception as exc:
+            raise _BodyFailed(exc, outcome) from exc
+        finally:
+            metrics.STEP_SECONDS.labels(step.saga.name, step.name, mode).observe(time.perf_counter() - started)
+        then = self._then()
+        if deferred:
+            committed = claims.claim_and_commit(saga_id, step, self.task_id, result, conn,  # type: ignore[arg-type]
+                                                then=then, claimed=_with_result(outcome, step, result))
+            if committed is None:
+                raise _Overtaken()
+            return committed
+        if conn is not None:  # transactional, claimed up front: the commit joins the body's transaction
+            try:
+                committed = claims.commit_success(saga_id, step, outcome.token, result, mode, conn,  # type: ignore[arg-type]
+                                                  then=then, claimed=_with_result(outcome, step, result))
+            except _UNREACHABLE as exc:
+                raise _BodyFailed(exc, outcome) from exc  # the transaction is lost with the body's writes: retry
+            if committed is None:
+                raise _Overtaken()
+            return committed
+        return _commit(task, step, saga_id, mode, outcome.token, result, then,  # type: ignore[arg-type]
+                       _with_result(outcome, step, result))
+
+    def _then(self) -> claims.Then | None:
+        """The next step, if this message may run it itself: the commit claims it too."""
+        following = self.budget.next_for(self.step) if self.budget and self.mode == "forward" else None
+        if following is None:
+            return None
+        return claims.Then(following, continuation.task_id(self.task.request.id, following, self.task.name))
+
+
+def _with_result(claim: Claim, step: Step, result: str) -> Claim:
+    """What the next step gets of the saga, once this step's result is recorded: the same input, and the results
+    before it with this one."""
+    return replace(claim, results={**claim.results, step.name: json.loads(result)})
 
 
 def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connection | None) -> StepContext[Any]:
@@ -194,21 +313,22 @@ def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connecti
     )
 
 
-def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result: str) -> str | tuple[str, bool]:
-    """Record a finished body's result under its token. If the ledger cannot take it, the commit alone is
-    retried (in this process, then by a message carrying the result under the engine's seal): the body never runs
-    again for it."""
+def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result: str,
+            then: claims.Then | None = None, claimed: Claim | None = None) -> Lost | Committed:
+    """Record a finished body's result under its token (and claim `then`, the next step, with it). If the ledger
+    cannot take it, the commit alone is retried (in this process, then by a message carrying the result under the
+    engine's seal): the body never runs again for it."""
     done = "succeeded" if mode == "forward" else "compensated"
     try:
-        committed = _durably(claims.commit_success, saga_id, step, token, result, mode,
+        committed = _durably(claims.commit_success, saga_id, step, token, result, mode, then=then, claimed=claimed,
                              landed=lambda: claims.landed(saga_id, step, token, done))
     except (*_UNREACHABLE, SoftTimeLimitExceeded) as exc:
         metrics.LEDGER_ERRORS.labels("commit_success").inc()
         log.warning("saga %s %s %s: result not recorded yet (%s); retrying the commit in %.0fs", saga_id, mode,
                     step.name, type(exc).__name__, LEDGER_RETRY_DELAY)
         sealed = commit_seal.seal(saga_id, step.name, mode, token, result)
-        raise task.retry(countdown=LEDGER_RETRY_DELAY, kwargs={"commit": sealed}) from exc
-    return committed if committed is not None else "lost"
+        raise _retry(task, step, mode, LEDGER_RETRY_DELAY, kwargs={"commit": sealed}) from exc
+    return committed if committed is not None else LOST
 
 
 def _durably(action: Callable[..., T | None], *args: Any, landed: Callable[[], T | None] | None = None,
@@ -249,12 +369,12 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
         if why.step_status == "succeeded":
             return None  # done by an earlier delivery: let the chain go on
         if why.wait > 0:
-            raise _wait(task, why.wait)
+            raise _wait(task, step, mode, why.wait)
         if why.step_status == "failed" or (exhausted and claims.give_up(saga_id, step, mode)):
             raise StepFailed(f"step {step.name} failed")  # the errback reacts, idempotently
         if exhausted:
             raise Ignore()
-        raise _wait(task, 0)  # the claim met a lease or a backoff just as it ended: look again
+        raise _wait(task, step, mode, 0)  # the claim met a lease or a backoff just as it ended: look again
     if why is None or why.saga_status != "compensating":
         raise Ignore()
     if why.out_of_turn:  # the compensation chain or recovery sends this undo once the later ones are done
@@ -262,10 +382,10 @@ def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | No
                     "or outside the rewind (forged, or stale); nothing run", saga_id, step.name)
         raise Ignore()
     if why.wait > 0:
-        raise _wait(task, why.wait)
+        raise _wait(task, step, mode, why.wait)
     owed = dispatch.effect_may_exist(why.step_status, why.effect_unknown)
     if owed and not exhausted:
-        raise _wait(task, 0)  # as above: never move on to an older step while this one is still to be undone
+        raise _wait(task, step, mode, 0)  # as above: never move on to an older step while this one is still to be undone
     if owed and why.step_status != "failed":
         claims.give_up(saga_id, step, mode)
     return None  # compensated, nothing to undo, or given up: the older steps are still undone
@@ -289,9 +409,20 @@ def _cancel(saga_id: UUID, step: Step) -> None:
         log.warning("saga %s: cancel not begun (%s); recovery will", saga_id, type(exc).__name__)
 
 
-def _wait(task: Any, seconds: float) -> Retry:
+def _wait(task: Any, step: Step, mode: Mode, seconds: float) -> Retry:
     """Look at the step again once the current holder's lease or the backoff ends."""
-    return task.retry(countdown=seconds + 0.5)
+    return _retry(task, step, mode, seconds + 0.5)
+
+
+def _retry(task: Any, step: Step, mode: Mode, countdown: float, kwargs: dict[str, Any] | None = None,
+           exc: Exception | None = None) -> Retry:
+    """Send the message again after `countdown` seconds, for this step: a step that this message ran by
+    continuation is named in `at`, so the message comes back to it rather than to its own."""
+    again = dict(task.request.kwargs or {}) if kwargs is None else dict(kwargs)
+    again.pop("at", None)
+    if mode == "forward" and step.task_name != task.name:
+        again["at"] = step.name
+    return task.retry(countdown=countdown, kwargs=again, exc=exc)
 
 
 def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc: Exception) -> Any:
@@ -308,17 +439,17 @@ def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc:
                              effect_unknown=effect_unknown,
                              landed=lambda: claims.landed(saga_id, step, claim.token, after))  # type: ignore[arg-type]
     except _UNREACHABLE as unreachable:
-        raise _ledger_unreachable(task, unreachable) from unreachable
+        raise _ledger_unreachable(task, step, mode, unreachable) from unreachable
     if recorded is None:
         _discard(step, saga_id, mode)  # lost the lease meanwhile: the new holder decides
     _count(step, mode, "retried" if retry_in is not None else "failed")
     log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, mode, step.name, claim.attempt, error,
              f" (retry in {retry_in:.1f}s)" if retry_in is not None else "")
     if retry_in is not None:
-        if mode == "forward" and recorded[1]:
+        if mode == "forward" and recorded.cancel_requested:
             _cancel(saga_id, step)  # cancelled while this attempt ran: no retry
             raise Ignore()
-        raise task.retry(countdown=retry_in, exc=exc)
+        raise _retry(task, step, mode, retry_in, exc=exc)
     if mode == "compensation":
         return None  # the other compensations still run; the finish task reports the saga failed
     raise StepFailed(error) from exc
@@ -336,7 +467,7 @@ def _await_input(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim,
         waiting = _durably(claims.await_input, saga_id, step, claim.token, asked.fields, asked.reason,
                            asked.within, asked.effect_unknown)
     except _UNREACHABLE as unreachable:
-        raise _ledger_unreachable(task, unreachable) from unreachable
+        raise _ledger_unreachable(task, step, mode, unreachable) from unreachable
     if not waiting:
         return _instead(asked, PermanentError(asked.reason, effect_unknown=asked.effect_unknown))
     _count(step, mode, "awaiting_input")
@@ -377,18 +508,18 @@ def _as_json(result: Any) -> str:
     return text
 
 
-def _ledger(task: Any, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def _ledger(task: Any, step: Step, mode: Mode, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A ledger call outside the step's own transaction; the task retries if the ledger cannot answer."""
     try:
         return action(*args, **kwargs)
     except _UNREACHABLE as exc:
-        raise _ledger_unreachable(task, exc) from exc
+        raise _ledger_unreachable(task, step, mode, exc) from exc
 
 
-def _ledger_unreachable(task: Any, exc: Exception) -> Retry:
+def _ledger_unreachable(task: Any, step: Step, mode: Mode, exc: Exception) -> Retry:
     metrics.LEDGER_ERRORS.labels("attempt").inc()
     if getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICTS:
         log.info("ledger write conflicted with another (%s); retrying", type(exc.orig).__name__)  # type: ignore[attr-defined]
-        return task.retry(countdown=CONFLICT_RETRY_DELAY)
+        return _retry(task, step, mode, CONFLICT_RETRY_DELAY)
     log.warning("ledger unreachable (%s); retrying in %.0fs", type(exc).__name__, LEDGER_RETRY_DELAY)
-    return task.retry(countdown=LEDGER_RETRY_DELAY)
+    return _retry(task, step, mode, LEDGER_RETRY_DELAY)

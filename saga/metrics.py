@@ -77,6 +77,8 @@ CLAIM_SECONDS = Histogram("saga_claim_seconds", "How long the statement that tak
                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 LEDGER_ERRORS = Counter("saga_ledger_errors_total", "Ledger writes that failed (database unreachable, deadlock "
                         "or serialization conflict) and were tried again, once per try.", ["operation"])
+CONTINUED = Counter("saga_steps_continued_total", "Steps run by continuation: in the task that finished the step "
+                    "before them, without a message of their own.", ["type"])
 COMMITS_REFUSED = Counter("saga_commits_refused_total", "Messages that asked to record a step's result without the "
                           "engine's seal on it (forged, or sent by something that is not a worker): refused, "
                           "nothing recorded.", ["type", "step", "mode"])

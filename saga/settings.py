@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     # OpenTelemetry: one trace per saga, exported over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT); the `tracing` extra.
     tracing: bool = False
+    # Continuation: a task that committed a step runs the saga's next step itself while it has both budgets left.
+    # Seconds bound how long one saga holds a worker process past its first step, so the steps of other sagas
+    # queued behind it wait at most that much longer; steps bound how far a redelivered message walks the ledger.
+    continuation_seconds: float = 5.0
+    continuation_steps: int = 50
 
     @field_validator("database_url")
     @classmethod

@@ -12,7 +12,8 @@ from typing import Any
 from celery import concurrency
 from celery.signals import worker_init
 
-from saga.definitions import REGISTRY, TASKS
+from saga import continuation
+from saga.definitions import HARD_LIMIT_GRACE, REGISTRY, TASKS
 from saga.errors import WorkerRefused
 from saga.settings import get_settings
 
@@ -83,7 +84,9 @@ def longest_unacked_wait() -> tuple[float, str]:
     worst, where = 0.0, "none"
     for saga_type in REGISTRY.values():
         for step in saga_type.steps:
-            candidates = [(step.lease_seconds + step.retry.max_delay, step.task_name)]
+            # With continuation, a step's message may also run the steps after it, each under its own limits.
+            held = continuation.message_time_limit(step) + HARD_LIMIT_GRACE if saga_type.continuation else 0.0
+            candidates = [(max(step.lease_seconds, held) + step.retry.max_delay, step.task_name)]
             if step.compensation:
                 comp = step.compensation
                 candidates.append((step.compensation_lease_seconds + comp.retry.max_delay, comp.task_name))

@@ -25,11 +25,12 @@ from uuid import UUID
 import psutil
 from sqlalchemy import text
 
-from saga import db
+from saga import continuation, db
+from saga.definitions import TASKS
 from saga.testing import Process, Stack
 
 # Celery's line for a message a worker took: "[<time>: INFO/MainProcess] Task tasks.x.y[<task id>] received".
-_RECEIVED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]+\] Task [\w.]+\[([\w-]+)\] received$",
+_RECEIVED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]+\] Task ([\w.]+)\[([\w-]+)\] received$",
                        re.MULTILINE)
 
 
@@ -48,8 +49,19 @@ class Attempt:
 
 
 def received(log: str) -> dict[str, str]:
-    """Every task a worker's log says it received: task id -> when it last did (the log's own time stamp)."""
-    return {task_id: at for at, task_id in _RECEIVED.findall(log)}
+    """Every task a worker's log says it received, with the ids of the steps it may run by continuation: task id ->
+    when it last did (the log's own time stamp)."""
+    return {task_id: at for at, name, message_id in _RECEIVED.findall(log) for task_id in task_ids_of(message_id, name)}
+
+
+def task_ids_of(message_id: str, task_name: str) -> list[str]:
+    """The task ids the ledger may record for steps a message runs: its own, and those of the later steps it may
+    run by continuation."""
+    if task_name not in TASKS:
+        return [message_id]
+    step, mode = TASKS[task_name]
+    later = step.saga.steps[step.index + 1:] if mode == "forward" else []
+    return [message_id, *(continuation.task_id(message_id, s, task_name) for s in later)]
 
 
 def live_claims(task_ids: Iterable[str] | None = None) -> list[Attempt]:
@@ -124,7 +136,8 @@ def kill_a_running_step(stack: Stack, steps: Collection[str] | None, exclude: Co
     active = (inspect.active() or {}).get(hostname, [])
     children = {c.pid for c in psutil.Process(worker.popen.pid).children(recursive=True)}
     for request in active:
-        claimed = [a for a in live_claims([request["id"]]) if (steps is None or a.step in steps) and a not in exclude]
+        ids = task_ids_of(request["id"], request["name"])
+        claimed = [a for a in live_claims(ids) if (steps is None or a.step in steps) and a not in exclude]
         if not claimed or request["worker_pid"] not in children:
             continue  # not claimed yet, a transactional step (claimed only with its commit), another step, or gone
         with contextlib.suppress(ProcessLookupError):

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import exc, text
 
 from saga import claims, compensation, db, events, load
-from saga.claims import Claim, Refusal
+from saga.claims import Claim, Committed, Refusal
 from saga.definitions import Step
 from saga.testing import Stack, wait_until
 from tests.conftest import ROOT
@@ -48,7 +48,7 @@ def test_a_stale_token_commits_nothing(stack: Stack) -> None:
     assert claims.record_failure(saga_id, A, first.token + 1, "forward", "late", retry_in=None,
                                  effect_unknown=True) is None
     assert load(saga_id).steps[0].status == "running"
-    assert claims.commit_success(saga_id, A, first.token, '{"x": 1}', "forward") == ("running", False)
+    assert claims.commit_success(saga_id, A, first.token, '{"x": 1}', "forward") == Committed("running", False)
     step = load(saga_id).steps[0]
     assert step.status == "succeeded" and step.result == {"x": 1}
 
@@ -58,7 +58,7 @@ def test_a_retry_waits_for_its_backoff_and_counts_attempts(stack: Stack) -> None
     first = claims.claim(saga_id, A, "t1", "forward")
     assert isinstance(first, Claim)
     assert claims.record_failure(saga_id, A, first.token, "forward", "503", retry_in=0.6,
-                                 effect_unknown=True) == ("running", False)
+                                 effect_unknown=True) == Committed("running", False)
     early = claims.claim(saga_id, A, "t1", "forward")
     assert isinstance(early, Refusal) and early.step_status == "pending" and 0.3 < early.wait <= 0.6
     time.sleep(early.wait + 0.05)
@@ -103,10 +103,11 @@ def _take_and_commit(saga_id: UUID, step: Step, task_id: str, seen: Claim | Refu
     with db.engine().connect() as conn, conn.begin() as tx:
         preview = seen if seen is not None else claims.preview(saga_id, step, conn)
         assert isinstance(preview, Claim) and preview.token is None
-        status = claims.claim_and_commit(saga_id, step, task_id, '{"ok": true}', conn)
-        if status is None:
+        committed = claims.claim_and_commit(saga_id, step, task_id, '{"ok": true}', conn)
+        if committed is None:
             tx.rollback()
-        return status
+            return None
+        return committed.saga_status
 
 
 def test_a_transactional_step_is_taken_with_its_commit_and_only_once(stack: Stack) -> None:
@@ -247,7 +248,7 @@ def test_a_cancel_during_the_pivot_is_refused_once_the_pivot_succeeds(stack: Sta
     pivot = _claimed(saga_id, C, "t-c")
     assert saga.cancel(saga_id).cancel_requested, "asked while the pivot runs: its outcome decides"
     assert load(saga_id).status == "running"
-    assert claims.commit_success(saga_id, C, pivot.token, "{}", "forward") == ("running", False)  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, C, pivot.token, "{}", "forward") == Committed("running", False)  # type: ignore[arg-type]
     record = load(saga_id)
     assert not record.cancel_requested and record.status == "running"
     assert [e.kind for e in events(saga_id)][-2:] == ["step_succeeded", "cancel_refused"]
@@ -262,7 +263,7 @@ def test_a_cancel_during_a_compensable_step_is_honoured_when_it_ends(stack: Stac
     running = _claimed(saga_id, B, "t-b")
     saga.cancel(saga_id)
     assert load(saga_id).status == "running", "the step in flight finishes first"
-    assert claims.commit_success(saga_id, B, running.token, "{}", "forward") == ("running", True)  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, B, running.token, "{}", "forward") == Committed("running", True)  # type: ignore[arg-type]
 
 
 def test_recovery_undoes_a_cancelled_saga_whose_last_step_committed_before_the_undo_began(stack: Stack) -> None:
@@ -277,7 +278,7 @@ def test_recovery_undoes_a_cancelled_saga_whose_last_step_committed_before_the_u
     _run_through(saga_id, first)
     running = _claimed(saga_id, last, "t-last")
     saga.cancel(saga_id)
-    assert claims.commit_success(saga_id, last, running.token, "{}", "forward") == ("running", True)  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, last, running.token, "{}", "forward") == Committed("running", True)  # type: ignore[arg-type]
     recovery.advance(saga_id)
     record = load(saga_id)
     assert record.status == "compensating" and record.error == "cancelled"
@@ -367,12 +368,12 @@ def test_a_write_retried_after_its_answer_was_lost_is_known_for_this_attempts_ow
 
     saga_id = new_saga()
     got = _claimed(saga_id, A, "t1")
-    assert claims.commit_success(saga_id, A, got.token, "{}", "forward") == ("running", False)  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, A, got.token, "{}", "forward") == Committed("running", False)  # type: ignore[arg-type]
     again = execution._durably(claims.commit_success, saga_id, A, got.token, "{}", "forward",
                                landed=lambda: claims.landed(saga_id, A, got.token, "succeeded"))  # type: ignore[arg-type]
-    assert again == ("running", False)
+    assert again == Committed("running", False)
     assert [e.kind for e in events(saga_id)].count("step_succeeded") == 1, "nothing is recorded twice"
     later = _claimed(saga_id, B, "t2")
     assert claims.landed(saga_id, B, got.token, "succeeded") is None, "another attempt's token is not ours"
     claims.record_failure(saga_id, B, later.token, "forward", "x", retry_in=1.0, effect_unknown=True)  # type: ignore[arg-type]
-    assert claims.landed(saga_id, B, later.token, claims.failed_status("forward", 1.0)) == ("running", False)
+    assert claims.landed(saga_id, B, later.token, claims.failed_status("forward", 1.0)) == Committed("running", False)

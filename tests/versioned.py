@@ -30,8 +30,10 @@ class VersionedInput(BaseModel):
 def declare(version: int, steps: list[str], keep_names: bool = False) -> SagaType[VersionedInput]:
     """Version `version` of saga type `versioned`: compensable steps named `steps`, in that order; with
     `keep_names`, their tasks named as version 1's are."""
+    # Every step its own message (no continuation), so a step sent after a deployment meets the new workers.
     saga_type = sagas.saga_type("versioned", VersionedInput, version=version, queue=QUEUE, default_time_limit=5,
-                                default_retry=RetryPolicy(max_attempts=3, initial_delay=0.2, max_delay=1.0))
+                                default_retry=RetryPolicy(max_attempts=3, initial_delay=0.2, max_delay=1.0),
+                                continuation=False)
     for name in steps:
         def body(ctx: StepContext[VersionedInput], _version: int = version) -> dict[str, Any]:
             _record(ctx, "do", _version)
