@@ -232,7 +232,8 @@ class _Attempt:
                  budget: continuation.Budget | None) -> None:
         self.task, self.step, self.saga_id, self.mode = task, step, saga_id, mode
         self.suspect, self.given, self.budget = suspect, given, budget
-        self.task_id = continuation.task_id(task.request.id, step, task.name)
+        forward = mode == "forward"
+        self.task_id = continuation.task_id(task.request.id, step, task.name) if forward else task.request.id
 
     def run(self, conn: Connection | None) -> Refusal | None | Lost | Committed:
         """Claim, run the body, commit: what was recorded, a Refusal, None, or LOST."""
