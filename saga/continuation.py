@@ -63,8 +63,8 @@ class Budget:
     def __init__(self, task: Any, step: Step) -> None:
         settings = get_settings()
         self.started = time.monotonic()
-        # The message's own soft limit as the pool enforces it (a header may lower it), from when it started.
-        limits = [message_time_limit(step)]
+        # The message's own soft limit as the pool enforces it (its task's; a header may lower it), from its start.
+        limits = [float(task.soft_time_limit or message_time_limit(step))]
         given = getattr(task.request, "timelimit", None) or (None, None)
         limits += [float(x) for x in given if x]
         self.soft_limit = min(limits)
