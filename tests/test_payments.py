@@ -4,7 +4,6 @@ through real workers, counted in the Stripe stand-in's own records."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -137,6 +136,14 @@ def test_operator_compensation_after_stripe_forgot_the_keys_refunds_the_original
     assert [u["outcome"] for u in undo_of_the_charge(saga_id)] == ["refunded"]
 
 
+def gone(process: psutil.Process) -> bool:
+    """The process has ended (a zombie its frozen parent has not reaped yet counts)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_worker_frozen_inside_the_charge_past_its_lease_commits_nothing_and_charges_nothing(
     workers: Stack, standins: StandIns,
 ) -> None:
@@ -166,17 +173,17 @@ def test_a_worker_frozen_inside_the_charge_past_its_lease_commits_nothing_and_ch
         assert record.status == "compensated", record.error
         assert [u["outcome"] for u in undo_of_the_charge(saga_id)] == ["canceled: nothing charged"]
 
-        # Wake the pool child alone: its confirm goes out now, long after its lease ended.
+        # Wake the pool child alone, long after its lease ended. The charge ran in its message by continuation,
+        # under its own time limits, which ran out while it was frozen: the process ends before it can confirm.
+        # (A message's own step, held to Celery's limits, would send its confirm now, and Stripe refuse it.)
         [child] = psutil.Process(frozen.popen.pid).children()
         os.kill(child.pid, signal.SIGCONT)
-        late = wait_until(lambda: requests_for(standins, pi_id, "confirm", done=True), what="the late confirm")
-        assert [r["status"] for r in late] == [400], "Stripe refuses to confirm a canceled PaymentIntent"
+        wait_until(lambda: gone(child) or requests_for(standins, pi_id, "confirm", done=True),
+                   what="the woken charge to end or confirm")
+        late = requests_for(standins, pi_id, "confirm", done=True)
+        assert [r["status"] for r in late] in ([], [400]), "Stripe refuses to confirm a canceled PaymentIntent"
         frozen.send(signal.SIGCONT)
-        task_id = next(e.detail["task_id"] for e in saga.events(saga_id)
-                       if e.kind == "step_started" and e.step == "charge_payment")
-        # Its overdue soft time limit may interrupt what is left of it; either way it ends without an outcome.
-        ended = re.compile(rf"charge_payment\[{task_id}\] (ignored|raised|succeeded)")
-        wait_until(lambda: ended.search(frozen.log_text()), what="the zombie to end")
+        wait_until(lambda: gone(child), what="the zombie to end")
         assert saga.events(saga_id)[-1].kind == "saga_compensated", "the zombie recorded something"
         assert "step_succeeded" not in [e.kind for e in saga.events(saga_id) if e.step == "charge_payment"]
         got = third_party_records(standins, saga_id)
