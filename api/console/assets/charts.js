@@ -143,24 +143,27 @@ function timelineModel(saga, events, now) {
 const GAP_SHARE = 0.3;
 const GAP_MS = 5000;
 const GAP_PIXELS = 56;
+const GAP_PAD = 0.03;
 
 /** Time to x: linear, except over long past stretches where nothing ran (their segments are `cut`). */
 function timeScale(model, left, width) {
   const span = Math.max(model.stop - model.start, 50);
-  const pad = span * 0.01;
   const busy = [];
   for (const lane of model.lanes) {
     for (const bar of lane.bars) if (bar.kind === "attempt" || bar.kind === "undo") busy.push([bar.start, bar.end]);
     for (const mark of lane.marks) if (mark.kind !== "recovered") busy.push([mark.at, mark.at]);
   }
   busy.sort((a, b) => a[0] - b[0]);
-  const cuts = [];
+  const gaps = [];
   let reach = model.start;
   for (const [from, to] of busy) {
-    const gap = [reach + pad, from - pad];
-    if (gap[1] - gap[0] > Math.max(GAP_SHARE * span, GAP_MS) && gap[1] <= model.last) cuts.push(gap);
+    if (from - reach > Math.max(GAP_SHARE * span, GAP_MS) && from <= model.last) gaps.push([reach, from]);
     reach = Math.max(reach, to);
   }
+  // Each side of a cut keeps a little of its wait, measured against what is drawn to scale (not the whole span,
+  // which a long wait dominates), so quick work around the wait keeps most of the width.
+  const pad = GAP_PAD * (span - gaps.reduce((n, [a, b]) => n + (b - a), 0));
+  const cuts = gaps.map(([a, b]) => [a + pad, b - pad]);
   const cutTime = cuts.reduce((n, [a, b]) => n + (b - a), 0);
   const perMs = Math.max(width - cuts.length * GAP_PIXELS, width / 2) / Math.max(span - cutTime, 1);
   const segments = [];
