@@ -18,7 +18,7 @@ from standins import StandIns
 from tests.faults.load import Submitted, assert_kept, in_background, outcome, report, statuses
 from tests.faults.servers import outage
 from tests.faults.test_kills import EFFECTFUL
-from tests.holding import by_step, describe, fresh_log, held_by, stop_holding, taken_over
+from tests.holding import by_step, describe, fresh_log, held_by, stop_holding, taken_over, task_ids_of
 from tests.proxy import Proxy
 from tests.test_api import ApiServer
 
@@ -107,7 +107,8 @@ _LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]+\] Task ([
 
 def succeeded_late(log: str, cut_at: datetime, restored_at: datetime, held: set[str]) -> list[str]:
     """Tasks the worker had received before the cut and reported succeeded once the link was back. The log must
-    be the one expected: every received and succeeded line of Celery's parsed, the held tasks' among them."""
+    be the one expected: every received and succeeded line of Celery's parsed, the held steps' messages among them
+    (a step run by continuation is held under its own task id, in a message received under another)."""
     lines = _LINE.findall(log)
     parsed = Counter(what for _, _, what in lines)
     assert parsed == {"received": log.count("] received\n"), "succeeded": log.count("] succeeded in ")}, (
@@ -120,7 +121,8 @@ def succeeded_late(log: str, cut_at: datetime, restored_at: datetime, held: set[
             received[task] = at
         elif task in received and received[task] < cut_at and at > restored_at:
             late.append(task)
-    before = {task.rsplit("[", 1)[1].rstrip("]") for task, at in received.items() if at < cut_at}
+    before = {step_task for task, at in received.items() if at < cut_at
+              for step_task in task_ids_of(task.rsplit("[", 1)[1].rstrip("]"), task.split("[", 1)[0])}
     assert held <= before, f"the log has no line of receiving {held - before} before the cut"
     return late
 
