@@ -1,6 +1,7 @@
-"""Real Flower against real workers, behind basic auth: its own HTTP API finds every step and compensation task of
-a saga, with its state and the saga id in its arguments, and no recovery task crowds its list; a step's result
-forged through its API (send-task, by someone who has its password) is refused."""
+"""Real Flower against real workers, behind basic auth: its own HTTP API finds every step (those run by continuation
+in another step's message too) and compensation task of a saga, with its state and the saga id in its arguments,
+and no recovery task crowds its list; a step's result forged through its API (send-task, by someone who has its
+password) is refused."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 import saga
 from saga.testing import Process, Stack, wait_for_status, wait_until
 from standins import free_port
+from tests.test_continuation import continued, started_by
+from tests.sagas import probe
 from tests.test_commit_seal import CHARGE, assert_refused, charge_in_flight, forged_commit
 
 FINAL = ("completed", "compensated", "paused", "failed")
@@ -78,9 +81,15 @@ def test_flower_shows_every_step_and_compensation_of_a_saga(workers: Stack, flow
     seen = wait_until(all_seen, timeout=30, what="Flower to have seen every task of the saga")
     states = {t["name"]: t["state"] for t in seen.values()}
     assert states["tests.probe.c"] == "FAILURE" and states["tests.probe.a"] == "SUCCESS", states
-    # The ledger's task id of each step is Flower's (the console links one to the other).
+    # The ledger's task id of each step is Flower's (the console links one to the other), b and c among them though
+    # they ran by continuation in a's message, not in messages of their own.
     for step in record.steps[:3]:
         assert step.task_id in seen, f"{step.name}: task {step.task_id} not in Flower"
+    assert continued(record.id, probe, "b") and continued(record.id, probe, "c"), "b or c went through the broker"
+    for name in ("b", "c"):
+        [task_id] = started_by(record.id, name)
+        assert seen[task_id]["name"] == f"tests.probe.{name}", seen[task_id]
+    assert seen[started_by(record.id, "b")[0]]["state"] == "SUCCESS"
     everything = httpx.get(f"{flower}/api/tasks", params={"limit": 1000}, auth=AUTH, timeout=10).json()
     assert not [t for t in everything.values() if t.get("name") == "saga.recover"], "recovery floods the list"
     # A step's message carries the saga id and nothing else: no input, no setting, no secret.
