@@ -16,9 +16,9 @@ every workload inserts one row into bench_rows. A round runs one phase of N of e
 Odd rounds run them in that order, even rounds in reverse, so a machine that drifts favours none. A phase starts
 its clock, submits all N (submission is timed) and stops when the last one is done: for chains and peers, when N
 step-4 rows of the phase are in bench_rows; for sagas, when N sagas of the phase are 'completed' (one COUNT on
-`sagas`). The peers' workers are started once, after the bench's own, and run beside it to the end, idle while
-they are not measured: their idle cost (DBOS's worker polls its queue in PostgreSQL every 10 ms) lands in every
-phase's time and CPU alike.
+`sagas`). The peers' workers are started once, after the bench's own, and frozen (SIGSTOP) while they are not
+measured: DBOS's worker polls its queue in PostgreSQL every 10 ms, and that idle work would otherwise slow every
+other phase.
 
 Then `--long`: 20-task chains against 20-step sagas with and without continuation, two rounds alternating;
 `--solo K`: K chains, sagas with and without continuation, and K of each peer, one at a time, each timed on this

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import time
 import uuid
@@ -121,15 +122,27 @@ class Peer:
                 self._submit(run_id, self.warmup)
                 self._wait(lambda: self.rows_done(run_id) >= self.warmup, f"{self.warmup} warm-up of {self.name}")
                 self._check_done(run_id)
+            self.pause()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def pause(self) -> None:
+        """Freeze the worker (SIGSTOP to its process group) while other workloads are measured: its idle work
+        (DBOS's worker polls its queue every 10 ms) then costs them nothing."""
+        if self.worker is not None:
+            self.worker.send(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.worker is not None:
+            self.worker.send(signal.SIGCONT)
+
     def phase(self, n: int) -> dict[str, Any]:
         """Submit N, wait until all are done: {"run_id", "submit_s", "wall_s", "cpu_ms"} as `Bench.phase`."""
         run_id = f"{self.name}-{uuid.uuid4().hex[:12]}"
         worker_pid = self._worker_pid()
+        self.resume()
         cpu_before = self._cpu(worker_pid)
         t0 = time.perf_counter()
         self._submit(run_id, n)
@@ -138,18 +151,21 @@ class Peer:
         done = time.perf_counter()
         cpu_after = self._cpu(worker_pid)
         self._check_done(run_id)
+        self.pause()
         return {"run_id": run_id, "submit_s": submitted - t0, "wall_s": done - t0,
                 "cpu_ms": cpu.per_unit_ms(cpu_before, cpu_after, n)}
 
     def solo(self, k: int) -> list[float]:
         """K run one at a time: milliseconds from submission to its step-4 row seen (client clock)."""
         run_id, latencies = f"{self.name}-solo-{uuid.uuid4().hex[:12]}", []
+        self.resume()
         for i in range(k):
             t0 = time.perf_counter()
             self._submit(run_id, 1)
             self._wait(lambda done=i + 1: self.rows_done(run_id) >= done, f"solo {i} of {self.name}", SOLO_POLL)
             latencies.append((time.perf_counter() - t0) * 1000)
         self._check_done(run_id)
+        self.pause()
         return latencies
 
     def stop(self) -> None:
@@ -158,6 +174,7 @@ class Peer:
             self.submitter.stop()
             self.submitter = None
         if self.worker is not None:
+            self.resume()  # a frozen worker would not act on the signal that stops it
             self.worker.stop()
             self.worker = None
         if self._conn is not None:
