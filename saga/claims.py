@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, text
 
 from saga import db, metrics
+from saga.actions import COMPENSATION, FORWARD, Action
 from saga.definitions import SagaType, Step
-from saga.retry import RetryPolicy
 from saga.settings import get_settings
 from saga.states import StepKind
 
@@ -68,8 +68,6 @@ class Committed:
     cancel_requested: bool = False
     next: Claim | None = None
 
-
-Mode = Literal["forward", "compensation"]
 
 # Every statement names the saga id in its step predicates (`st.saga_id = :saga_id`), never only through a
 # CTE join: a prepared statement's generic plan, made while the tables were small, may otherwise scan every
@@ -147,6 +145,7 @@ SELECT c.fencing_token AS token, c.compensation_attempts AS attempt, s.input,
     (SELECT large_input FROM sagas WHERE id = :saga_id AND CAST(:large AS boolean)) AS large_input, c.generation
 FROM c, s
 """)
+_CLAIM = {FORWARD: _FORWARD_CLAIM, COMPENSATION: _COMPENSATION_CLAIM}
 # Where a step stands, and what its body would need: explains a refusal, and decides whether a transactional
 # forward step may run before it takes anything.
 _LOOK = text(f"""
@@ -203,42 +202,25 @@ def patience(saga_type: SagaType[Any]) -> float:
     return settings.pickup_timeout + settings.lease_margin + saga_type.longest_lease
 
 
-def needs_of(step: Step, mode: Mode) -> tuple[str, ...]:
-    """The large input fields the step's forward body, or its compensation, reads."""
-    return step.needs if mode == "forward" else step.compensation.needs  # type: ignore[union-attr]
-
-
-def policy_of(step: Step, mode: Mode) -> RetryPolicy:
-    """The retry policy of the step's forward action or of its compensation."""
-    return step.retry if mode == "forward" else step.compensation.retry  # type: ignore[union-attr]
-
-
-def _held(mode: Mode) -> str:
-    """The step status while an attempt of this mode holds it."""
-    return "running" if mode == "forward" else "compensating"
-
-
 def claim(
-    saga_id: UUID, step: Step, task_id: str, mode: Mode, conn: Connection | None = None, *,
+    saga_id: UUID, step: Step, task_id: str, action: Action, conn: Connection | None = None, *,
     redelivered: bool = False,
 ) -> Claim | Refusal | None:
     """Take the step for this execution, or say why not; None if the saga or step does not exist."""
-    policy = policy_of(step, mode)
-    lease = step.lease_seconds if mode == "forward" else step.compensation_lease_seconds
     params = {
-        "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": lease,
-        "max_attempts": policy.max_attempts, "redelivered": redelivered, "large": bool(needs_of(step, mode)),
-        **_fences(step),
+        "saga_id": saga_id, "idx": step.index, "name": step.name, "task_id": task_id, "lease": action.lease(step),
+        "max_attempts": action.policy(step).max_attempts, "redelivered": redelivered,
+        "large": bool(action.needs(step)), **_fences(step),
     }
     with db.autocommit(conn) as tx:
         started = time.perf_counter()
-        row = db.fetchone(tx, _FORWARD_CLAIM if mode == "forward" else _COMPENSATION_CLAIM, params)
-        metrics.CLAIM_SECONDS.labels(mode).observe(time.perf_counter() - started)
+        row = db.fetchone(tx, _CLAIM[action], params)
+        metrics.CLAIM_SECONDS.labels(action.name).observe(time.perf_counter() - started)
         if row is not None:
             return Claim(token=row.token, attempt=row.attempt, input=row.input, results=row.results,
                          checkpoint=row.checkpoint, tenant=row.tenant, large_input=row.large_input,
                          generation=row.generation)
-        return _refusal(_look(tx, saga_id, step), mode)
+        return _refusal(_look(tx, saga_id, step), action)
 
 
 def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | None:
@@ -249,7 +231,7 @@ def preview(saga_id: UUID, step: Step, conn: Connection) -> Claim | Refusal | No
     crashed): that is a refusal, and the caller claims up front too, so every crash is counted.
     """
     row = _look(conn, saga_id, step, large=bool(step.needs))
-    why = _refusal(row, "forward")
+    why = _refusal(row, FORWARD)
     if (why is not None and not why.foreign and not why.out_of_turn and why.saga_status in ("pending", "running") and not why.cancel_requested
             and why.step_status == "pending" and why.attempts < step.retry.max_attempts and why.wait == 0):
         return Claim(token=None, attempt=why.attempts + 1, input=row.input, results=row.results,  # type: ignore[union-attr]
@@ -272,10 +254,10 @@ def claim_and_commit(saga_id: UUID, step: Step, task_id: str, result_json: str, 
     return _committed(row, then, claimed) if row else None
 
 
-def explain(saga_id: UUID, step: Step, mode: Mode) -> Refusal | None:
+def explain(saga_id: UUID, step: Step, action: Action) -> Refusal | None:
     """Why the step cannot be taken now; None if the saga or step does not exist."""
     with db.autocommit() as conn:
-        return _refusal(_look(conn, saga_id, step), mode)
+        return _refusal(_look(conn, saga_id, step), action)
 
 
 def _look(conn: Connection, saga_id: UUID, step: Step, large: bool = False) -> Any:
@@ -290,16 +272,15 @@ def _fences(step: Step) -> dict[str, Any]:
             "undo_attempts": [s.compensation.retry.max_attempts if s.compensation else 0 for s in step.saga.steps]}
 
 
-def _refusal(why: Any, mode: Mode) -> Refusal | None:
-    """A `_LOOK` row as the reason a step of this mode cannot be taken."""
+def _refusal(why: Any, action: Action) -> Refusal | None:
+    """A `_LOOK` row as the reason this action of a step cannot be taken."""
     if why is None:
         return None
-    forward = mode == "forward"
     return Refusal(
         saga_status=why.saga_status, cancel_requested=why.cancel_requested, step_status=why.step_status,
-        attempts=why.attempts if forward else why.compensation_attempts, wait=float(why.wait),
+        attempts=getattr(why, action.attempts), wait=float(why.wait),
         effect_unknown=why.effect_unknown, foreign=not why.ours,
-        out_of_turn=not (why.in_turn if forward else why.undo_in_turn),
+        out_of_turn=not (why.in_turn if action.forward else why.undo_in_turn),
     )
 
 
@@ -320,10 +301,10 @@ SELECT count(*) FROM c
 """)
 
 
-def checkpoint(saga_id: UUID, step: Step, token: int, mode: Mode, values_json: str) -> bool:
+def checkpoint(saga_id: UUID, step: Step, token: int, action: Action, values_json: str) -> bool:
     """Merge `values_json` (a JSON object) into the step's checkpoint; False if this attempt lost its lease."""
-    params = {"saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "held": _held(mode),
-              "values": values_json, "event": "step_checkpoint" if mode == "forward" else "compensation_checkpoint"}
+    params = {"saga_id": saga_id, "idx": step.index, "name": step.name, "token": token, "held": action.held,
+              "values": values_json, "event": action.event("checkpoint")}
     with db.autocommit() as conn:
         return bool(db.fetchone(conn, _CHECKPOINT, params)[0])  # type: ignore[index]
 
@@ -412,6 +393,8 @@ def _committed(row: Any, then: Then | None, claimed: Claim | None) -> Committed:
         token=row.next_token, attempt=row.next_attempt, input=claimed.input,
         results=claimed.results, checkpoint=row.next_checkpoint, tenant=claimed.tenant,
         large_input=row.next_large_input, generation=row.next_generation))
+
+
 _COMPENSATION_SUCCESS = text("""
 WITH s AS (
     SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
@@ -435,7 +418,7 @@ SELECT status, cancel_requested FROM u
 
 
 def commit_success(
-    saga_id: UUID, step: Step, token: int, result_json: str, mode: Mode, conn: Connection | None = None, *,
+    saga_id: UUID, step: Step, token: int, result_json: str, action: Action, conn: Connection | None = None, *,
     then: Then | None = None, claimed: Claim | None = None,
 ) -> Committed | None:
     """Record the outcome (the result as JSON text), or None if the token was superseded. Fenced by the token
@@ -447,7 +430,7 @@ def commit_success(
         "result": result_json, "last": step.index == len(step.saga.steps) - 1,
         "pivotal": step.kind is not StepKind.COMPENSABLE, **(then.params() if then else {}),
     }
-    statement = (_COMPENSATION_SUCCESS if mode == "compensation"
+    statement = (_COMPENSATION_SUCCESS if not action.forward
                  else _FORWARD_SUCCESS_THEN_CLAIM if then else _FORWARD_SUCCESS)
     with db.autocommit(conn) as tx:
         row = db.fetchone(tx, statement, params)
@@ -558,15 +541,8 @@ def await_input(saga_id: UUID, step: Step, token: int, fields: tuple[str, ...], 
         return db.fetchone(conn, _AWAIT_INPUT, params) is not None
 
 
-def failed_status(mode: Mode, retry_in: float | None) -> str:
-    """The step's status once a failed attempt is recorded."""
-    if retry_in is None:
-        return "failed"
-    return "pending" if mode == "forward" else "compensating"
-
-
 def record_failure(
-    saga_id: UUID, step: Step, token: int, mode: Mode, error: str, *, retry_in: float | None,
+    saga_id: UUID, step: Step, token: int, action: Action, error: str, *, retry_in: float | None,
     effect_unknown: bool, hold: float = 0.0,
 ) -> Committed | None:
     """Record a failed attempt: scheduled for retry after `retry_in` seconds, or final when it is None; a final
@@ -580,13 +556,13 @@ def record_failure(
     }
     if retry_in is not None:
         statement = _RETRY_LATER
-        params |= {"retry_in": retry_in, "held": _held(mode), "next_status": failed_status(mode, retry_in),
-                   "event": f"{'step' if mode == 'forward' else 'compensation'}_attempt_failed"}
-    elif mode == "forward":
+        params |= {"retry_in": retry_in, "held": action.held, "next_status": action.retrying,
+                   "event": action.event("attempt_failed")}
+    elif action.forward:
         statement = _FORWARD_FAILED
     else:
         statement = _COMPENSATION_FAILED
-        params["max_attempts"] = policy_of(step, mode).max_attempts
+        params["max_attempts"] = action.policy(step).max_attempts
     with db.autocommit() as conn:
         row = db.fetchone(conn, statement, params)
     return Committed(row.status, row.cancel_requested) if row else None
@@ -607,10 +583,11 @@ def landed(saga_id: UUID, step: Step, token: int, status: str) -> Committed | No
     return Committed(row.status, row.cancel_requested) if row else None
 
 
-def _give_up_statement(mode: Mode) -> Any:
-    attempts, held = ("attempts", "'pending', 'running'") if mode == "forward" else (
-        "compensation_attempts", "'succeeded', 'compensating', 'failed'")
-    finished = ", finished_at = now()" if mode == "forward" else ""
+def _give_up_statement(action: Action) -> Any:
+    """Fail the step for `action` once all its attempts were used: from the statuses an attempt of it leaves
+    when it never reports (a forward step pending or running; a compensation from the step it undoes)."""
+    held = "'pending', 'running'" if action.forward else "'succeeded', 'compensating', 'failed'"
+    finished = ", finished_at = now()" if action.forward else ""
     return text(f"""
 WITH s AS (
     SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
@@ -618,7 +595,7 @@ WITH s AS (
     UPDATE saga_steps st SET status = 'failed', effect_unknown = true, error = CAST(:error AS text), lease_expires_at = NULL,
         not_before = NULL, fencing_token = st.fencing_token + 1{finished}
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status IN ({held})
-        AND {_CLAIMABLE} AND st.{attempts} >= :max_attempts
+        AND {_CLAIMABLE} AND st.{action.attempts} >= :max_attempts
     RETURNING st.saga_id
 ), u AS (
     UPDATE sagas SET updated_at = now(), deadline = now() + make_interval(secs => :pickup)
@@ -631,20 +608,19 @@ SELECT count(*) FROM c
 """)
 
 
-_GIVE_UP = {"forward": _give_up_statement("forward"), "compensation": _give_up_statement("compensation")}
+_GIVE_UP = {action: _give_up_statement(action) for action in (FORWARD, COMPENSATION)}
 
 
-def give_up(saga_id: UUID, step: Step, mode: Mode) -> bool:
+def give_up(saga_id: UUID, step: Step, action: Action) -> bool:
     """Fail a step whose attempts were all used without a verdict (each crashed or timed out its worker)."""
-    policy = policy_of(step, mode)
+    policy = action.policy(step)
     params = {
         "saga_id": saga_id, "idx": step.index, "name": step.name, "pickup": patience(step.saga),
-        "max_attempts": policy.max_attempts,
-        "event": "step_failed" if mode == "forward" else "compensation_failed",
+        "max_attempts": policy.max_attempts, "event": action.event("failed"),
         "error": f"all {policy.max_attempts} attempts ended without an outcome (worker lost or timed out)",
     }
     with db.autocommit() as conn:
-        return bool(db.fetchone(conn, _GIVE_UP[mode], params)[0])  # type: ignore[index]
+        return bool(db.fetchone(conn, _GIVE_UP[action], params)[0])  # type: ignore[index]
 
 
 # Recovery and `finish` leave a saga alone while one of its attempts holds a live lease, and look again when
@@ -664,18 +640,25 @@ def defer_to_live_lease(conn: Connection, saga_id: UUID) -> bool:
 
 
 # The attempt a task holds, if it has run long enough to have met its hard time limit.
-_CURRENT_TOKEN = {mode: text(f"""
-SELECT fencing_token, {attempts} AS attempt FROM saga_steps
+_CURRENT_ATTEMPT = {action: text(f"""
+SELECT fencing_token AS token, {action.attempts} AS attempt FROM saga_steps
 WHERE saga_id = :s AND idx = :i AND task_id = :t AND status = :held
     AND lease_expires_at <= now() + make_interval(secs => :within)
-""") for mode, attempts in (("forward", "attempts"), ("compensation", "compensation_attempts"))}
+""") for action in (FORWARD, COMPENSATION)}
 
 
-def current_token(saga_id: UUID, step: Step, task_id: str, mode: Mode, *,
-                  ending_within: float) -> tuple[int, int] | None:
-    """(fencing token, attempt) held by Celery task `task_id`, if that task still holds the step and its lease
-    ends within `ending_within` seconds (the attempt ran to its hard time limit)."""
+@dataclass(frozen=True)
+class Held:
+    """An attempt that holds a step: its fencing token and its number."""
+
+    token: int
+    attempt: int
+
+
+def current_attempt(saga_id: UUID, step: Step, task_id: str, action: Action, *, ending_within: float) -> Held | None:
+    """The attempt Celery task `task_id` holds, if it still holds the step and its lease ends within
+    `ending_within` seconds (the attempt ran to its hard time limit)."""
     with db.autocommit() as conn:
-        row = conn.execute(_CURRENT_TOKEN[mode], {"s": saga_id, "i": step.index, "t": task_id, "held": _held(mode),
-                                                  "within": ending_within}).first()
-    return (row.fencing_token, row.attempt) if row else None
+        row = conn.execute(_CURRENT_ATTEMPT[action], {"s": saga_id, "i": step.index, "t": task_id,
+                                                      "held": action.held, "within": ending_within}).first()
+    return Held(row.token, row.attempt) if row else None

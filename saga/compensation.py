@@ -10,6 +10,7 @@ from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
 from saga import claims, commit_seal, continuation, db, disclosure, dispatch, metrics, runner, store, versions
+from saga.actions import Action
 from saga.claims import patience
 from saga.definitions import KILL_GRACE, TASKS, SagaType, Step
 from saga.errors import StepFailed
@@ -168,9 +169,9 @@ def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kw
     if task_name not in TASKS:
         log.error("saga %s: task %s failed: %r; recovery will look at the saga", saga_id, task_name, exc)
         return
-    step, mode = TASKS[task_name]
+    step, action = TASKS[task_name]
     at = kwargs.get("at")
-    if mode == "forward" and isinstance(at, str) and at != step.name:  # a retry for a step run by continuation
+    if action.forward and isinstance(at, str) and at != step.name:  # a retry for a step run by continuation
         later = next((s for s in step.saga.steps[step.index + 1:] if s.name == at), None)
         if later is None:
             log.error("saga %s: task %s names step %r, not one after it; ignored", saga_id, task_name, at)
@@ -182,52 +183,51 @@ def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kw
         pending = kwargs.get("commit")
         if pending:
             try:
-                sealed = commit_seal.opened(saga_id, step.name, mode, pending)
+                sealed = commit_seal.opened(saga_id, step.name, action.name, pending)
                 if sealed is None:
-                    commit_seal.refused(saga_id, step.saga.name, step.name, mode)
+                    commit_seal.refused(saga_id, step.saga.name, step.name, action.name)
                     return
-                claims.commit_success(saga_id, step, *sealed, mode)
+                claims.commit_success(saga_id, step, *sealed, action)
             except Exception as error:  # noqa: BLE001 - the ledger may be down too: the crash window remains
                 log.warning("saga %s %s: result still not recorded (%s)", saga_id, step.name, error)
         return
     if isinstance(exc, TimeLimitExceeded):
-        record_lost_attempt(saga_id, step, mode, task_id, exc)
+        record_lost_attempt(saga_id, step, action, task_id, exc)
     elif not isinstance(exc, StepFailed):
         # Anything else reached here from outside the body (or from a message somebody made up, whose task id
         # and errback say nothing true): the attempt's lease runs out and recovery takes the step on.
         log.error("saga %s %s %s: task %s failed outside its body (%r); its lease ends and recovery takes it on",
-                  saga_id, mode, step.name, task_id, exc)
-    if mode == "forward":
+                  saga_id, action.name, step.name, task_id, exc)
+    if action.forward:
         react(saga_id)
 
 
-def record_lost_attempt(saga_id: UUID, step: Step, mode: claims.Mode, task_id: str, exc: TimeLimitExceeded) -> None:
+def record_lost_attempt(saga_id: UUID, step: Step, action: Action, task_id: str, exc: TimeLimitExceeded) -> None:
     """A hard time limit (the errback's, or continuation's for a step a message ran after its own): count the
     attempt, with its outcome unknown. Only an attempt that has really run that
     long counts (its lease is about to end): a made-up message with that task id cannot fail a live attempt."""
-    part = step if mode == "forward" else step.compensation
-    held = claims.current_token(saga_id, step, task_id, mode, ending_within=KILL_GRACE + LIMIT_SLACK)
-    if held is None and mode == "forward" and step.transactional:
+    held = claims.current_attempt(saga_id, step, task_id, action, ending_within=KILL_GRACE + LIMIT_SLACK)
+    if held is None and action.forward and step.transactional:
         # Taken only with its commit, the attempt left no trace: take the step now, to count it.
-        taken = claims.claim(saga_id, step, task_id, mode)
-        held = (taken.token, taken.attempt) if isinstance(taken, claims.Claim) else None  # type: ignore[assignment]
+        taken = claims.claim(saga_id, step, task_id, action)
+        held = claims.Held(taken.token, taken.attempt) if isinstance(taken, claims.Claim) else None  # type: ignore[arg-type]
     if held is None:
         return
-    token, attempt = held
-    policy = claims.policy_of(step, mode)
+    token, attempt = held.token, held.attempt
+    policy = action.policy(step)
     # Celery runs this errback before it kills a body past its hard limit: nothing retries or undoes the step
     # until the process is surely gone.
     hold = KILL_GRACE if isinstance(exc, TimeLimitExceeded) else 0.0
     retry_in = max(policy.delay(attempt), hold) if attempt < policy.max_attempts else None
     recorded = claims.record_failure(
-        saga_id, step, token, mode, disclosure.as_recorded(exc), retry_in=retry_in,
-        effect_unknown=not part.transactional, hold=hold,  # type: ignore[union-attr]
+        saga_id, step, token, action, disclosure.as_recorded(exc), retry_in=retry_in,
+        effect_unknown=not action.of(step).transactional, hold=hold,
     )
     if recorded is None:
         return
-    if mode == "forward" and recorded.cancel_requested:
+    if action.forward and recorded.cancel_requested:
         begin(saga_id, step.saga, "cancelled", after_leases=True)
-    elif mode == "forward" and retry_in is not None:
+    elif action.forward and retry_in is not None:
         dispatch.forward(saga_id, step.saga, step.index, countdown=retry_in, claim_first=True)
-    elif mode == "compensation":
+    elif not action.forward:
         dispatch.compensations(store.load(saga_id), step.saga, countdown=retry_in)

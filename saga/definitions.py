@@ -7,12 +7,13 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError, create_model
 from sqlalchemy import Connection
 
+from saga.actions import Action
 from saga.errors import InvalidInput, UnknownSagaType, VersionNotDeclared
 from saga.retry import RetryPolicy
 from saga.states import StepKind
@@ -28,8 +29,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # (name, version) -> the saga type; several versions of one type may be declared side by side.
 REGISTRY: dict[tuple[str, int], SagaType[Any]] = {}
-# Celery task name -> the step it runs, and whether it runs the step or its compensation.
-TASKS: dict[str, tuple[Step, Literal["forward", "compensation"]]] = {}
+# Celery task name -> the step it runs, and which of its actions (the step or its compensation).
+TASKS: dict[str, tuple[Step, Action]] = {}
 
 
 class Engine(Protocol):

@@ -25,6 +25,7 @@ from saga import (
     tracing,
     worker_checks,
 )
+from saga.actions import COMPENSATION, FORWARD
 from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
 from saga.errors import ConfigurationError, StepFailed
 
@@ -111,7 +112,7 @@ class Sagas:
                 return execution.run_compensation(task, step, saga_id, commit, claim_first)
             return execution.run_step(task, step, saga_id, commit, claim_first, at)
 
-        TASKS[task_name] = (step, "compensation" if compensating else "forward")
+        TASKS[task_name] = (step, COMPENSATION if compensating else FORWARD)
         run.__name__ = task_name.rsplit(".", 1)[-1]
         run.__doc__ = (comp.fn if comp else step.fn).__doc__
         return self.app.task(

@@ -29,7 +29,8 @@ from saga import (
     tracing,
     versions,
 )
-from saga.claims import Claim, Committed, Mode, Refusal
+from saga.actions import COMPENSATION, FORWARD, Action
+from saga.claims import Claim, Committed, Refusal
 from saga.definitions import HARD_LIMIT_GRACE, Step, StepContext
 from saga.disclosure import as_recorded
 from saga.errors import (
@@ -40,6 +41,7 @@ from saga.errors import (
     StepFailed,
     VersionNotDeclared,
 )
+from saga.states import SagaStatus, StepStatus
 from saga.storable import storable
 
 log = logging.getLogger("saga.execution")
@@ -52,6 +54,8 @@ LEDGER_RETRY_DELAY = 2.0
 # Deadlock and serialization failures: PostgreSQL aborted this transaction in favour of another writer.
 _CONFLICTS = ("40P01", "40001")
 CONFLICT_RETRY_DELAY = 0.2
+# Saga statuses in which its forward steps run.
+_GOING = (SagaStatus.PENDING, SagaStatus.RUNNING)
 # Waits between in-process tries of a write that records what a body did (about 6 s in all): a short outage
 # or a deadlock must not cost a second run of the body.
 DURABLE_WRITE_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
@@ -67,21 +71,21 @@ def run_step(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None 
     `claim_first` is set by recovery and the errback: an earlier attempt may have crashed.
     `at` names the later step a retried message is for: one that an earlier delivery ran by continuation.
     """
-    return _run(task, step, UUID(saga_id), "forward", commit, claim_first, at)
+    return _run(task, step, UUID(saga_id), FORWARD, commit, claim_first, at)
 
 
 def run_compensation(task: Any, step: Step, saga_id: str, commit: dict[str, Any] | None = None,
                      claim_first: bool = False) -> Any:
     """Undo a step's effect; the compensation chain continues even when this one gives up."""
-    return _run(task, step, UUID(saga_id), "compensation", commit, claim_first)
+    return _run(task, step, UUID(saga_id), COMPENSATION, commit, claim_first)
 
 
-def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
+def _run(task: Any, step: Step, saga_id: UUID, action: Action, pending: dict[str, Any] | None,
          claim_first: bool, at: str | None = None) -> Any:
     if at is not None and at != step.name:
         step = _later_step(step, saga_id, at)
-    if mode == "compensation" or not step.saga.continuation or not continuation.possible():
-        _one(task, step, saga_id, mode, pending, claim_first)
+    if not action.forward or not step.saga.continuation or not continuation.possible():
+        _one(task, step, saga_id, action, pending, claim_first)
         return None
     budget = continuation.Budget(task, step)
     given: Claim | None = None
@@ -90,7 +94,7 @@ def _run(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, An
         try:
             with continuation.own_limits(step, partial(_hard_limit, saga_id, step, task_id)), \
                     task_events.shown(task, step, saga_id, task_id):
-                done = _one(task, step, saga_id, mode, pending, claim_first, given, budget)
+                done = _one(task, step, saga_id, action, pending, claim_first, given, budget)
         except StepFailed:
             if task_id == task.request.id:
                 raise  # the message's own step: the chain's errback reacts
@@ -125,7 +129,7 @@ def _hard_limit(saga_id: UUID, step: Step, task_id: str) -> None:
     """At a step's hard time limit in a continuing message, just before its process is killed: the attempt is
     recorded as the errback records one of a message's own step that Celery killed."""
     limit = step.time_limit + HARD_LIMIT_GRACE
-    compensation.record_lost_attempt(saga_id, step, "forward", task_id, TimeLimitExceeded(limit))
+    compensation.record_lost_attempt(saga_id, step, FORWARD, task_id, TimeLimitExceeded(limit))
 
 
 def _later_step(step: Step, saga_id: UUID, name: str) -> Step:
@@ -138,69 +142,67 @@ def _later_step(step: Step, saga_id: UUID, name: str) -> Step:
     raise Ignore()
 
 
-def _one(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None, claim_first: bool,
+def _one(task: Any, step: Step, saga_id: UUID, action: Action, pending: dict[str, Any] | None, claim_first: bool,
          given: Claim | None = None, budget: continuation.Budget | None = None) -> Committed | None:
     """One step (or compensation) in this message: recorded as done (with the next step's claim if the commit took
     it), None if it was done already or nothing is left to do for it; every other end is raised for Celery."""
-    with logs.step_context(saga_id=str(saga_id), saga_type=step.saga.name, step=step.name, mode=mode) as fields, \
-            tracing.attempt_span(saga_id, f"{mode} {step.name}", fields):
-        return _one_tagged(task, step, saga_id, mode, pending, claim_first, given, budget)
+    with logs.step_context(saga_id=str(saga_id), saga_type=step.saga.name, step=step.name, mode=action.name) as fields, \
+            tracing.attempt_span(saga_id, f"{action.name} {step.name}", fields):
+        return _one_tagged(task, step, saga_id, action, pending, claim_first, given, budget)
 
 
-def _one_tagged(task: Any, step: Step, saga_id: UUID, mode: Mode, pending: dict[str, Any] | None,
+def _one_tagged(task: Any, step: Step, saga_id: UUID, action: Action, pending: dict[str, Any] | None,
                 claim_first: bool, given: Claim | None, budget: continuation.Budget | None) -> Committed | None:
     try:
         commit_seal.load()  # while the ledger answers: a commit that cannot be recorded later is sealed with it
     except _UNREACHABLE as exc:
-        raise _ledger_unreachable(task, step, mode, exc) from exc
+        raise _ledger_unreachable(task, step, action, exc) from exc
     except ConfigurationError as exc:  # a ledger not migrated yet: the step waits for it, no attempt is spent
-        log.error("saga %s %s %s: %s; trying again in %.0fs", saga_id, mode, step.name, exc, LEDGER_RETRY_DELAY)
-        raise _retry(task, step, mode, LEDGER_RETRY_DELAY) from exc
+        log.error("saga %s %s %s: %s; trying again in %.0fs", saga_id, action.name, step.name, exc, LEDGER_RETRY_DELAY)
+        raise _retry(task, step, action, LEDGER_RETRY_DELAY) from exc
     if pending is not None:
-        sealed = commit_seal.opened(saga_id, step.name, mode, pending)
+        sealed = commit_seal.opened(saga_id, step.name, action.name, pending)
         if sealed is None:  # not from a worker of this ledger: whoever sent it cannot say how the step went
-            commit_seal.refused(saga_id, step.saga.name, step.name, mode)
+            commit_seal.refused(saga_id, step.saga.name, step.name, action.name)
             raise Ignore()
-        return _settle(task, step, saga_id, mode, _commit(task, step, saga_id, mode, *sealed))
-    part = step if mode == "forward" else step.compensation
-    transactional = part.transactional  # type: ignore[union-attr]
+        return _settle(task, step, saga_id, action, _commit(task, step, saga_id, action, *sealed))
     # A message redelivered, or re-sent by recovery, may follow an attempt that crashed its worker: it is
     # claimed (and counted) up front, even for a transactional step, so a body that always crashes runs out of
     # attempts.
     suspect = claim_first or bool((task.request.delivery_info or {}).get("redelivered"))
-    attempt = _Attempt(task, step, saga_id, mode, suspect, given, budget)
+    attempt = _Attempt(task, step, saga_id, action, suspect, given, budget)
     try:
-        if transactional:
+        if action.of(step).transactional:
             with db.engine().connect() as conn, conn.begin():
                 outcome = attempt.run(conn)
         else:
             outcome = attempt.run(None)
     except _UNREACHABLE as exc:
-        raise _ledger_unreachable(task, step, mode, exc) from exc
+        raise _ledger_unreachable(task, step, action, exc) from exc
     except _Overtaken:
         # The body's writes rolled back: another delivery committed the step, or the saga moved on.
-        _count(step, mode, "lost")
-        outcome = _ledger(task, step, mode, claims.explain, saga_id, step, mode)
+        _count(step, action, "lost")
+        outcome = _ledger(task, step, action, claims.explain, saga_id, step, action)
     except _BodyFailed as failure:
         if failure.claim.token is None:
             # A transactional step's body ran before anything was taken, and its writes rolled back with the
             # transaction: take the step now, to count the attempt.
-            claim = _ledger(task, step, mode, claims.claim, saga_id, step, attempt.task_id, mode)
+            claim = _ledger(task, step, action, claims.claim, saga_id, step, attempt.task_id, action)
             if not isinstance(claim, Claim):
                 raise Ignore() from failure.exc
             failure.claim = claim
-        return _failed(task, step, saga_id, mode, failure.claim, failure.exc)
-    return _settle(task, step, saga_id, mode, outcome)
+        return _failed(task, step, saga_id, action, failure.claim, failure.exc)
+    return _settle(task, step, saga_id, action, outcome)
 
 
-def _settle(task: Any, step: Step, saga_id: UUID, mode: Mode, outcome: Refusal | None | Lost | Committed) -> Committed | None:
+def _settle(task: Any, step: Step, saga_id: UUID, action: Action, outcome: Refusal | None | Lost | Committed) -> Committed | None:
     """What the message does once the attempt is over: go on, stop its chain, or start the undo."""
     if isinstance(outcome, Refusal) or outcome is None:
-        return _refused(task, step, saga_id, mode, outcome)
+        return _refused(task, step, saga_id, action, outcome)
     if isinstance(outcome, Lost):
-        _discard(step, saga_id, mode)
-    _count(step, mode, "succeeded", outcome.saga_status)
-    if mode == "forward" and outcome.cancel_requested:
+        _discard(step, saga_id, action)
+    _count(step, action, "succeeded", outcome.saga_status)
+    if action.forward and outcome.cancel_requested:
         _cancel(saga_id, step)
         raise Ignore()
     return outcome
@@ -228,40 +230,38 @@ class _Attempt:
     """One execution of a step's body: claim (unless the previous step's commit claimed it), body, commit (which
     may claim the next step, within the message's budget)."""
 
-    def __init__(self, task: Any, step: Step, saga_id: UUID, mode: Mode, suspect: bool, given: Claim | None,
+    def __init__(self, task: Any, step: Step, saga_id: UUID, action: Action, suspect: bool, given: Claim | None,
                  budget: continuation.Budget | None) -> None:
-        self.task, self.step, self.saga_id, self.mode = task, step, saga_id, mode
+        self.task, self.step, self.saga_id, self.action = task, step, saga_id, action
         self.suspect, self.given, self.budget = suspect, given, budget
-        forward = mode == "forward"
-        self.task_id = continuation.task_id(task.request.id, step, task.name) if forward else task.request.id
+        self.task_id = continuation.task_id(task.request.id, step, task.name) if action.forward else task.request.id
 
     def run(self, conn: Connection | None) -> Refusal | None | Lost | Committed:
         """Claim, run the body, commit: what was recorded, a Refusal, None, or LOST."""
-        task, step, saga_id, mode = self.task, self.step, self.saga_id, self.mode
+        task, step, saga_id, action = self.task, self.step, self.saga_id, self.action
         # A transactional forward step is claimed together with its commit, unless it is suspect or was claimed
         # by the previous step's commit.
-        deferred = mode == "forward" and conn is not None and not self.suspect and self.given is None
+        deferred = action.forward and conn is not None and not self.suspect and self.given is None
         outcome: Claim | Refusal | None = self.given
         if outcome is None:
             if deferred:
                 outcome = claims.preview(saga_id, step, conn)  # type: ignore[arg-type]
-                if isinstance(outcome, Refusal) and outcome.step_status == "running" and outcome.wait == 0:
+                if isinstance(outcome, Refusal) and outcome.step_status == StepStatus.RUNNING and outcome.wait == 0:
                     deferred = False  # an attempt claimed up front never reported (it crashed): count this one too
             if not deferred:
-                outcome = claims.claim(saga_id, step, self.task_id, mode, redelivered=self.suspect)
+                outcome = claims.claim(saga_id, step, self.task_id, action, redelivered=self.suspect)
         if not isinstance(outcome, Claim):
             return outcome
         logs.tag(attempt=outcome.attempt, tenant=outcome.tenant)
-        body = step.fn if mode == "forward" else step.compensation.fn  # type: ignore[union-attr]
         started = time.perf_counter()
         try:
-            result = _as_json(body(_context(step, saga_id, mode, outcome, conn)))
+            result = _as_json(action.body(step)(_context(step, saga_id, action, outcome, conn)))
         except LeaseLost:
             return LOST
         except Exception as exc:
             raise _BodyFailed(exc, outcome) from exc
         finally:
-            metrics.STEP_SECONDS.labels(step.saga.name, step.name, mode).observe(time.perf_counter() - started)
+            metrics.STEP_SECONDS.labels(step.saga.name, step.name, action.name).observe(time.perf_counter() - started)
         then = self._then()
         if deferred:
             committed = claims.claim_and_commit(saga_id, step, self.task_id, result, conn,  # type: ignore[arg-type]
@@ -271,19 +271,19 @@ class _Attempt:
             return committed
         if conn is not None:  # transactional, claimed up front: the commit joins the body's transaction
             try:
-                committed = claims.commit_success(saga_id, step, outcome.token, result, mode, conn,  # type: ignore[arg-type]
+                committed = claims.commit_success(saga_id, step, outcome.token, result, action, conn,  # type: ignore[arg-type]
                                                   then=then, claimed=_with_result(outcome, step, result))
             except _UNREACHABLE as exc:
                 raise _BodyFailed(exc, outcome) from exc  # the transaction is lost with the body's writes: retry
             if committed is None:
                 raise _Overtaken()
             return committed
-        return _commit(task, step, saga_id, mode, outcome.token, result, then,  # type: ignore[arg-type]
+        return _commit(task, step, saga_id, action, outcome.token, result, then,  # type: ignore[arg-type]
                        _with_result(outcome, step, result))
 
     def _then(self) -> claims.Then | None:
         """The next step, if this message may run it itself: the commit claims it too."""
-        following = self.budget.next_for(self.step) if self.budget and self.mode == "forward" else None
+        following = self.budget.next_for(self.step) if self.budget and self.action.forward else None
         if following is None:
             return None
         return claims.Then(following, continuation.task_id(self.task.request.id, following, self.task.name))
@@ -295,100 +295,99 @@ def _with_result(claim: Claim, step: Step, result: str) -> Claim:
     return replace(claim, results={**claim.results, step.name: json.loads(result)})
 
 
-def _context(step: Step, saga_id: UUID, mode: Mode, claim: Claim, conn: Connection | None) -> StepContext[Any]:
+def _context(step: Step, saga_id: UUID, action: Action, claim: Claim, conn: Connection | None) -> StepContext[Any]:
     def save(values: dict[str, Any]) -> None:
         values_json = json.dumps(storable(values), allow_nan=False)
-        if not _durably(claims.checkpoint, saga_id, step, claim.token, mode, values_json):
-            raise LeaseLost(f"saga {saga_id} {mode} {step.name}: the attempt no longer holds the step")
+        if not _durably(claims.checkpoint, saga_id, step, claim.token, action, values_json):
+            raise LeaseLost(f"saga {saga_id} {action.name} {step.name}: the attempt no longer holds the step")
 
     key = (f"{saga_id}:{step.name}" + (f":{claim.generation}" if claim.generation else "")
-           + (":compensate" if mode == "compensation" else ""))
+           + ("" if action.forward else ":compensate"))
     return StepContext(
         saga_id=saga_id, saga_type=step.saga.name, step=step.name,
-        input=step.saga.step_input(claim.input, claim.large_input, claims.needs_of(step, mode)),
+        input=step.saga.step_input(claim.input, claim.large_input, action.needs(step)),
         results=claim.results, idempotency_key=key,
         # The fencing token grows with every claim of the step, forward or back, so it names this attempt alone.
         attempt_key=f"{key}:{claim.token}" if claim.token is not None else f"{key}:attempt-{claim.attempt}",
-        attempt=claim.attempt, compensating=mode == "compensation", db=conn, checkpoints=dict(claim.checkpoint),
+        attempt=claim.attempt, compensating=not action.forward, db=conn, checkpoints=dict(claim.checkpoint),
         _save=None if conn is not None else save,
     )
 
 
-def _commit(task: Any, step: Step, saga_id: UUID, mode: Mode, token: int, result: str,
+def _commit(task: Any, step: Step, saga_id: UUID, action: Action, token: int, result: str,
             then: claims.Then | None = None, claimed: Claim | None = None) -> Lost | Committed:
     """Record a finished body's result under its token (and claim `then`, the next step, with it). If the ledger
     cannot take it, the commit alone is retried (in this process, then by a message carrying the result under the
     engine's seal): the body never runs again for it."""
-    done = "succeeded" if mode == "forward" else "compensated"
     try:
-        committed = _durably(claims.commit_success, saga_id, step, token, result, mode, then=then, claimed=claimed,
-                             landed=lambda: claims.landed(saga_id, step, token, done))
+        committed = _durably(claims.commit_success, saga_id, step, token, result, action, then=then, claimed=claimed,
+                             landed=lambda: claims.landed(saga_id, step, token, action.done))
     except (*_UNREACHABLE, SoftTimeLimitExceeded) as exc:
         metrics.LEDGER_ERRORS.labels("commit_success").inc()
-        log.warning("saga %s %s %s: result not recorded yet (%s); retrying the commit in %.0fs", saga_id, mode,
-                    step.name, type(exc).__name__, LEDGER_RETRY_DELAY)
-        sealed = commit_seal.seal(saga_id, step.name, mode, token, result)
-        raise _retry(task, step, mode, LEDGER_RETRY_DELAY, kwargs={"commit": sealed}) from exc
+        log.warning("saga %s %s %s: result not recorded yet (%s); retrying the commit in %.0fs", saga_id,
+                    action.name, step.name, type(exc).__name__, LEDGER_RETRY_DELAY)
+        sealed = commit_seal.seal(saga_id, step.name, action.name, token, result)
+        raise _retry(task, step, action, LEDGER_RETRY_DELAY, kwargs={"commit": sealed}) from exc
     return committed if committed is not None else LOST
 
 
-def _durably(action: Callable[..., T | None], *args: Any, landed: Callable[[], T | None] | None = None,
+def _durably(write: Callable[..., T | None], *args: Any, landed: Callable[[], T | None] | None = None,
              **kwargs: Any) -> T | None:
-    """`action(...)`, a fenced write, tried again after short waits while the ledger is unreachable or a write
+    """`write(...)`, a fenced write, tried again after short waits while the ledger is unreachable or a write
     conflicts. When it changes nothing, `landed()` tells whether that is because an earlier try (whose answer
     was lost) already did it, or because the attempt lost its claim (None)."""
     for delay in (*DURABLE_WRITE_DELAYS, None):
         try:
-            result = action(*args, **kwargs)
+            result = write(*args, **kwargs)
             return landed() if result is None and landed is not None else result
         except _UNREACHABLE as exc:
             if delay is None:
                 raise
-            metrics.LEDGER_ERRORS.labels(action.__name__).inc()
-            log.warning("ledger write %s failed (%s); trying again in %.1fs", action.__name__,
+            metrics.LEDGER_ERRORS.labels(write.__name__).inc()
+            log.warning("ledger write %s failed (%s); trying again in %.1fs", write.__name__,
                         type(getattr(exc, "orig", exc)).__name__, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _refused(task: Any, step: Step, saga_id: UUID, mode: Mode, why: Refusal | None) -> Any:
+def _refused(task: Any, step: Step, saga_id: UUID, action: Action, why: Refusal | None) -> Any:
     """Decide what a message does with a step it could not claim: go on, wait, fail, or stop its chain."""
     if why is not None and why.foreign:
         _foreign(saga_id)
         raise Ignore()
-    exhausted = why is not None and why.attempts >= claims.policy_of(step, mode).max_attempts
-    if mode == "forward":
-        if why is not None and why.cancel_requested and why.saga_status in ("pending", "running"):
+    exhausted = why is not None and why.attempts >= action.policy(step).max_attempts
+    if action.forward:
+        if why is not None and why.cancel_requested and why.saga_status in _GOING:
             _cancel(saga_id, step)  # undo now, unless a step is still in flight (its end will)
             raise Ignore()
-        if why is None or why.saga_status not in ("pending", "running"):
+        if why is None or why.saga_status not in _GOING:
             raise Ignore()  # the saga moved on (finished or compensating): this chain has nothing to do
         if why.out_of_turn:  # the saga's own chain or recovery sends this step once the earlier ones succeed
             log.warning("saga %s forward %s: refused a message for this step before the steps ahead of it "
                         "succeeded (forged, or stale after a rewind); nothing run", saga_id, step.name)
             raise Ignore()
-        if why.step_status == "succeeded":
+        if why.step_status == StepStatus.SUCCEEDED:
             return None  # done by an earlier delivery: let the chain go on
         if why.wait > 0:
-            raise _wait(task, step, mode, why.wait)
-        if why.step_status == "failed" or (exhausted and claims.give_up(saga_id, step, mode)):
+            raise _wait(task, step, action, why.wait)
+        if why.step_status == StepStatus.FAILED or (exhausted and claims.give_up(saga_id, step, action)):
             raise StepFailed(f"step {step.name} failed")  # the errback reacts, idempotently
         if exhausted:
             raise Ignore()
-        raise _wait(task, step, mode, 0)  # the claim met a lease or a backoff just as it ended: look again
-    if why is None or why.saga_status != "compensating":
+        raise _wait(task, step, action, 0)  # the claim met a lease or a backoff just as it ended: look again
+    if why is None or why.saga_status != SagaStatus.COMPENSATING:
         raise Ignore()
     if why.out_of_turn:  # the compensation chain or recovery sends this undo once the later ones are done
         log.warning("saga %s compensation %s: refused a message for this undo while a later step's is still owed "
                     "or outside the rewind (forged, or stale); nothing run", saga_id, step.name)
         raise Ignore()
     if why.wait > 0:
-        raise _wait(task, step, mode, why.wait)
+        raise _wait(task, step, action, why.wait)
     owed = dispatch.effect_may_exist(why.step_status, why.effect_unknown)
     if owed and not exhausted:
-        raise _wait(task, step, mode, 0)  # as above: never move on to an older step while this one is still to be undone
-    if owed and why.step_status != "failed":
-        claims.give_up(saga_id, step, mode)
+        raise _wait(task, step, action, 0)  # as above: never move on to an older step while this one is still to be undone
+    if owed and why.step_status != StepStatus.FAILED:
+        claims.give_up(saga_id, step, action)
     return None  # compensated, nothing to undo, or given up: the older steps are still undone
 
 
@@ -410,68 +409,68 @@ def _cancel(saga_id: UUID, step: Step) -> None:
         log.warning("saga %s: cancel not begun (%s); recovery will", saga_id, type(exc).__name__)
 
 
-def _wait(task: Any, step: Step, mode: Mode, seconds: float) -> Retry:
+def _wait(task: Any, step: Step, action: Action, seconds: float) -> Retry:
     """Look at the step again once the current holder's lease or the backoff ends."""
-    return _retry(task, step, mode, seconds + 0.5)
+    return _retry(task, step, action, seconds + 0.5)
 
 
-def _retry(task: Any, step: Step, mode: Mode, countdown: float, kwargs: dict[str, Any] | None = None,
+def _retry(task: Any, step: Step, action: Action, countdown: float, kwargs: dict[str, Any] | None = None,
            exc: Exception | None = None) -> Retry:
     """Send the message again after `countdown` seconds, for this step: a step that this message ran by
     continuation is named in `at`, so the message comes back to it rather than to its own."""
     again = dict(task.request.kwargs or {}) if kwargs is None else dict(kwargs)
     again.pop("at", None)
-    if mode == "forward" and step.task_name != task.name:
+    if action.forward and step.task_name != task.name:
         again["at"] = step.name
     return task.retry(countdown=countdown, kwargs=again, exc=exc)
 
 
-def _failed(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, exc: Exception) -> Any:
+def _failed(task: Any, step: Step, saga_id: UUID, action: Action, claim: Claim, exc: Exception) -> Any:
     if isinstance(exc, NeedsInput):
-        exc = _await_input(task, step, saga_id, mode, claim, exc)  # returns only where the saga cannot wait
-    policy = claims.policy_of(step, mode)
+        exc = _await_input(task, step, saga_id, action, claim, exc)  # returns only where the saga cannot wait
+    policy = action.policy(step)
     error = as_recorded(exc)
     retry_in = policy.delay(claim.attempt) if policy.may_retry(exc, claim.attempt) else None
     # Only a body that says so (PermanentError without effect_unknown) vouches that nothing happened.
     effect_unknown = not isinstance(exc, PermanentError) or exc.effect_unknown
-    after = claims.failed_status(mode, retry_in)
+    after = action.retrying if retry_in is not None else StepStatus.FAILED
     try:
-        recorded = _durably(claims.record_failure, saga_id, step, claim.token, mode, error, retry_in=retry_in,
+        recorded = _durably(claims.record_failure, saga_id, step, claim.token, action, error, retry_in=retry_in,
                              effect_unknown=effect_unknown,
                              landed=lambda: claims.landed(saga_id, step, claim.token, after))  # type: ignore[arg-type]
     except _UNREACHABLE as unreachable:
-        raise _ledger_unreachable(task, step, mode, unreachable) from unreachable
+        raise _ledger_unreachable(task, step, action, unreachable) from unreachable
     if recorded is None:
-        _discard(step, saga_id, mode)  # lost the lease meanwhile: the new holder decides
-    _count(step, mode, "retried" if retry_in is not None else "failed")
-    log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, mode, step.name, claim.attempt, error,
+        _discard(step, saga_id, action)  # lost the lease meanwhile: the new holder decides
+    _count(step, action, "retried" if retry_in is not None else "failed")
+    log.info("saga %s %s %s attempt %s failed: %s%s", saga_id, action.name, step.name, claim.attempt, error,
              f" (retry in {retry_in:.1f}s)" if retry_in is not None else "")
     if retry_in is not None:
-        if mode == "forward" and recorded.cancel_requested:
+        if action.forward and recorded.cancel_requested:
             _cancel(saga_id, step)  # cancelled while this attempt ran: no retry
             raise Ignore()
-        raise _retry(task, step, mode, retry_in, exc=exc)
-    if mode == "compensation":
+        raise _retry(task, step, action, retry_in, exc=exc)
+    if not action.forward:
         return None  # the other compensations still run; the finish task reports the saga failed
     raise StepFailed(error) from exc
 
 
-def _await_input(task: Any, step: Step, saga_id: UUID, mode: Mode, claim: Claim, asked: NeedsInput) -> Exception:
+def _await_input(task: Any, step: Step, saga_id: UUID, action: Action, claim: Claim, asked: NeedsInput) -> Exception:
     """Hold the saga for its client's input and end the message; else the failure to record instead (a
     compensation cannot wait, a field the input model lacks cannot be asked for, a cancel asked meanwhile
     wins)."""
     unknown = sorted(set(asked.fields) - set(step.saga.input_model.model_fields))
-    if mode == "compensation" or unknown:
+    if not action.forward or unknown:
         why = "a compensation cannot wait for input" if not unknown else f"no input field {', '.join(unknown)}"
         return _instead(asked, PermanentError(f"{asked.reason} ({why})", effect_unknown=asked.effect_unknown))
     try:
         waiting = _durably(claims.await_input, saga_id, step, claim.token, asked.fields, asked.reason,
                            asked.within, asked.effect_unknown)
     except _UNREACHABLE as unreachable:
-        raise _ledger_unreachable(task, step, mode, unreachable) from unreachable
+        raise _ledger_unreachable(task, step, action, unreachable) from unreachable
     if not waiting:
         return _instead(asked, PermanentError(asked.reason, effect_unknown=asked.effect_unknown))
-    _count(step, mode, "awaiting_input")
+    _count(step, action, "awaiting_input")
     metrics.INPUT_REQUESTS.labels(step.saga.name, step.name).inc()
     log.info("saga %s waits up to %.0fs for input %s to step %s: %s", saga_id, asked.within,
              ", ".join(asked.fields), step.name, asked.reason)
@@ -484,16 +483,16 @@ def _instead(asked: NeedsInput, failure: PermanentError) -> PermanentError:
     return failure
 
 
-def _discard(step: Step, saga_id: UUID, mode: Mode) -> NoReturn:
+def _discard(step: Step, saga_id: UUID, action: Action) -> NoReturn:
     """This execution lost its lease: count it, say so, and end the message without an outcome."""
-    _count(step, mode, "lost")
-    log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, mode, step.name)
+    _count(step, action, "lost")
+    log.warning("saga %s %s %s: lease lost; this execution's outcome is discarded", saga_id, action.name, step.name)
     raise Ignore()
 
 
-def _count(step: Step, mode: Mode, outcome: str, saga_status: str | None = None) -> None:
+def _count(step: Step, action: Action, outcome: str, saga_status: str | None = None) -> None:
     """One execution of a body ended (`outcome`); and the saga, if its last step's commit completed it."""
-    metrics.STEP_ATTEMPTS.labels(step.saga.name, step.name, mode, outcome).inc()
+    metrics.STEP_ATTEMPTS.labels(step.saga.name, step.name, action.name, outcome).inc()
     if saga_status == "completed":
         metrics.SAGAS_ENDED.labels(step.saga.name, saga_status).inc()
 
@@ -509,18 +508,18 @@ def _as_json(result: Any) -> str:
     return text
 
 
-def _ledger(task: Any, step: Step, mode: Mode, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def _ledger(task: Any, step: Step, action: Action, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A ledger call outside the step's own transaction; the task retries if the ledger cannot answer."""
     try:
-        return action(*args, **kwargs)
+        return call(*args, **kwargs)
     except _UNREACHABLE as exc:
-        raise _ledger_unreachable(task, step, mode, exc) from exc
+        raise _ledger_unreachable(task, step, action, exc) from exc
 
 
-def _ledger_unreachable(task: Any, step: Step, mode: Mode, exc: Exception) -> Retry:
+def _ledger_unreachable(task: Any, step: Step, action: Action, exc: Exception) -> Retry:
     metrics.LEDGER_ERRORS.labels("attempt").inc()
     if getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICTS:
         log.info("ledger write conflicted with another (%s); retrying", type(exc.orig).__name__)  # type: ignore[attr-defined]
-        return _retry(task, step, mode, CONFLICT_RETRY_DELAY)
+        return _retry(task, step, action, CONFLICT_RETRY_DELAY)
     log.warning("ledger unreachable (%s); retrying in %.0fs", type(exc).__name__, LEDGER_RETRY_DELAY)
-    return _retry(task, step, mode, LEDGER_RETRY_DELAY)
+    return _retry(task, step, action, LEDGER_RETRY_DELAY)

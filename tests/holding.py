@@ -59,8 +59,8 @@ def task_ids_of(message_id: str, task_name: str) -> list[str]:
     run by continuation."""
     if task_name not in TASKS:
         return [message_id]
-    step, mode = TASKS[task_name]
-    later = step.saga.steps[step.index + 1:] if mode == "forward" else []
+    step, action = TASKS[task_name]
+    later = step.saga.steps[step.index + 1:] if action.forward else []
     return [message_id, *(continuation.task_id(message_id, s, task_name) for s in later)]
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 import saga
 from saga import claims, db
+from saga.actions import FORWARD
 from saga.claims import Committed
 from saga.definitions import get_saga_type
 from saga.errors import StepFailed
@@ -166,12 +167,12 @@ def test_errback_called_twice_compensates_once(stack: Stack) -> None:
     started = saga.start("probe_idle", {}, idempotency_key=str(uuid4()))
     saga_id = started.saga.id
     a, b = probe_idle.steps[0], probe_idle.steps[1]
-    claim_a = claims.claim(saga_id, a, "task-a", "forward")
+    claim_a = claims.claim(saga_id, a, "task-a", FORWARD)
     assert isinstance(claim_a, claims.Claim)
-    assert claims.commit_success(saga_id, a, claim_a.token, '{"ok": 1}', "forward") == Committed("running", False)
-    claim_b = claims.claim(saga_id, b, "task-b", "forward")
+    assert claims.commit_success(saga_id, a, claim_a.token, '{"ok": 1}', FORWARD) == Committed("running", False)
+    claim_b = claims.claim(saga_id, b, "task-b", FORWARD)
     assert isinstance(claim_b, claims.Claim)
-    claims.record_failure(saga_id, b, claim_b.token, "forward", "boom", retry_in=None, effect_unknown=False)
+    claims.record_failure(saga_id, b, claim_b.token, FORWARD, "boom", retry_in=None, effect_unknown=False)
     queued_before = queued_for(stack, saga_id)
 
     from workers.app import app

@@ -17,9 +17,9 @@ import pytest
 import saga
 from saga.testing import Process, Stack, wait_for_status, wait_until
 from standins import free_port
-from tests.test_continuation import continued, started_by
 from tests.sagas import probe
 from tests.test_commit_seal import CHARGE, assert_refused, charge_in_flight, forged_commit
+from tests.test_continuation import continued, started_by
 
 FINAL = ("completed", "compensated", "paused", "failed")
 AUTH = ("ops", "flower-test-password")

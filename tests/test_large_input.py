@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 import saga
 from saga import StepContext, claims, db
+from saga.actions import FORWARD
 from saga.definitions import LargeField, get_saga_type
 from saga.testing import Stack, wait_for_status
 from standins import StandIns
@@ -63,14 +64,14 @@ def test_only_the_upload_step_claims_the_logo(stack: Stack) -> None:
             stored, large = conn.execute(text("SELECT input, large_input FROM sagas WHERE id = :id"),
                                          {"id": record.id}).one()
         assert "logo" not in stored and large == {"logo": BIG_LOGO}
-        upload = claims.claim(record.id, job_posting.steps[0], "task-upload", "forward")
+        upload = claims.claim(record.id, job_posting.steps[0], "task-upload", FORWARD)
         assert isinstance(upload, claims.Claim) and upload.large_input == {"logo": BIG_LOGO}
-        claims.commit_success(record.id, job_posting.steps[0], upload.token, "{}", "forward")
+        claims.commit_success(record.id, job_posting.steps[0], upload.token, "{}", FORWARD)
         for step in job_posting.steps[1:]:  # each in its turn, once the one before it succeeded
-            taken = claims.claim(record.id, step, f"task-{step.name}", "forward")
+            taken = claims.claim(record.id, step, f"task-{step.name}", FORWARD)
             assert isinstance(taken, claims.Claim), (step.name, taken)
             assert taken.large_input is None and "logo" not in taken.input, step.name
-            claims.commit_success(record.id, step, taken.token, "{}", "forward")
+            claims.commit_success(record.id, step, taken.token, "{}", FORWARD)
         assert "logo" not in saga.load(record.id).input
     finally:
         with db.transaction() as conn:  # never dispatched: gone before recovery would send it

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import exc, text
 
 from saga import claims, compensation, db, events, load
+from saga.actions import COMPENSATION, FORWARD, Action
 from saga.claims import Claim, Committed, Refusal
 from saga.definitions import Step
 from saga.testing import Stack, wait_until
@@ -32,9 +33,9 @@ def new_saga() -> UUID:
 
 def test_a_claimed_step_cannot_be_claimed_again_while_its_lease_lasts(stack: Stack) -> None:
     saga_id = new_saga()
-    first = claims.claim(saga_id, A, "t1", "forward")
+    first = claims.claim(saga_id, A, "t1", FORWARD)
     assert isinstance(first, Claim) and first.attempt == 1
-    second = claims.claim(saga_id, A, "t2", "forward")
+    second = claims.claim(saga_id, A, "t2", FORWARD)
     assert isinstance(second, Refusal)
     assert second.step_status == "running" and 0 < second.wait <= A.lease_seconds
     assert load(saga_id).status == "running"
@@ -42,50 +43,50 @@ def test_a_claimed_step_cannot_be_claimed_again_while_its_lease_lasts(stack: Sta
 
 def test_a_stale_token_commits_nothing(stack: Stack) -> None:
     saga_id = new_saga()
-    first = claims.claim(saga_id, A, "t1", "forward")
+    first = claims.claim(saga_id, A, "t1", FORWARD)
     assert isinstance(first, Claim)
-    assert claims.commit_success(saga_id, A, first.token - 1, '{"x": 1}', "forward") is None
-    assert claims.record_failure(saga_id, A, first.token + 1, "forward", "late", retry_in=None,
+    assert claims.commit_success(saga_id, A, first.token - 1, '{"x": 1}', FORWARD) is None
+    assert claims.record_failure(saga_id, A, first.token + 1, FORWARD, "late", retry_in=None,
                                  effect_unknown=True) is None
     assert load(saga_id).steps[0].status == "running"
-    assert claims.commit_success(saga_id, A, first.token, '{"x": 1}', "forward") == Committed("running", False)
+    assert claims.commit_success(saga_id, A, first.token, '{"x": 1}', FORWARD) == Committed("running", False)
     step = load(saga_id).steps[0]
     assert step.status == "succeeded" and step.result == {"x": 1}
 
 
 def test_a_retry_waits_for_its_backoff_and_counts_attempts(stack: Stack) -> None:
     saga_id = new_saga()
-    first = claims.claim(saga_id, A, "t1", "forward")
+    first = claims.claim(saga_id, A, "t1", FORWARD)
     assert isinstance(first, Claim)
-    assert claims.record_failure(saga_id, A, first.token, "forward", "503", retry_in=0.6,
+    assert claims.record_failure(saga_id, A, first.token, FORWARD, "503", retry_in=0.6,
                                  effect_unknown=True) == Committed("running", False)
-    early = claims.claim(saga_id, A, "t1", "forward")
+    early = claims.claim(saga_id, A, "t1", FORWARD)
     assert isinstance(early, Refusal) and early.step_status == "pending" and 0.3 < early.wait <= 0.6
     time.sleep(early.wait + 0.05)
-    second = claims.claim(saga_id, A, "t1", "forward")
+    second = claims.claim(saga_id, A, "t1", FORWARD)
     assert isinstance(second, Claim) and second.attempt == 2 and second.token == first.token + 1
 
 
 def test_attempts_used_up_by_crashes_fail_the_step_with_unknown_effect(stack: Stack) -> None:
     saga_id = new_saga()
     for attempt in range(1, A.retry.max_attempts + 1):
-        got = claims.claim(saga_id, A, f"t{attempt}", "forward")
+        got = claims.claim(saga_id, A, f"t{attempt}", FORWARD)
         assert isinstance(got, Claim)
         # the worker "dies": its lease is ended by hand instead of waiting for it
         _expire_lease(saga_id)
-    refused = claims.claim(saga_id, A, "last", "forward")
+    refused = claims.claim(saga_id, A, "last", FORWARD)
     assert isinstance(refused, Refusal) and refused.attempts == A.retry.max_attempts
-    assert claims.give_up(saga_id, A, "forward")
+    assert claims.give_up(saga_id, A, FORWARD)
     step = load(saga_id).steps[0]
     assert step.status == "failed" and step.effect_unknown
 
 
 def test_compensation_begins_once_and_skips_steps_never_started(stack: Stack) -> None:
     saga_id = new_saga()
-    got = claims.claim(saga_id, A, "t1", "forward")
+    got = claims.claim(saga_id, A, "t1", FORWARD)
     assert isinstance(got, Claim)
-    claims.commit_success(saga_id, A, got.token, "{}", "forward")
-    got = claims.claim(saga_id, B, "t2", "forward")
+    claims.commit_success(saga_id, A, got.token, "{}", FORWARD)
+    got = claims.claim(saga_id, B, "t2", FORWARD)
     assert isinstance(got, Claim)
     assert compensation.begin(saga_id, probe_idle, "cancelled")
     assert not compensation.begin(saga_id, probe_idle, "cancelled again")
@@ -93,8 +94,8 @@ def test_compensation_begins_once_and_skips_steps_never_started(stack: Stack) ->
     assert record.status == "compensating" and record.error == "cancelled"
     assert [s.status for s in record.steps] == ["succeeded", "failed", "skipped", "skipped"]
     assert record.steps[1].effect_unknown, "a step cut off mid-run may have left its effect"
-    assert claims.commit_success(saga_id, B, got.token, "{}", "forward") is None, "the zombie is fenced"
-    assert isinstance(claims.claim(saga_id, C, "t3", "forward"), Refusal)
+    assert claims.commit_success(saga_id, B, got.token, "{}", FORWARD) is None, "the zombie is fenced"
+    assert isinstance(claims.claim(saga_id, C, "t3", FORWARD), Refusal)
 
 
 def _take_and_commit(saga_id: UUID, step: Step, task_id: str, seen: Claim | Refusal | None = None) -> str | None:
@@ -194,8 +195,8 @@ def _expire_lease(saga_id: UUID) -> None:
                           "WHERE saga_id = :s AND lease_expires_at IS NOT NULL"), {"s": saga_id})
 
 
-def _claimed(saga_id: UUID, step: Step, task_id: str, mode: claims.Mode = "forward") -> Claim:
-    got = claims.claim(saga_id, step, task_id, mode)
+def _claimed(saga_id: UUID, step: Step, task_id: str, action: Action = FORWARD) -> Claim:
+    got = claims.claim(saga_id, step, task_id, action)
     assert isinstance(got, Claim), got
     return got
 
@@ -203,26 +204,26 @@ def _claimed(saga_id: UUID, step: Step, task_id: str, mode: claims.Mode = "forwa
 def _run_through(saga_id: UUID, *steps: Step) -> None:
     for step in steps:
         got = _claimed(saga_id, step, f"t-{step.name}")
-        assert claims.commit_success(saga_id, step, got.token, "{}", "forward") is not None  # type: ignore[arg-type]
+        assert claims.commit_success(saga_id, step, got.token, "{}", FORWARD) is not None  # type: ignore[arg-type]
 
 
 def test_a_checkpoint_is_fenced_by_its_attempt_and_seen_by_later_attempts_and_the_compensation(stack: Stack) -> None:
     saga_id = new_saga()
     first = _claimed(saga_id, A, "t1")
     assert first.checkpoint == {}
-    assert claims.checkpoint(saga_id, A, first.token, "forward", '{"payment_intent": "pi_1"}')  # type: ignore[arg-type]
-    assert not claims.checkpoint(saga_id, A, first.token - 1, "forward", '{"payment_intent": "pi_stale"}')  # type: ignore[operator]
+    assert claims.checkpoint(saga_id, A, first.token, FORWARD, '{"payment_intent": "pi_1"}')  # type: ignore[arg-type]
+    assert not claims.checkpoint(saga_id, A, first.token - 1, FORWARD, '{"payment_intent": "pi_stale"}')  # type: ignore[operator]
     _expire_lease(saga_id)
-    assert not claims.checkpoint(saga_id, A, first.token, "forward", '{"payment_intent": "pi_late"}'), (  # type: ignore[arg-type]
+    assert not claims.checkpoint(saga_id, A, first.token, FORWARD, '{"payment_intent": "pi_late"}'), (  # type: ignore[arg-type]
         "a body whose lease ended must stop before it acts")
     second = _claimed(saga_id, A, "t2")
     assert second.checkpoint == {"payment_intent": "pi_1"} and second.attempt == 2
     assert load(saga_id).steps[0].effect_unknown, "the attempt before never reported: its effect may exist"
-    assert claims.checkpoint(saga_id, A, second.token, "forward", '{"refund": "re_1"}')  # type: ignore[arg-type]
+    assert claims.checkpoint(saga_id, A, second.token, FORWARD, '{"refund": "re_1"}')  # type: ignore[arg-type]
     assert compensation.begin(saga_id, probe_idle, "cancelled")
-    undo = _claimed(saga_id, A, "undo", "compensation")
+    undo = _claimed(saga_id, A, "undo", COMPENSATION)
     assert undo.checkpoint == {"payment_intent": "pi_1", "refund": "re_1"}
-    assert claims.commit_success(saga_id, A, undo.token, '{"refunded": true}', "compensation") is not None  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, A, undo.token, '{"refunded": true}', COMPENSATION) is not None  # type: ignore[arg-type]
     step = load(saga_id).steps[0]
     assert step.compensation_result == {"refunded": True}
     assert [e.detail["values"] for e in events(saga_id) if e.kind == "step_checkpoint"] == [
@@ -233,9 +234,9 @@ def test_a_checkpoint_is_fenced_by_its_attempt_and_seen_by_later_attempts_and_th
 def test_an_effect_that_may_exist_stays_known_when_a_later_attempt_fails_for_sure(stack: Stack) -> None:
     saga_id = new_saga()
     first = _claimed(saga_id, A, "t1")
-    claims.record_failure(saga_id, A, first.token, "forward", "timeout", retry_in=0.0, effect_unknown=True)  # type: ignore[arg-type]
+    claims.record_failure(saga_id, A, first.token, FORWARD, "timeout", retry_in=0.0, effect_unknown=True)  # type: ignore[arg-type]
     second = _claimed(saga_id, A, "t2")
-    claims.record_failure(saga_id, A, second.token, "forward", "refused", retry_in=None, effect_unknown=False)  # type: ignore[arg-type]
+    claims.record_failure(saga_id, A, second.token, FORWARD, "refused", retry_in=None, effect_unknown=False)  # type: ignore[arg-type]
     step = load(saga_id).steps[0]
     assert step.status == "failed" and step.effect_unknown
 
@@ -248,11 +249,11 @@ def test_a_cancel_during_the_pivot_is_refused_once_the_pivot_succeeds(stack: Sta
     pivot = _claimed(saga_id, C, "t-c")
     assert saga.cancel(saga_id).cancel_requested, "asked while the pivot runs: its outcome decides"
     assert load(saga_id).status == "running"
-    assert claims.commit_success(saga_id, C, pivot.token, "{}", "forward") == Committed("running", False)  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, C, pivot.token, "{}", FORWARD) == Committed("running", False)  # type: ignore[arg-type]
     record = load(saga_id)
     assert not record.cancel_requested and record.status == "running"
     assert [e.kind for e in events(saga_id)][-2:] == ["step_succeeded", "cancel_refused"]
-    assert isinstance(claims.claim(saga_id, D, "t-d", "forward"), Claim), "past the pivot the saga goes forward"
+    assert isinstance(claims.claim(saga_id, D, "t-d", FORWARD), Claim), "past the pivot the saga goes forward"
 
 
 def test_a_cancel_during_a_compensable_step_is_honoured_when_it_ends(stack: Stack) -> None:
@@ -263,7 +264,7 @@ def test_a_cancel_during_a_compensable_step_is_honoured_when_it_ends(stack: Stac
     running = _claimed(saga_id, B, "t-b")
     saga.cancel(saga_id)
     assert load(saga_id).status == "running", "the step in flight finishes first"
-    assert claims.commit_success(saga_id, B, running.token, "{}", "forward") == Committed("running", True)  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, B, running.token, "{}", FORWARD) == Committed("running", True)  # type: ignore[arg-type]
 
 
 def test_recovery_undoes_a_cancelled_saga_whose_last_step_committed_before_the_undo_began(stack: Stack) -> None:
@@ -278,7 +279,7 @@ def test_recovery_undoes_a_cancelled_saga_whose_last_step_committed_before_the_u
     _run_through(saga_id, first)
     running = _claimed(saga_id, last, "t-last")
     saga.cancel(saga_id)
-    assert claims.commit_success(saga_id, last, running.token, "{}", "forward") == Committed("running", True)  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, last, running.token, "{}", FORWARD) == Committed("running", True)  # type: ignore[arg-type]
     recovery.advance(saga_id)
     record = load(saga_id)
     assert record.status == "compensating" and record.error == "cancelled"
@@ -291,14 +292,14 @@ def test_finish_waits_while_the_last_compensation_attempt_holds_its_lease(stack:
     with db.transaction() as conn:  # every attempt but the last was used
         conn.execute(text("UPDATE saga_steps SET compensation_attempts = :n WHERE saga_id = :s AND idx = 0"),
                      {"n": A.compensation.retry.max_attempts - 1, "s": saga_id})  # type: ignore[union-attr]
-    last = _claimed(saga_id, A, "undo-last", "compensation")
+    last = _claimed(saga_id, A, "undo-last", COMPENSATION)
     compensation.finish(saga_id)
     assert load(saga_id).status == "compensating", "the last attempt may still undo its step"
     with db.transaction() as conn:
         past_lease = conn.execute(text("SELECT s.deadline >= st.lease_expires_at FROM sagas s JOIN saga_steps st "
                                        "ON st.saga_id = s.id AND st.idx = 0 WHERE s.id = :s"), {"s": saga_id}).scalar()
     assert past_lease, "recovery looks again once the lease is over"
-    assert claims.commit_success(saga_id, A, last.token, "{}", "compensation") is not None  # type: ignore[arg-type]
+    assert claims.commit_success(saga_id, A, last.token, "{}", COMPENSATION) is not None  # type: ignore[arg-type]
     compensation.finish(saga_id)
     assert load(saga_id).status == "compensated"
 
@@ -308,31 +309,31 @@ def _ops() -> dict[str, Any]:
 
     def commit(saga_id: UUID) -> Any:
         got = _claimed(saga_id, A, "t1")
-        return lambda: claims.commit_success(saga_id, A, got.token, "{}", "forward")  # type: ignore[arg-type]
+        return lambda: claims.commit_success(saga_id, A, got.token, "{}", FORWARD)  # type: ignore[arg-type]
 
     def retry_later(saga_id: UUID) -> Any:
         got = _claimed(saga_id, A, "t1")
-        return lambda: claims.record_failure(saga_id, A, got.token, "forward", "x", retry_in=1.0,  # type: ignore[arg-type]
+        return lambda: claims.record_failure(saga_id, A, got.token, FORWARD, "x", retry_in=1.0,  # type: ignore[arg-type]
                                              effect_unknown=True)
 
     def fail(saga_id: UUID) -> Any:
         got = _claimed(saga_id, A, "t1")
-        return lambda: claims.record_failure(saga_id, A, got.token, "forward", "x", retry_in=None,  # type: ignore[arg-type]
+        return lambda: claims.record_failure(saga_id, A, got.token, FORWARD, "x", retry_in=None,  # type: ignore[arg-type]
                                              effect_unknown=True)
 
     def compensated(saga_id: UUID) -> Any:
         _run_through(saga_id, A)
         compensation.begin(saga_id, probe_idle, "test")
-        got = _claimed(saga_id, A, "undo", "compensation")
-        return lambda: claims.commit_success(saga_id, A, got.token, "{}", "compensation")  # type: ignore[arg-type]
+        got = _claimed(saga_id, A, "undo", COMPENSATION)
+        return lambda: claims.commit_success(saga_id, A, got.token, "{}", COMPENSATION)  # type: ignore[arg-type]
 
     def give_up(saga_id: UUID) -> Any:
         with db.transaction() as conn:
             conn.execute(text("UPDATE saga_steps SET attempts = 99 WHERE saga_id = :s AND idx = 0"), {"s": saga_id})
-        return lambda: claims.give_up(saga_id, A, "forward")
+        return lambda: claims.give_up(saga_id, A, FORWARD)
 
     def claim(saga_id: UUID) -> Any:
-        return lambda: claims.claim(saga_id, A, "t1", "forward")
+        return lambda: claims.claim(saga_id, A, "t1", FORWARD)
 
     def begin(saga_id: UUID) -> Any:
         _claimed(saga_id, A, "t1")
@@ -368,12 +369,12 @@ def test_a_write_retried_after_its_answer_was_lost_is_known_for_this_attempts_ow
 
     saga_id = new_saga()
     got = _claimed(saga_id, A, "t1")
-    assert claims.commit_success(saga_id, A, got.token, "{}", "forward") == Committed("running", False)  # type: ignore[arg-type]
-    again = execution._durably(claims.commit_success, saga_id, A, got.token, "{}", "forward",
+    assert claims.commit_success(saga_id, A, got.token, "{}", FORWARD) == Committed("running", False)  # type: ignore[arg-type]
+    again = execution._durably(claims.commit_success, saga_id, A, got.token, "{}", FORWARD,
                                landed=lambda: claims.landed(saga_id, A, got.token, "succeeded"))  # type: ignore[arg-type]
     assert again == Committed("running", False)
     assert [e.kind for e in events(saga_id)].count("step_succeeded") == 1, "nothing is recorded twice"
     later = _claimed(saga_id, B, "t2")
     assert claims.landed(saga_id, B, got.token, "succeeded") is None, "another attempt's token is not ours"
-    claims.record_failure(saga_id, B, later.token, "forward", "x", retry_in=1.0, effect_unknown=True)  # type: ignore[arg-type]
-    assert claims.landed(saga_id, B, later.token, claims.failed_status("forward", 1.0)) == Committed("running", False)
+    claims.record_failure(saga_id, B, later.token, FORWARD, "x", retry_in=1.0, effect_unknown=True)  # type: ignore[arg-type]
+    assert claims.landed(saga_id, B, later.token, FORWARD.retrying) == Committed("running", False)
