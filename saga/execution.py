@@ -89,29 +89,32 @@ def _run(task: Any, step: Step, saga_id: UUID, action: Action, pending: dict[str
         return None
     budget = continuation.Budget(task, step)
     given: Claim | None = None
-    while True:
-        task_id = continuation.task_id(task.request.id, step, task.name)
-        try:
-            with continuation.own_limits(step, partial(_hard_limit, saga_id, step, task_id)), \
-                    task_events.shown(task, step, saga_id, task_id):
-                done = _one(task, step, saga_id, action, pending, claim_first, given, budget)
-        except StepFailed:
-            if task_id == task.request.id:
-                raise  # the message's own step: the chain's errback reacts
-            _react(task, saga_id)  # a later step failed, not this message's own: it ends as its own step did
-            return None
-        if done is None:  # the step was done already (a redelivery walks the saga): look at the next one here
-            following = budget.next_for(step)
-        elif done.next is not None:  # the commit claimed the next step for this execution
-            following = step.saga.steps[step.index + 1]
-        else:
-            return None
-        if following is None:
-            return None
-        continuation.take_link(task, following)
-        budget.took()
-        metrics.CONTINUED.labels(step.saga.name).inc()
-        step, given, pending, claim_first = following, done.next if done else None, None, False
+    try:
+        while True:
+            task_id = continuation.task_id(task.request.id, step, task.name)
+            try:
+                with continuation.own_limits(step, partial(_hard_limit, saga_id, step, task_id)), \
+                        task_events.shown(task, step, saga_id, task_id):
+                    done = _one(task, step, saga_id, action, pending, claim_first, given, budget)
+            except StepFailed:
+                if task_id == task.request.id:
+                    raise  # the message's own step: the chain's errback reacts
+                _react(task, saga_id)  # a later step failed, not this message's own: it ends as its own step did
+                return None
+            if done is None:  # the step was done already (a redelivery walks the saga): look at the next one here
+                following = budget.next_for(step)
+            elif done.next is not None:  # the commit claimed the next step for this execution
+                following = step.saga.steps[step.index + 1]
+            else:
+                return None
+            if following is None:
+                return None
+            continuation.take_link(task, following)
+            budget.took()
+            metrics.CONTINUED.labels(step.saga.name).inc()
+            step, given, pending, claim_first = following, done.next if done else None, None, False
+    finally:
+        task_events.flush()  # the last step's end, held back until now
 
 
 def _react(task: Any, saga_id: UUID) -> None:
