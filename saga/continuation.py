@@ -122,6 +122,7 @@ class _Limits(threading.Thread):
         self.hard_at: float | None = None
         self.on_hard: Callable[[], None] | None = None
         self.pid = os.getpid()
+        self.wakes_at: float | None = None  # when the thread next looks (None: only when notified)
 
     def run(self) -> None:
         with self.cond:
@@ -133,7 +134,8 @@ class _Limits(threading.Thread):
                 if self.hard_at is not None and self.hard_at <= now:
                     break
                 due = [t for t in (self.soft_at, self.hard_at) if t is not None]
-                self.cond.wait(min(due) - now if due else None)
+                self.wakes_at = min(due) if due else None
+                self.cond.wait(self.wakes_at - now if self.wakes_at is not None else None)
             on_hard = self.on_hard
         try:
             if on_hard is not None:
@@ -147,7 +149,10 @@ class _Limits(threading.Thread):
         with self.cond:
             now = time.monotonic()
             self.soft_at, self.hard_at, self.on_hard = now + soft, now + hard, on_hard
-            self.cond.notify()
+            # A thread that looks before the new soft limit anyway (the step before's) finds it then: waking it
+            # for every step would cost each a switch of threads.
+            if self.wakes_at is None or self.wakes_at > self.soft_at:
+                self.cond.notify()
 
     def disarm(self) -> None:
         with self.cond:
