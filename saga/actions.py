@@ -3,19 +3,18 @@
 Each action has the ledger column that counts its attempts, the step status that marks an attempt holding it,
 the statuses it leaves behind, and the prefix of its event names. The claim, commit and failure paths are
 written once against an `Action`; only what a forward action alone does (continue into the next step, honour a
-cancel, run a transactional body) asks `action.forward`.
+cancel, run a transactional body) asks `action.forward`. `TASKS` says which action of which step each Celery
+task runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from saga.definitions import Compensation, Step, StepFn
+from saga.retry import RetryPolicy
 from saga.states import StepStatus
-
-if TYPE_CHECKING:
-    from saga.definitions import Compensation, Step, StepFn
-    from saga.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -59,3 +58,6 @@ class Action:
 FORWARD = Action("forward", "attempts", StepStatus.RUNNING, StepStatus.PENDING, StepStatus.SUCCEEDED, "step")
 COMPENSATION = Action("compensation", "compensation_attempts", StepStatus.COMPENSATING, StepStatus.COMPENSATING,
                       StepStatus.COMPENSATED, "compensation")
+
+# Celery task name -> the step it runs, and which of its actions (the step or its compensation).
+TASKS: dict[str, tuple[Step, Action]] = {}

@@ -10,9 +10,9 @@ from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
 from saga import claims, commit_seal, continuation, db, disclosure, dispatch, metrics, runner, store, versions
-from saga.actions import Action
+from saga.actions import TASKS, Action
 from saga.claims import patience
-from saga.definitions import KILL_GRACE, TASKS, SagaType, Step
+from saga.definitions import KILL_GRACE, SagaType, Step
 from saga.errors import StepFailed
 
 # Seconds between a task's start and its claim that a hard time limit may still be told apart from a forgery by:

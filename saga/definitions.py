@@ -13,7 +13,6 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError, create_model
 from sqlalchemy import Connection
 
-from saga.actions import Action
 from saga.errors import InvalidInput, UnknownSagaType, VersionNotDeclared
 from saga.retry import RetryPolicy
 from saga.states import StepKind
@@ -29,8 +28,6 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 # (name, version) -> the saga type; several versions of one type may be declared side by side.
 REGISTRY: dict[tuple[str, int], SagaType[Any]] = {}
-# Celery task name -> the step it runs, and which of its actions (the step or its compensation).
-TASKS: dict[str, tuple[Step, Action]] = {}
 
 
 class Engine(Protocol):

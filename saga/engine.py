@@ -25,8 +25,8 @@ from saga import (
     tracing,
     worker_checks,
 )
-from saga.actions import COMPENSATION, FORWARD
-from saga.definitions import HARD_LIMIT_GRACE, TASKS, SagaType, Step
+from saga.actions import COMPENSATION, FORWARD, TASKS
+from saga.definitions import HARD_LIMIT_GRACE, SagaType, Step
 from saga.errors import ConfigurationError, StepFailed
 
 InputT = TypeVar("InputT", bound=BaseModel)

@@ -114,7 +114,7 @@ def _run(task: Any, step: Step, saga_id: UUID, action: Action, pending: dict[str
             metrics.CONTINUED.labels(step.saga.name).inc()
             step, given, pending, claim_first = following, done.next if done else None, None, False
     finally:
-        task_events.flush()  # the last step's end, held back until now
+        task_events.flush()  # what is still held back: the last step's end at least
 
 
 def _react(task: Any, saga_id: UUID) -> None:

@@ -13,7 +13,8 @@ from celery import concurrency
 from celery.signals import worker_init
 
 from saga import continuation
-from saga.definitions import HARD_LIMIT_GRACE, REGISTRY, TASKS
+from saga.actions import TASKS
+from saga.definitions import HARD_LIMIT_GRACE, REGISTRY
 from saga.errors import WorkerRefused
 from saga.settings import get_settings
 

@@ -94,7 +94,8 @@ def stack(servers: Services, broker_url: str, standins: StandIns) -> Iterator[St
 @pytest.fixture()
 def fresh() -> Iterator[None]:
     """Forget the saga types (and their tasks) a test declares."""
-    from saga.definitions import REGISTRY, TASKS
+    from saga.actions import TASKS
+    from saga.definitions import REGISTRY
 
     names, tasks = set(REGISTRY), set(TASKS)
     yield

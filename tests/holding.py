@@ -26,7 +26,7 @@ import psutil
 from sqlalchemy import text
 
 from saga import continuation, db
-from saga.definitions import TASKS
+from saga.actions import TASKS
 from saga.testing import Process, Stack
 
 # Celery's line for a message a worker took: "[<time>: INFO/MainProcess] Task tasks.x.y[<task id>] received".

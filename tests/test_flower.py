@@ -17,7 +17,7 @@ import pytest
 import saga
 from saga.testing import Process, Stack, wait_for_status, wait_until
 from standins import free_port
-from tests.sagas import probe
+from tests.sagas import probe, probe_patient
 from tests.test_commit_seal import CHARGE, assert_refused, charge_in_flight, forged_commit
 from tests.test_continuation import continued, started_by
 
@@ -95,6 +95,23 @@ def test_flower_shows_every_step_and_compensation_of_a_saga(workers: Stack, flow
     # A step's message carries the saga id and nothing else: no input, no setting, no secret.
     for task in seen.values():
         assert list(ast.literal_eval(task["args"])) == [str(record.id)] and task["kwargs"] in ("{}", None), task
+
+
+def test_flower_shows_a_continued_step_running_before_it_ends(workers: Stack, flower: str) -> None:
+    """Events of quick continued steps are held back and sent together; c, which starts right after the quick b
+    (so its start is held back too) and then runs for seconds, is shown started a moment after, not once it ends."""
+    record = saga.start("probe_patient", {"hold": {"c": 4}}, idempotency_key=f"flower-long-{free_port()}").saga
+    [c] = wait_until(lambda: started_by(record.id, "c"), timeout=30, interval=0.01, what="step c to start")
+    began = time.monotonic()
+    shown = wait_until(lambda: tasks_of(flower, record.id).get(c), timeout=3, interval=0.1,
+                       what="Flower to show step c while it runs")
+    assert shown["state"] == "STARTED" and shown["name"] == "tests.probe_patient.c", shown
+    assert time.monotonic() - began < 3 and saga.load(record.id).steps[2].status == "running"
+    assert wait_for_status(record.id, FINAL).status == "completed"
+    assert continued(record.id, probe_patient, "b") and continued(record.id, probe_patient, "c"), (
+        "b or c went through the broker")
+    assert len(started_by(record.id, "c")) == 1, "c was tried again"
+    wait_until(lambda: tasks_of(flower, record.id)[c]["state"] == "SUCCESS", timeout=10, what="c shown succeeded")
 
 
 def test_a_commit_forged_through_flowers_api_is_refused(workers: Stack, flower: str) -> None:
