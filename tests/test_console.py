@@ -76,7 +76,7 @@ def open_console(browser: WebDriver, api: Any, key: str, fragment: str = "#/") -
     browser.refresh()
     field = WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "key"))
     field.send_keys(key)
-    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    click(browser, "#key-form button")
 
 
 def texts(browser: WebDriver, selector: str, attribute: str | None = None) -> list[str]:
@@ -164,7 +164,7 @@ def test_list_filter_and_a_compensated_posting_undone_newest_first(
     open_console(browser, api, key)
     WebDriverWait(browser, 10).until(lambda b: set(rows(b)) == {done, declined})
     Select(browser.find_element(By.ID, "f-status")).select_by_visible_text("compensated")
-    browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+    click(browser, "#filters button")
     WebDriverWait(browser, 10).until(lambda b: rows(b) == [declined])
 
     browser.find_element(By.LINK_TEXT, declined).click()
@@ -212,7 +212,7 @@ def test_cancel_moves_a_running_saga_and_a_refusal_is_shown(
     running = start(client, "demo", {"customer": "ann", "amount_cents": 1200, "step_seconds": 4})
     open_console(browser, api, key, f"#/saga/{running}")
     WebDriverWait(browser, 20).until(lambda b: badge(b) == "running")
-    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="cancel"]').click()
+    click(browser, '#actions [data-action="cancel"]')
     # The page follows the saga live: the undo runs and the status changes without a reload.
     WebDriverWait(browser, 60).until(lambda b: badge(b) == "compensated")
     assert browser.find_element(By.CSS_SELECTOR, '#actions [data-action="cancel"]').is_displayed() is False
@@ -224,7 +224,7 @@ def test_cancel_moves_a_running_saga_and_a_refusal_is_shown(
         return texts(b, '#steps tr[data-step="charge_card"] .status') == ["succeeded"]
 
     WebDriverWait(browser, 30).until(charged)
-    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="cancel"]').click()
+    click(browser, '#actions [data-action="cancel"]')
     WebDriverWait(browser, 10).until(lambda b: "cancel refused" in texts(b, "#notice")[0])
     assert "point of no return" in texts(browser, "#notice")[0]
     assert ended(client, past_pivot)["status"] == "completed"
@@ -261,7 +261,7 @@ def test_resume_a_paused_saga_and_compensate_a_failed_one(
 
     assert shown(browser) == ["resume"]
     switch(stuck, False)  # the operator fixed what made `d` fail
-    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="resume"]').click()
+    click(browser, '#actions [data-action="resume"]')
     WebDriverWait(browser, 30).until(lambda b: badge(b) == "completed")
     in_timeline(browser, "saga_resumed")
     resumed = texts(browser, '#timeline li[data-kind="saga_resumed"] .detail')
@@ -275,7 +275,7 @@ def test_resume_a_paused_saga_and_compensate_a_failed_one(
     WebDriverWait(browser, 10).until(lambda b: badge(b) == "failed")
     assert shown(browser) == ["compensate", "restart"]
     switch(undo_stuck, False)
-    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="compensate"]').click()
+    click(browser, '#actions [data-action="compensate"]')
     WebDriverWait(browser, 30).until(lambda b: badge(b) == "compensated")
     assert texts(browser, '#steps tr[data-step="b"] .status') == ["compensated"]
 
@@ -288,12 +288,12 @@ def test_restart_opens_the_new_saga_and_both_pages_link_to_each_other(
     assert ended(client, declined)["status"] == "compensated"
     open_console(browser, api, key, f"#/saga/{declined}")
     WebDriverWait(browser, 20).until(lambda b: badge(b) == "compensated")
-    browser.find_element(By.CSS_SELECTOR, '#actions [data-action="restart"]').click()
+    click(browser, '#actions [data-action="restart"]')
     WebDriverWait(browser, 20).until(lambda b: f"#/saga/{declined}" not in b.current_url)
     restarted = browser.current_url.rsplit("/", 1)[-1]
     WebDriverWait(browser, 20).until(lambda b: texts(b, '#d-links a[data-link="restart_of"]') == [declined])
     assert ended(client, restarted)["restart_of"] == declined
-    browser.find_element(By.CSS_SELECTOR, '#d-links a[data-link="restart_of"]').click()
+    click(browser, '#d-links a[data-link="restart_of"]')
     WebDriverWait(browser, 20).until(lambda b: texts(b, '#d-links a[data-link="restarted_as"]') == [restarted])
     assert browser.find_element(By.CSS_SELECTOR, '#actions [data-action="restart"]').is_displayed() is False
     in_timeline(browser, "saga_restarted")
@@ -330,7 +330,7 @@ def test_a_saga_awaiting_input_shows_what_it_waits_for_and_takes_it_from_the_pag
     box = browser.find_element(By.ID, "d-awaiting-input")
     box.clear()
     box.send_keys('{"payment_method": "pm_card_visa"}')
-    browser.find_element(By.CSS_SELECTOR, "#d-awaiting button").click()
+    click(browser, "#d-awaiting button")
     WebDriverWait(browser, 60).until(lambda b: badge(b) == "completed")
     assert browser.find_element(By.ID, "d-awaiting").is_displayed() is False
     in_timeline(browser, "input_received", "saga_completed")
@@ -357,7 +357,7 @@ def test_a_rewind_from_the_page_shows_in_the_timeline(
     box = browser.find_element(By.ID, "d-rewind-input")
     box.clear()
     box.send_keys('{"title": "Rocket scientist", "payment_method": "pm_card_visa"}')
-    browser.find_element(By.CSS_SELECTOR, "#d-rewind button").click()
+    click(browser, "#d-rewind button")
     WebDriverWait(browser, 60).until(lambda b: badge(b) == "completed")
     in_timeline(browser, "rewind_begun", "saga_rewound", "saga_completed")
     assert texts(browser, '#timeline li[data-kind="step_compensated"]', "data-step") == [
