@@ -17,7 +17,6 @@ task events, no result backend). The submitter reads one JSON command a line on 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import uuid
@@ -28,6 +27,7 @@ import psycopg
 from celery import Celery
 from celery_saga import Saga, set_default_backend
 from celery_saga.backends import RedisSagaBackend
+from submit_loop import serve
 
 BROKER_URL = os.environ["PEER_BROKER_URL"]
 APP_DB = os.environ["PEER_APP_DB"].replace("postgresql+psycopg://", "postgresql://", 1)
@@ -80,22 +80,17 @@ for index, task in enumerate(STEPS):
 
 def submitter() -> None:
     runs: dict[str, list[str]] = {}
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["cmd"] == "quit":
-            break
-        run_id = command["run_id"]
-        if command["cmd"] == "submit":
-            ids = runs.setdefault(run_id, [])
-            for _ in range(command["n"]):
-                ids.append(bench_saga.run(queue=QUEUE, run_id=run_id, ref=str(uuid.uuid4())).saga_id)
-            answer: dict[str, Any] = {"submitted": command["n"]}
-        elif command["cmd"] == "status":
-            executions = (backend.load(saga_id) for saga_id in runs.get(run_id, []))
-            answer = dict(Counter(e.status.value if e else "missing" for e in executions))
-        else:
-            answer = {"error": f"unknown command {command['cmd']!r}"}
-        print(json.dumps(answer), flush=True)
+
+    def submit(run_id: str, _first: int, n: int) -> None:
+        ids = runs.setdefault(run_id, [])
+        for _ in range(n):
+            ids.append(bench_saga.run(queue=QUEUE, run_id=run_id, ref=str(uuid.uuid4())).saga_id)
+
+    def status(run_id: str) -> dict[str, int]:
+        executions = (backend.load(saga_id) for saga_id in runs.get(run_id, []))
+        return dict(Counter(e.status.value if e else "missing" for e in executions))
+
+    serve(submit, status)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["submitter"]:

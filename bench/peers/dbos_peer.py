@@ -18,8 +18,6 @@ launched. The submitter reads one JSON command a line on stdin and answers one J
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -28,6 +26,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 from dbos import DBOS, DBOSClient, DBOSConfig, SQLAlchemyDatasource
+from submit_loop import serve
 
 APP_NAME = "bench_peer"
 QUEUE = "bench"
@@ -86,25 +85,18 @@ def worker(args: argparse.Namespace) -> None:
 
 def submitter(args: argparse.Namespace) -> None:
     client = DBOSClient(system_database_url=args.system_db, application_name=APP_NAME)
+
+    def submit(run_id: str, first: int, n: int) -> None:
+        for i in range(first, first + n):
+            client.enqueue({"queue_name": QUEUE, "workflow_name": WORKFLOW, "workflow_id": f"{run_id}:{i}"},
+                           run_id, str(uuid.uuid4()))
+
+    def status(run_id: str) -> dict[str, int]:
+        workflows = client.list_workflows(workflow_id_prefix=f"{run_id}:", load_input=False, load_output=False)
+        return dict(Counter(w.status for w in workflows))
+
     try:
-        for line in sys.stdin:
-            command = json.loads(line)
-            if command["cmd"] == "quit":
-                break
-            run_id = command["run_id"]
-            if command["cmd"] == "submit":
-                first = command.get("first", 0)
-                for i in range(first, first + command["n"]):
-                    client.enqueue({"queue_name": QUEUE, "workflow_name": WORKFLOW, "workflow_id": f"{run_id}:{i}"},
-                                   run_id, str(uuid.uuid4()))
-                answer: dict[str, Any] = {"submitted": command["n"]}
-            elif command["cmd"] == "status":
-                statuses = client.list_workflows(workflow_id_prefix=f"{run_id}:", load_input=False,
-                                                 load_output=False)
-                answer = dict(Counter(w.status for w in statuses))
-            else:
-                answer = {"error": f"unknown command {command['cmd']!r}"}
-            print(json.dumps(answer), flush=True)
+        serve(submit, status)
     finally:
         client.destroy()
 
