@@ -268,8 +268,7 @@ def _look(conn: Connection, saga_id: UUID, step: Step, large: bool = False) -> A
 def _fences(step: Step) -> dict[str, Any]:
     """The parameters that fence a statement to sagas of the step's own version of its type, and that keep its
     undo in turn."""
-    return {"version": step.saga.version, "fingerprint": step.saga.fingerprint,
-            "undo_attempts": [s.compensation.retry.max_attempts if s.compensation else 0 for s in step.saga.steps]}
+    return {"version": step.saga.version, "fingerprint": step.saga.fingerprint, "undo_attempts": step.saga.undo_attempts}
 
 
 def _refusal(why: Any, action: Action) -> Refusal | None:

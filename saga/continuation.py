@@ -17,6 +17,7 @@ step continues.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -95,11 +96,16 @@ def task_id(message_id: str, step: Step, message_task: str) -> str:
     its own step, else one derived from the message's and the step's name, the same on every redelivery."""
     if step.task_name == message_task:
         return message_id
+    return _derived_id(message_id, step.task_name)
+
+
+@functools.lru_cache(maxsize=64)  # asked for several times per step; a message's ids are the same every time
+def _derived_id(message_id: str, task_name: str) -> str:
     try:
         namespace = uuid.UUID(message_id)
     except ValueError:
         namespace = uuid.uuid5(uuid.NAMESPACE_URL, message_id)
-    return str(uuid.uuid5(namespace, step.task_name))
+    return str(uuid.uuid5(namespace, task_name))
 
 
 def take_link(task: Any, step: Step) -> None:

@@ -163,6 +163,7 @@ class Step:
             )
             self.compensation = comp
             comp.task = self.saga.engine.task_for(self, compensating=True)
+            self.saga.derived.clear()
             return fn
 
         return register(fn) if fn is not None else register
@@ -215,6 +216,9 @@ class SagaType(Generic[InputT]):
         # through the broker, as its own message.
         self.continuation = continuation
         self.steps: list[Step] = []
+        # What every claim and commit reads of the steps (fingerprint, leases, undo attempts), worked out once
+        # per declaration: emptied whenever a step or a compensation is declared.
+        self.derived: dict[str, Any] = {}
         REGISTRY[(name, version)] = self
 
     def step(
@@ -234,6 +238,7 @@ class SagaType(Generic[InputT]):
             self._check_order(step)
             step.task = self.engine.task_for(step, compensating=False)
             self.steps.append(step)
+            self.derived.clear()
             return step
 
         return register(fn) if fn is not None else register
@@ -248,8 +253,10 @@ class SagaType(Generic[InputT]):
     def fingerprint(self) -> str:
         """The steps' names, kinds and order, digested: recorded when a saga starts, so that a worker whose
         declaration of that version has other steps never runs it."""
-        shape = [[s.name, s.kind.value] for s in self.steps]
-        return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
+        if "fingerprint" not in self.derived:
+            shape = [[s.name, s.kind.value] for s in self.steps]
+            self.derived["fingerprint"] = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
+        return self.derived["fingerprint"]
 
     def _check_order(self, new: Step) -> None:
         if any(s.name == new.name for s in self.steps):
@@ -307,7 +314,18 @@ class SagaType(Generic[InputT]):
     @property
     def longest_lease(self) -> float:
         """The longest a step or compensation of this type may hold its lease."""
-        return max((max(s.lease_seconds, s.compensation_lease_seconds) for s in self.steps), default=0.0)
+        if "longest_lease" not in self.derived:
+            self.derived["longest_lease"] = max(
+                (max(s.lease_seconds, s.compensation_lease_seconds) for s in self.steps), default=0.0)
+        return self.derived["longest_lease"]
+
+    @property
+    def undo_attempts(self) -> list[int]:
+        """Each step's most compensation attempts, by index (0: nothing to undo)."""
+        if "undo_attempts" not in self.derived:
+            self.derived["undo_attempts"] = [s.compensation.retry.max_attempts if s.compensation else 0
+                                             for s in self.steps]
+        return self.derived["undo_attempts"]
 
 
 def versions_of(name: str) -> list[int]:

@@ -96,3 +96,20 @@ def test_input_errors_name_every_bad_field(fresh: object) -> None:
     assert fields == ["amount", "email"]
     assert "email" in info.value.message and "amount" in info.value.message
     assert saga_type.validate_input({"email": "a@example.com", "amount": 3}).amount == 3
+
+
+def test_what_claims_read_of_the_steps_follows_every_declaration(fresh: object) -> None:
+    """Fingerprint, longest lease and undo attempts are worked out once, and again after each step or undo."""
+    shop = sagas.saga_type("shop_derived", Order, default_retry=RetryPolicy(max_attempts=2), default_time_limit=5)
+    reserve = shop.step(noop, kind="compensable", name="t.shop_derived.reserve")
+    first = shop.fingerprint
+    assert shop.undo_attempts == [0] and shop.fingerprint == first
+    reserve.compensate_with(noop, name="t.shop_derived.release", retry=RetryPolicy(max_attempts=4))
+    assert shop.undo_attempts == [4]
+    lease = shop.longest_lease
+
+    @shop.step(kind="pivot", name="t.shop_derived.charge", time_limit=50)
+    def charge(ctx: StepContext[Order]) -> None:
+        return None
+
+    assert shop.fingerprint != first and shop.undo_attempts == [4, 0] and shop.longest_lease > lease + 40
