@@ -11,8 +11,8 @@ from workers.settings import service_settings
 _settings = service_settings()
 
 broker_url = _settings.broker_url
-# Every module declaring saga types.
-imports = tuple(_settings.module_list)
+# Every module declaring saga types, and the webhooks' delivering task (run by workers of the `webhooks` queue).
+imports = (*_settings.module_list, "webhooks.delivery")
 
 # Ack after the step ran, so a message whose worker dies mid-step is delivered again.
 task_acks_late = True

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
-from api import console, errors, health, metrics, stats
+from api import console, errors, health, metrics, stats, webhooks
 from api import keys as apikeys
 from api.auth import KeyRing, document_scopes
 from api.headers import SecurityHeaders
@@ -81,6 +81,7 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(router)
+    app.include_router(webhooks.router)
     app.include_router(stats.router)
     console.install(app)
 

@@ -4,6 +4,7 @@ which the Python client (`saga.client`) parses responses with."""
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -12,6 +13,7 @@ from saga.states import SagaStatus
 from saga.storable import storable
 
 __all__ = [
+    "CreateWebhook",
     "ErrorDetail",
     "ErrorResponse",
     "Event",
@@ -22,14 +24,22 @@ __all__ = [
     "NeedsOperator",
     "Progress",
     "ProvideInput",
+    "ReplayWebhooks",
+    "Replayed",
     "RestartSaga",
     "RewindSaga",
+    "RotateSecret",
     "Saga",
     "SagaPage",
     "StartSaga",
     "Stats",
     "StatusCount",
     "Step",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookDetail",
+    "WebhookPage",
+    "WebhookWithSecret",
 ]
 
 
@@ -146,3 +156,81 @@ class Stats(BaseModel):
     last_hour: list[Minute] = Field(description=(
         "Sixty minutes, oldest first, the current (partial) one last. A saga counts as ended in the minute it "
         "reached the status it is in now, if it was created within the last day."))
+
+
+class CreateWebhook(BaseModel):
+    """Body of `POST /v1/webhooks`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, description=(
+        "Where to POST the events: https (or http), resolving to public addresses only unless the operator allows "
+        "others (`SAGA_WEBHOOK_ALLOWED_NETWORKS`). Redirects are not followed."))
+    event_types: list[str] | None = Field(default=None, max_length=20, description=(
+        "Which events to send (default: every `saga.*` type): saga.completed, saga.compensated, saga.paused, "
+        "saga.failed, saga.awaiting_input, step.succeeded, step.failed, step.compensated, "
+        "step.compensation_failed."))
+    description: str | None = Field(default=None, max_length=500)
+
+
+class RotateSecret(BaseModel):
+    """Body of `POST /v1/webhooks/{id}/rotate-secret` (may be left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_old_for: float | None = Field(default=None, ge=0, le=7 * 24 * 3600, description=(
+        "Seconds the secret before this one still signs beside the new one (default: the service's setting, "
+        "a day): time for receivers to switch."))
+
+
+class ReplayWebhooks(BaseModel):
+    """Body of `POST /v1/webhooks/replay`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    saga_id: UUID = Field(description="The saga whose events to send again.")
+    endpoint_id: UUID | None = Field(default=None, description=(
+        "Only to this endpoint (default: every enabled endpoint of the tenant that subscribes to them)."))
+
+
+class Webhook(BaseModel):
+    """A webhook endpoint (its secret is shown only when made or rotated)."""
+
+    id: str
+    url: str
+    event_types: list[str]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why it is disabled: by the tenant, a 410 from the receiver, "
+                                        "or every delivery failing for the retry period.")
+    created_at: str
+    updated_at: str
+    pending: int = Field(description="Events waiting to be delivered (each saga's in order).")
+    failed: int = Field(description="Events given up on, kept for replay (`POST /v1/webhooks/{id}/replay-failed`).")
+
+
+class WebhookWithSecret(Webhook):
+    secret: str = Field(description="The signing secret (Standard Webhooks, `whsec_...`): shown this once.")
+
+
+class WebhookAttempt(BaseModel):
+    at: str
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    webhook_id: str
+    saga_id: str
+    type: str
+    delivery_status: str
+
+
+class WebhookDetail(Webhook):
+    recent_attempts: list[WebhookAttempt] = Field(description="The latest delivery attempts, newest first.")
+
+
+class WebhookPage(BaseModel):
+    items: list[Webhook]
+
+
+class Replayed(BaseModel):
+    deliveries: int = Field(description="Events queued for delivery again.")

@@ -55,6 +55,8 @@ def run(data_dir: Path, workers: int = 2, demo: bool = True, api_port: int = 800
         standins = start_standins(data_dir / "standins")
         env |= standins.env | {"SAGA_TENANT": "dev",  # the tenant of the dev API key, so CLI and API agree
                                "SAGA_FLOWER_URL": f"http://127.0.0.1:{flower_port}",
+                               # Webhooks to receivers on this machine (public addresses only in production).
+                               "SAGA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
                                # Long enough to send a new card by hand (1800 in production).
                                "SAGA_PAYMENT_RETRY_SECONDS": os.environ.get("SAGA_PAYMENT_RETRY_SECONDS", "120")}
         os.environ.update(env)
@@ -69,6 +71,9 @@ def run(data_dir: Path, workers: int = 2, demo: bool = True, api_port: int = 800
         for n in range(1, workers + 1):
             processes.append(Process.spawn(f"worker-{n}", [*saga_cmd, "worker", "-n", f"worker{n}@%h"], env, logs,
                                            cwd=ROOT))
+        # Webhook deliveries run on a queue of their own, never in a step's worker slot.
+        processes.append(Process.spawn("webhooks", [*saga_cmd, "worker", "-n", "webhooks@%h", "-Q", "webhooks",
+                                                    "--concurrency", "2"], env, logs, cwd=ROOT))
         processes.append(Process.spawn("beat", [*saga_cmd, "beat", "-s", str(data_dir / "beat-schedule")],
                                        env, logs, cwd=ROOT))
         from api.keys import ensure_dev_key

@@ -29,6 +29,12 @@ SETTINGS = {
     "SAGA_VISIBILITY_TIMEOUT": "600",
     # A declined card waits this long for another one (1800 in production): long enough for a test to send one.
     "SAGA_PAYMENT_RETRY_SECONDS": "8",
+    # Webhooks to the tests' receivers on this machine, retried and dispatched quickly.
+    "SAGA_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+    "SAGA_WEBHOOK_RETRY_BASE": "0.3",
+    "SAGA_WEBHOOK_RETRY_MAX": "1",
+    "SAGA_WEBHOOK_DISPATCH_INTERVAL": "0.2",
+    "SAGA_WEBHOOK_TIMEOUT": "2",
 }
 
 

@@ -8,6 +8,7 @@ from celery import Celery
 from celery.signals import beat_init, worker_init
 
 from saga import Sagas
+from webhooks import dispatcher
 from workers.settings import check_startup
 
 app = Celery("saga")
@@ -22,6 +23,13 @@ def _refuse_without_settings(sender: Any = None, **_: Any) -> None:
     the engine's own start-up, so recovery never starts in a beat that refuses)."""
     if getattr(sender, "app", None) is app:
         check_startup()
+
+
+@beat_init.connect
+def _dispatch_webhooks(sender: Any = None, **_: Any) -> None:
+    """Beat sends the webhooks' delivering tasks (`webhooks.dispatcher`), as it runs the engine's recovery."""
+    if getattr(sender, "app", None) is app:
+        dispatcher.start(app)
 
 
 # The ledger's database comes from SAGA_DATABASE_URL.

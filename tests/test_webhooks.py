@@ -1,0 +1,235 @@
+"""Webhooks end to end: endpoints registered through the API, events written by the ledger's transitions, delivered
+by a real worker on the `webhooks` queue to real HTTP receivers started here, verified with `standardwebhooks`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from standardwebhooks import Webhook
+
+from saga import db
+from saga.testing import Stack, wait_until
+from tests.test_api import ApiServer, assert_error, settle, start
+from webhooks import addresses, settings
+from webhooks.events import EVENT_TYPES
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """An HTTP server on this machine that records every request and answers what `answer()` says."""
+
+    answer: Callable[[], int] = lambda: 200
+    requests: list[Received] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks?from=test"
+
+    def delivered(self) -> list[Received]:
+        """The requests it answered 2xx, in the order they came."""
+        return [r for r in list(self.requests) if 200 <= r.status < 300]
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status = receiver.answer()
+                receiver.requests.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status))
+                self.send_response(status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    running = Receiver().start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture()
+def deliverers(workers: Stack) -> Stack:
+    """The step workers and beat (whose dispatcher sends the delivering tasks), and a worker of the webhooks queue."""
+    if "webhooks" not in {p.name for p in workers.workers()}:
+        workers.worker("webhooks", concurrency=2, queues=["webhooks"])
+    return workers
+
+
+def register(client: httpx.Client, url: str, event_types: list[str] | None = None) -> dict[str, Any]:
+    response = client.post("/v1/webhooks", json={"url": url, **({"event_types": event_types} if event_types else {})})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def ledger_events(saga_id: str, types: list[str]) -> list[tuple[str, str]]:
+    """(webhook-id, type) of the saga's ledger events of these types, oldest first: what a receiver should get."""
+    kinds = {EVENT_TYPES[t]: t for t in types}
+    with db.transaction() as conn:
+        rows = conn.execute(text("SELECT id, kind FROM saga_events WHERE saga_id = :s ORDER BY id"),
+                            {"s": saga_id}).all()
+    return [(f"evt_{r.id}", kinds[r.kind]) for r in rows if r.kind in kinds]
+
+
+def test_a_delivery_is_signed_verifies_with_the_receivers_secret_and_carries_the_saga(
+        api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:
+    client = api.new_tenant()
+    endpoint = register(client, receiver.url)
+    assert endpoint["secret"].startswith("whsec_") and endpoint["event_types"] == [
+        t for t in EVENT_TYPES if t.startswith("saga.")]
+    assert "secret" not in client.get(f"/v1/webhooks/{endpoint['id']}").json()
+
+    saga_id = start(client).json()["id"]
+    assert settle(client, saga_id)["status"] == "completed"
+    detail = wait_until(lambda: (d := client.get(f"/v1/webhooks/{endpoint['id']}").json())["recent_attempts"] and d,
+                        timeout=30, what="the delivery recorded")
+    assert [a["status_code"] for a in detail["recent_attempts"]] == [200] and detail["pending"] == 0
+    got = receiver.requests
+    assert len(got) == 1
+    payload = Webhook(endpoint["secret"]).verify(got[0].body, got[0].headers)
+    assert [(got[0].headers["webhook-id"], payload["type"])] == ledger_events(saga_id, ["saga.completed"])
+    assert payload["data"]["saga"]["id"] == saga_id and payload["data"]["saga"]["status"] == "completed"
+    assert payload["data"]["event"]["kind"] == "saga_completed"
+    with pytest.raises(Exception, match="signature"):
+        Webhook("whsec_" + "A" * 32).verify(got[0].body, got[0].headers)
+
+
+def test_a_receiver_failing_for_a_while_gets_every_event_once_it_recovers_in_order_per_saga(
+        api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:
+    """500 for the first 12 requests, then 200: every event of five sagas, each saga's in its ledger order."""
+    answers = iter([500] * 12)
+    receiver.answer = lambda: next(answers, 200)
+    client = api.new_tenant()
+    types = ["step.succeeded", "saga.completed"]
+    endpoint = register(client, receiver.url, types)
+    ids = [start(client).json()["id"] for _ in range(5)]
+    for saga_id in ids:
+        assert settle(client, saga_id)["status"] == "completed"
+    expected = {saga_id: ledger_events(saga_id, types) for saga_id in ids}
+    total = sum(len(v) for v in expected.values())
+    wait_until(lambda: len(receiver.delivered()) >= total, timeout=60,
+               what=f"{total} deliveries (got {len(receiver.delivered())})")
+    by_saga: dict[str, list[tuple[str, str]]] = {}
+    for got in receiver.delivered():
+        payload = Webhook(endpoint["secret"]).verify(got.body, got.headers)
+        by_saga.setdefault(payload["data"]["saga_id"], []).append((got.headers["webhook-id"], payload["type"]))
+    assert by_saga == expected
+    assert sum(1 for r in receiver.requests if r.status == 500) == 12
+    assert client.get(f"/v1/webhooks/{endpoint['id']}").json()["pending"] == 0
+
+
+def test_a_410_disables_the_endpoint_and_nothing_more_is_sent(
+        api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:
+    receiver.answer = lambda: 410
+    client = api.new_tenant()
+    endpoint = register(client, receiver.url, ["step.succeeded"])
+    saga_id = start(client).json()["id"]
+    assert settle(client, saga_id)["status"] == "completed"
+    shown = wait_until(lambda: (e := client.get(f"/v1/webhooks/{endpoint['id']}").json())["enabled"] is False and e,
+                       timeout=30, what="the endpoint disabled")
+    assert "410" in shown["disabled_reason"] and shown["pending"] == len(ledger_events(saga_id, ["step.succeeded"]))
+    time.sleep(1.5)  # dispatches every 0.2 s: time for several
+    assert len(receiver.requests) == 1
+
+
+def test_after_a_rotation_both_secrets_verify_and_replay_sends_a_sagas_events_again(
+        api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:
+    client = api.new_tenant()
+    endpoint = register(client, receiver.url)
+    rotated = client.post(f"/v1/webhooks/{endpoint['id']}/rotate-secret", json={"keep_old_for": 600}).json()
+    assert rotated["secret"] != endpoint["secret"]
+    saga_id = start(client).json()["id"]
+    assert settle(client, saga_id)["status"] == "completed"
+    first = wait_until(receiver.delivered, timeout=30, what="the first delivery")[0]
+    assert len(first.headers["webhook-signature"].split(" ")) == 2
+    for secret in (endpoint["secret"], rotated["secret"]):
+        Webhook(secret).verify(first.body, first.headers)
+
+    replayed = client.post("/v1/webhooks/replay", json={"saga_id": saga_id})
+    assert replayed.json() == {"deliveries": 1}, replayed.text
+    again = wait_until(lambda: len(receiver.delivered()) >= 2 and receiver.delivered(), timeout=30,
+                       what="the replayed delivery")
+    assert again[1].headers["webhook-id"] == first.headers["webhook-id"] and again[1].body == first.body
+    assert_error(client.post("/v1/webhooks/replay", json={"saga_id": "00000000-0000-4000-8000-000000000000"}),
+                 404, "saga_not_found")
+
+
+def test_endpoints_are_per_tenant_and_bad_ones_are_refused_naming_the_field(api: ApiServer,
+                                                                             receiver: Receiver) -> None:
+    alpha, beta = api.new_tenant(), api.new_tenant()
+    endpoint = register(alpha, receiver.url)
+    assert [e["id"] for e in alpha.get("/v1/webhooks").json()["items"]] == [endpoint["id"]]
+    assert beta.get("/v1/webhooks").json()["items"] == []
+    for method, path in (("GET", ""), ("POST", "/disable"), ("POST", "/rotate-secret"), ("DELETE", "")):
+        assert_error(beta.request(method, f"/v1/webhooks/{endpoint['id']}{path}"), 404, "webhook_not_found")
+    for body, field_name in (({"url": "ftp://example.com/x"}, "url"),
+                             ({"url": receiver.url, "event_types": ["saga.exploded"]}, "event_types"),
+                             ({"url": "https://user:pw@example.com/x"}, "url")):
+        error = assert_error(alpha.post("/v1/webhooks", json=body), 422, "invalid_webhook")
+        assert error["details"][0]["field"] == field_name
+    assert alpha.post(f"/v1/webhooks/{endpoint['id']}/disable").json()["disabled_reason"] == "disabled by the tenant"
+    assert alpha.post(f"/v1/webhooks/{endpoint['id']}/enable").json()["enabled"] is True
+    assert alpha.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
+    assert alpha.get("/v1/webhooks").json()["items"] == []
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("http://127.0.0.1:9/hooks", "loopback"),
+    ("http://[::1]:9/hooks", "loopback"),
+    ("http://localhost:9/hooks", "loopback"),
+    ("http://10.1.2.3/hooks", "private"),
+    ("http://169.254.169.254/latest/meta-data", "link-local"),
+    ("http://[::ffff:127.0.0.1]/hooks", "loopback"),
+    ("http://100.64.0.1/hooks", "not a public address"),
+])
+def test_an_address_that_is_not_public_is_refused_unless_the_setting_allows_it(
+        monkeypatch: pytest.MonkeyPatch, url: str, refused: str) -> None:
+    monkeypatch.delenv("SAGA_WEBHOOK_ALLOWED_NETWORKS", raising=False)
+    settings.webhook_settings.cache_clear()
+    try:
+        with pytest.raises(addresses.RefusedURL, match=refused):
+            addresses.check(url)
+        monkeypatch.setenv("SAGA_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128,10.0.0.0/8,169.254.0.0/16,"
+                           "100.64.0.0/10")
+        settings.webhook_settings.cache_clear()
+        assert addresses.check(url).port in (9, 80)
+    finally:
+        settings.webhook_settings.cache_clear()
