@@ -82,11 +82,13 @@ def create_app(max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(webhooks.router)
+    app.include_router(webhooks.saga_router)
     app.include_router(stats.router)
     console.install(app)
 
     probes = health.Probes(celery_app)
     metrics.LAST_LEDGER.read = probes.oldest_unfinished
+    metrics.LAST_LEDGER.webhooks = probes.webhook_backlog
     # The text is built in a worker thread at most once a second: a flood of scrapes costs no more than one.
     exposition = health.Reading(metrics.exposition, 1.0)
 

@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from api import background
 from saga.metrics import oldest_unfinished
+from webhooks import backlog
 
 T = TypeVar("T")
 
@@ -33,6 +34,7 @@ class LedgerReading:
 
     error: str | None
     oldest: dict[str, float] = field(default_factory=dict)
+    webhooks: dict[str, float] = field(default_factory=dict)  # webhooks.backlog.read
 
 
 def read_ledger() -> LedgerReading:
@@ -41,7 +43,7 @@ def read_ledger() -> LedgerReading:
         with background.transaction() as conn:
             conn.execute(text(f"SET LOCAL lock_timeout = '{LEDGER_LOCK_TIMEOUT}'"))
             conn.execute(text(f"SET LOCAL statement_timeout = '{LEDGER_STATEMENT_TIMEOUT}'"))
-            return LedgerReading(None, oldest_unfinished(conn))
+            return LedgerReading(None, oldest_unfinished(conn), backlog.read(conn))
     except Exception as exc:  # noqa: BLE001 - any failure means "not answering"
         return LedgerReading(type(exc).__name__)
 
@@ -103,3 +105,8 @@ class Probes:
         """For the metrics: the last ledger reading's ages, without a query."""
         reading = self.ledger.last
         return reading.oldest if reading is not None else {}
+
+    def webhook_backlog(self) -> dict[str, float]:
+        """For the metrics: the last ledger reading's webhook gauges, without a query."""
+        reading = self.ledger.last
+        return reading.webhooks if reading is not None else {}

@@ -20,6 +20,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga.metrics import LedgerCollector
+from webhooks.backlog import BacklogCollector
 
 
 class LastLedgerReading:
@@ -27,6 +28,7 @@ class LastLedgerReading:
     makes no query of its own."""
 
     read: Callable[[], dict[str, float]] = dict
+    webhooks: Callable[[], dict[str, float]] = dict
 
 
 LAST_LEDGER = LastLedgerReading()
@@ -35,6 +37,7 @@ LAST_LEDGER = LastLedgerReading()
 disable_created_metrics()
 # The engine's own counters (sagas started here) are in the same registry; add what only the ledger knows.
 REGISTRY.register(LedgerCollector(lambda: LAST_LEDGER.read()))
+REGISTRY.register(BacklogCollector(lambda: LAST_LEDGER.webhooks()))
 
 REQUESTS = Counter("saga_api_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 LATENCY = Histogram(

@@ -3,7 +3,7 @@ which the Python client (`saga.client`) parses responses with."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from saga.models import Event, EventPage, Progress, Saga, SagaPage, Step
 from saga.states import SagaStatus
 from saga.storable import storable
+from webhooks.events import EVENT_TYPES
 
 __all__ = [
     "CreateWebhook",
@@ -158,15 +159,19 @@ class Stats(BaseModel):
         "reached the status it is in now, if it was created within the last day."))
 
 
+# The event types a webhook endpoint may subscribe to (webhooks.events.EVENT_TYPES).
+EventType = Literal[tuple(EVENT_TYPES)]  # type: ignore[valid-type]
+
+
 class CreateWebhook(BaseModel):
     """Body of `POST /v1/webhooks`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=2048, description=(
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://", description=(
         "Where to POST the events: https (or http), resolving to public addresses only unless the operator allows "
         "others (`SAGA_WEBHOOK_ALLOWED_NETWORKS`). Redirects are not followed."))
-    event_types: list[str] | None = Field(default=None, max_length=20, description=(
+    event_types: list[EventType] | None = Field(default=None, min_length=1, max_length=20, description=(
         "Which events to send (default: every `saga.*` type): saga.completed, saga.compensated, saga.paused, "
         "saga.failed, saga.awaiting_input, step.succeeded, step.failed, step.compensated, "
         "step.compensation_failed."))
@@ -178,17 +183,16 @@ class RotateSecret(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keep_old_for: float | None = Field(default=None, ge=0, le=7 * 24 * 3600, description=(
+    keep_old_for: float | None = Field(default=None, strict=True, ge=0, le=7 * 24 * 3600, description=(
         "Seconds the secret before this one still signs beside the new one (default: the service's setting, "
         "a day): time for receivers to switch."))
 
 
 class ReplayWebhooks(BaseModel):
-    """Body of `POST /v1/webhooks/replay`."""
+    """Body of `POST /v1/sagas/{id}/replay-webhooks` (may be left out)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    saga_id: UUID = Field(description="The saga whose events to send again.")
     endpoint_id: UUID | None = Field(default=None, description=(
         "Only to this endpoint (default: every enabled endpoint of the tenant that subscribes to them)."))
 

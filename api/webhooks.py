@@ -27,6 +27,7 @@ from webhooks import endpoints
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 EndpointId = Annotated[UUID, Path(description="The webhook endpoint's id.")]
+SagaId = Annotated[UUID, Path(description="The saga's id.")]
 
 
 def _not_found(endpoint_id: UUID) -> ApiError:
@@ -119,13 +120,19 @@ def replay_failed(endpoint_id: EndpointId, tenant: WebhookManager) -> dict[str, 
         raise _not_found(endpoint_id) from None
 
 
-@router.post("/replay", response_model=Replayed, responses=responses(401, 403, 404, 422, 429, 503),
-             summary="Deliver a saga's events again", operation_id="replayWebhooks")
-def replay_saga(body: ReplayWebhooks, tenant: WebhookManager) -> dict[str, int]:
+# On the saga's path, not under /v1/webhooks/, where a name after the prefix is an endpoint's id.
+saga_router = APIRouter(prefix="/v1/sagas", tags=["webhooks"])
+
+
+@saga_router.post("/{saga_id}/replay-webhooks", response_model=Replayed,
+                  responses=responses(401, 403, 404, 422, 429, 503), summary="Deliver a saga's events again",
+                  operation_id="replaySagaWebhooks")
+def replay_saga(saga_id: SagaId, tenant: WebhookManager, body: ReplayWebhooks | None = None) -> dict[str, int]:
     """Every event of the saga that an enabled endpoint subscribes to is delivered again, in order (with the
     same `webhook-id` as before: receivers that saw it can tell)."""
-    store.load(body.saga_id, tenant)  # SagaNotFound (404) for another tenant's saga
+    store.load(saga_id, tenant)  # SagaNotFound (404) for another tenant's saga
+    endpoint_id = body.endpoint_id if body else None
     try:
-        return {"deliveries": endpoints.replay_saga(tenant, body.saga_id, body.endpoint_id)}
+        return {"deliveries": endpoints.replay_saga(tenant, saga_id, endpoint_id)}
     except endpoints.EndpointNotFound:
-        raise _not_found(body.endpoint_id) from None  # type: ignore[arg-type]
+        raise _not_found(endpoint_id) from None  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The service's own tables, beside the ledger's, under a version table of their own (`service_alembic_version`).
 
-Two independent histories (Alembic branches): `api`, the HTTP API's keys; `jobs`, the job board's postings. A shop
-that runs the API for its own saga types takes `api` alone.
+Two independent histories (Alembic branches): `api`, the HTTP API's keys and webhooks (whose outbox a trigger on the
+ledger's `saga_events` writes, so the ledger is migrated first); `jobs`, the job board's postings. A shop that runs
+the API for its own saga types takes `api` alone.
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ CONFIG = """
 # A real saga of the fuzzing tenant, already completed, so the operations on one saga get past the 404
 # (and its event stream ends at once).
 "path.saga_id" = "{saga_id}"
+# And a webhook endpoint of that tenant (until an operation deletes it: then 404).
+"path.endpoint_id" = "{endpoint_id}"
+
+[[operations]]
+include-operation-id = "createWebhook"
+# The URL must resolve to an address webhooks may go to (422 naming why not), and a tenant has at most 20.
+checks.positive_data_acceptance.expected-statuses = [201, 422]
 
 [[operations]]
 include-operation-id = "listSagas"
@@ -59,7 +66,8 @@ def test_fuzzing_the_openapi_document_finds_no_5xx_and_no_departure_from_it(
         done = settle(client, start(client, "demo", {"customer": "f", "amount_cents": 1, "step_seconds": 0})
                       .json()["id"])
         config = tmp_path / "schemathesis.toml"
-        config.write_text(CONFIG.format(saga_id=done["id"]))
+        endpoint = client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hooks"}).json()
+        config.write_text(CONFIG.format(saga_id=done["id"], endpoint_id=endpoint["id"]))
         run = subprocess.run(
             [str(Path(sys.executable).with_name("st")), "--config-file", str(config), "--no-color", "run",
              f"{api.url}/openapi.json", "--header", f"Authorization: Bearer {key}",

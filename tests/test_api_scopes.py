@@ -24,12 +24,14 @@ import migrations
 from api import keys as apikeys
 from devstack.servers import Services
 from saga import db
+from saga import migrate as ledger
 from saga.client import MissingScope, SagaClient
 from saga.testing import Stack, create_database, drop_database, with_database
 from saga.testing.databases import libpq_url
 from tests.test_api import NOWHERE, ApiServer
 from tests.test_api_client import saga_cli, service_cli
 from tests.test_audit import ANSWER, held
+from webhooks import endpoints
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,15 @@ ROUTES = [
     Route("sagas:operate", "POST", "/v1/sagas/{saga_id}/input", "awaiting_input", {"input": ANSWER}, keyed=True),
     Route("sagas:operate", "POST", "/v1/sagas/{saga_id}/rewind", "awaiting_input", {"to": "a"}, keyed=True),
     Route("sagas:operate", "POST", "/v1/sagas/{saga_id}/restart", "compensated", works=202),
+    Route("webhooks:manage", "POST", "/v1/webhooks", body={"url": "http://127.0.0.1:9/hooks"}, works=201),
+    Route("webhooks:manage", "GET", "/v1/webhooks"),
+    Route("webhooks:manage", "GET", "/v1/webhooks/{endpoint_id}"),
+    Route("webhooks:manage", "POST", "/v1/webhooks/{endpoint_id}/rotate-secret"),
+    Route("webhooks:manage", "POST", "/v1/webhooks/{endpoint_id}/disable"),
+    Route("webhooks:manage", "POST", "/v1/webhooks/{endpoint_id}/enable"),
+    Route("webhooks:manage", "POST", "/v1/webhooks/{endpoint_id}/replay-failed"),
+    Route("webhooks:manage", "DELETE", "/v1/webhooks/{endpoint_id}", works=204),
+    Route("webhooks:manage", "POST", "/v1/sagas/{saga_id}/replay-webhooks", "completed"),
 ]
 
 
@@ -69,9 +80,10 @@ def tenant_key(*scopes: str, tenant: str | None = None) -> tuple[str, str]:
 
 
 def send(api: ApiServer, key: str, route: Route, saga_id: UUID | str | None) -> httpx.Response:
-    """The route's request as `key`, on `saga_id` (a stream is read up to its first event)."""
+    """The route's request as `key`, on `saga_id` (a webhook endpoint's id for a route on one; a stream is read up
+    to its first event)."""
     client = api.client(key=key)
-    path = route.path.format(saga_id=saga_id)
+    path = route.path.format(saga_id=saga_id, endpoint_id=saga_id)
     headers = {"Idempotency-Key": str(uuid.uuid4())} if route.keyed else None
     with client.stream(route.method, path, json=route.body, headers=headers) as answer:
         if answer.status_code == 200 and path.endswith("/stream"):
@@ -87,6 +99,10 @@ def saga_state(saga_id: UUID) -> tuple[str, int]:
         row = conn.execute(text("SELECT status, (SELECT count(*) FROM saga_events WHERE saga_id = :id) AS events "
                                 "FROM sagas WHERE id = :id"), {"id": saga_id}).mappings().one()
     return row["status"], row["events"]
+
+
+def endpoint_ids(tenant: str) -> list[UUID]:
+    return [UUID(e["id"]) for e in endpoints.list_for(tenant)]
 
 
 def sagas_of(tenant: str) -> int:
@@ -109,14 +125,19 @@ def test_each_route_answers_403_naming_its_scope_to_a_key_without_it_and_works_w
     _, only = tenant_key(route.scope, tenant=tenant)
     mine = held(tenant, route.status) if route.status else None
     foreign = held(f"sc-{uuid.uuid4().hex[:10]}", route.status) if route.status else None
-    before = saga_state(mine) if mine else None
+    if "{endpoint_id}" in route.path:  # a route on one of the tenant's webhook endpoints
+        mine, foreign = (UUID(endpoints.create(t, "http://127.0.0.1:9/hooks")[0]["id"])
+                         for t in (tenant, f"sc-{uuid.uuid4().hex[:10]}"))
+    before = saga_state(mine) if route.status else None
 
     # Its own saga, another tenant's, none at all: the same 403, so it tells nothing about the sagas there are.
     for saga_id in (mine, foreign, NOWHERE) if mine else (None,):
         assert_refused(send(api, without, route, saga_id), route.scope)
-    if mine:
+    if mine and route.status:
         assert saga_state(mine) == before, "a refused request changed nothing"
-    assert sagas_of(tenant) == (1 if mine else 0), "a refused start made no saga"
+    assert sagas_of(tenant) == (1 if route.status else 0), "a refused start made no saga"
+    assert endpoint_ids(tenant) == ([mine] if "{endpoint_id}" in route.path else []), "a refused request made or " \
+        "deleted no webhook endpoint"
 
     answer = send(api, only, route, mine)
     assert answer.status_code == route.works, answer.text
@@ -184,6 +205,7 @@ def test_the_migration_gives_keys_from_before_scopes_every_one(database: str) ->
         conn.execute("INSERT INTO api_key_events (key_id, tenant, kind, by) VALUES (1, 'acme', 'created', '{}'), "
                      "(2, 'acme', 'created', '{}'), (2, 'acme', 'revoked', '{}')")
 
+    ledger.upgrade(database)  # the webhooks' outbox (api_0004) is written by a trigger on the ledger's events
     migrations.upgrade(database, ("api",))
     every = list(apikeys.EVERY_SCOPE)
     with psycopg.connect(libpq_url(database)) as conn:

@@ -55,7 +55,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 status = receiver.answer()
                 receiver.requests.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status))
@@ -183,13 +183,12 @@ def test_after_a_rotation_both_secrets_verify_and_replay_sends_a_sagas_events_ag
     for secret in (endpoint["secret"], rotated["secret"]):
         Webhook(secret).verify(first.body, first.headers)
 
-    replayed = client.post("/v1/webhooks/replay", json={"saga_id": saga_id})
+    replayed = client.post(f"/v1/sagas/{saga_id}/replay-webhooks")
     assert replayed.json() == {"deliveries": 1}, replayed.text
     again = wait_until(lambda: len(receiver.delivered()) >= 2 and receiver.delivered(), timeout=30,
                        what="the replayed delivery")
     assert again[1].headers["webhook-id"] == first.headers["webhook-id"] and again[1].body == first.body
-    assert_error(client.post("/v1/webhooks/replay", json={"saga_id": "00000000-0000-4000-8000-000000000000"}),
-                 404, "saga_not_found")
+    assert_error(client.post("/v1/sagas/00000000-0000-4000-8000-000000000000/replay-webhooks"), 404, "saga_not_found")
 
 
 def test_endpoints_are_per_tenant_and_bad_ones_are_refused_naming_the_field(api: ApiServer,
@@ -200,11 +199,13 @@ def test_endpoints_are_per_tenant_and_bad_ones_are_refused_naming_the_field(api:
     assert beta.get("/v1/webhooks").json()["items"] == []
     for method, path in (("GET", ""), ("POST", "/disable"), ("POST", "/rotate-secret"), ("DELETE", "")):
         assert_error(beta.request(method, f"/v1/webhooks/{endpoint['id']}{path}"), 404, "webhook_not_found")
-    for body, field_name in (({"url": "ftp://example.com/x"}, "url"),
-                             ({"url": receiver.url, "event_types": ["saga.exploded"]}, "event_types"),
-                             ({"url": "https://user:pw@example.com/x"}, "url")):
-        error = assert_error(alpha.post("/v1/webhooks", json=body), 422, "invalid_webhook")
-        assert error["details"][0]["field"] == field_name
+    for body, code, field_name in (({"url": "ftp://example.com/x"}, "invalid_request", "url"),
+                                   ({"url": receiver.url, "event_types": ["saga.exploded"]}, "invalid_request",
+                                    "event_types.0"),
+                                   ({"url": "https://user:pw@example.com/x"}, "invalid_webhook", "url"),
+                                   ({"url": "https://nowhere.invalid/x"}, "invalid_webhook", "url")):
+        error = assert_error(alpha.post("/v1/webhooks", json=body), 422, code)
+        assert error["details"][0]["field"] == field_name, error
     assert alpha.post(f"/v1/webhooks/{endpoint['id']}/disable").json()["disabled_reason"] == "disabled by the tenant"
     assert alpha.post(f"/v1/webhooks/{endpoint['id']}/enable").json()["enabled"] is True
     assert alpha.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204

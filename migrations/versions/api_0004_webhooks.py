@@ -29,6 +29,8 @@ KINDS = {
 
 
 def upgrade() -> None:
+    if not sa.inspect(op.get_bind()).has_table("saga_events"):
+        raise RuntimeError("the webhooks' outbox needs the ledger's tables: migrate the ledger first (saga migrate)")
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", UUID(as_uuid=True), primary_key=True),
