@@ -25,6 +25,7 @@ COPY service.py celeryconfig.py ./
 COPY api/ api/
 COPY tasks/ tasks/
 COPY workers/ workers/
+COPY webhooks/ webhooks/
 COPY migrations/ migrations/
 
 # Unprivileged; the home directory is the writable place (e.g. beat's schedule file).

@@ -37,7 +37,7 @@ from workers.settings import ServiceSettings
 SECRETS = {"POSTGRES_PASSWORD": "s3cret-pw", "SAGA_DB_PASSWORD": "saga-db-pw", "REDIS_PASSWORD": "redis-pw",
            "FLOWER_BASIC_AUTH": "ops:flower-pw", "STRIPE_API_KEY": "sk_live_x", "SAGA_S3_BUCKET": "logos",
            "SAGA_SMTP_HOST": "smtp.example.com", "SAGA_SMTP_PORT": "587", "SAGA_MAIL_FROM": "jobs@example.com"}
-APP_SERVICES = {"migrate", "api", "worker", "beat", "flower"}
+APP_SERVICES = {"migrate", "api", "worker", "webhooks", "beat", "flower"}
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "10-saga-role.sh"
 
 

@@ -129,7 +129,9 @@ def deliver(endpoint_id: str) -> None:
     """Deliver what is due of one endpoint's events, for up to `run_seconds`."""
     settings = webhook_settings()
     endpoint = UUID(endpoint_id)
-    lease = settings.run_seconds + settings.timeout + 30  # past the run and its last attempt
+    # Each attempt's record extends the lease by as much: past the next attempt's timeout, with room to spare. A task
+    # that died holds its endpoint no longer than that.
+    lease = 2 * settings.timeout + 10
     with db.autocommit() as conn:
         claimed = conn.execute(_CLAIM, {"id": endpoint, "lease": lease}).mappings().first()
     if claimed is None:
