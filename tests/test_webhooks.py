@@ -27,7 +27,7 @@ from webhooks.events import EVENT_TYPES
 class Received:
     headers: dict[str, str]
     body: bytes
-    status: int
+    status: int  # 0 until answered
 
     @property
     def json(self) -> dict[str, Any]:
@@ -39,6 +39,7 @@ class Receiver:
     """An HTTP server on this machine that records every request and answers what `answer()` says."""
 
     answer: Callable[[], int] = lambda: 200
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     requests: list[Received] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -57,10 +58,13 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                status = receiver.answer()
-                receiver.requests.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status))
+                received = Received({k.lower(): v for k, v in self.headers.items()}, body, status=0)
+                receiver.requests.append(received)  # as it comes; its status once answered
+                status = received.status = receiver.answer()
                 try:
                     self.send_response(status)
+                    for name, value in receiver.headers.items():
+                        self.send_header(name, value)
                     self.send_header("content-length", "2")
                     self.end_headers()
                     self.wfile.write(b"ok")
@@ -133,6 +137,11 @@ def test_a_delivery_is_signed_verifies_with_the_receivers_secret_and_carries_the
     assert payload["data"]["event"]["kind"] == "saga_completed"
     with pytest.raises(Exception, match="signature"):
         Webhook("whsec_" + "A" * 32).verify(got[0].body, got[0].headers)
+    # The secret is in no log of the stack's processes (workers, beat, the API), nor in the metrics.
+    logs = {path.name: path.read_text(errors="replace") for path in deliverers.data_dir.glob("*.log")}
+    assert {"webhooks.log", "api.log", "beat.log"} <= set(logs)
+    assert [name for name, text in logs.items() if endpoint["secret"] in text] == []
+    assert endpoint["secret"] not in httpx.get(f"{api.url}/metrics").text
 
 
 def test_a_receiver_failing_for_a_while_gets_every_event_once_it_recovers_in_order_per_saga(
@@ -171,6 +180,9 @@ def test_a_410_disables_the_endpoint_and_nothing_more_is_sent(
     assert "410" in shown["disabled_reason"] and shown["pending"] == len(ledger_events(saga_id, ["step.succeeded"]))
     time.sleep(1.5)  # dispatches every 0.2 s: time for several
     assert len(receiver.requests) == 1
+    gauges = wait_until(lambda: (m := httpx.get(f"{api.url}/metrics").text) and
+                        "saga_webhook_endpoints_disabled 0.0" not in m and m, timeout=10, what="the gauge")
+    assert "saga_webhook_oldest_undelivered_seconds 0.0" in gauges  # its events wait, but it is disabled
 
 
 def test_after_a_rotation_both_secrets_verify_and_replay_sends_a_sagas_events_again(
@@ -237,3 +249,50 @@ def test_an_address_that_is_not_public_is_refused_unless_the_setting_allows_it(
         assert addresses.check(url).port in (9, 80)
     finally:
         settings.webhook_settings.cache_clear()
+
+
+def test_a_slow_receiver_is_cut_off_and_retried_and_a_redirect_is_not_followed(
+        api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:
+    """The first answer comes after the timeout (2 s here), the second is a redirect to another receiver; the third
+    attempt is answered 200. The other receiver never hears of it."""
+    elsewhere = Receiver().start()
+    try:
+        answers = iter(["slow", "redirect"])
+
+        def answer() -> int:
+            what = next(answers, "ok")
+            if what == "slow":
+                time.sleep(3)
+            return 307 if what == "redirect" else 200
+
+        receiver.answer = answer
+        receiver.headers = {"location": elsewhere.url}
+        client = api.new_tenant()
+        endpoint = register(client, receiver.url)
+        saga_id = start(client).json()["id"]
+        assert settle(client, saga_id)["status"] == "completed"
+        attempts = wait_until(lambda: len(a := client.get(f"/v1/webhooks/{endpoint['id']}").json()["recent_attempts"])
+                              >= 3 and a, timeout=30, what="three attempts")
+        assert [(a["status_code"], a["error"]) for a in reversed(attempts)] == [
+            (None, "no answer within 2s"), (307, "HTTP 307"), (200, None)]
+        assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1 and elsewhere.requests == []
+    finally:
+        elsewhere.stop()
+
+
+def test_a_failing_endpoint_does_not_delay_another(api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:
+    """One receiver never answers in time; the tenant's other endpoint gets each event as soon as it is written."""
+    stuck = Receiver(answer=lambda: time.sleep(3) or 200).start()
+    try:
+        client = api.new_tenant()
+        register(client, stuck.url)
+        register(client, receiver.url)
+        for n in range(3):
+            saga_id = start(client).json()["id"]
+            assert settle(client, saga_id)["status"] == "completed"
+            ended = time.monotonic()
+            wait_until(lambda n=n: len(receiver.delivered()) > n, timeout=30, what=f"delivery {n + 1}")
+            assert time.monotonic() - ended < 1.5, "the healthy endpoint waited for the stuck one"
+        assert stuck.requests, "the stuck endpoint was tried meanwhile"
+    finally:
+        stuck.stop()
