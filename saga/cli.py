@@ -4,10 +4,12 @@
     saga -A shop status 5f0c...          # a saga and its steps
     saga -A shop cancel 5f0c...          # cancel, resume, compensate, rewind, input, restart
     saga -A shop migrate                 # the ledger's tables, in the app's database
+    saga webhooks list                   # the API key's tenant's webhook endpoints (through the HTTP API)
 
 `-A` loads the app, which binds the engine (`Sagas(app, database_url=...)`) and declares its saga types; the
 commands then work on that database. With `--api` they go through the HTTP API instead (the `client` extra).
 Each action's audit event records who asked: on the database the OS user and host, through `--api` the API key.
+`saga webhooks ...` manages webhook endpoints, which live in the service, so it always goes through the API.
 """
 
 from __future__ import annotations
@@ -384,6 +386,206 @@ def _action(name: str, doc: str) -> None:
 _action("cancel", "Cancel a saga: compensate what was done (refused past the point of no return).")
 _action("resume", "Resume a paused saga from its first unfinished step.")
 _action("compensate", "Re-run the compensations of a failed saga.")
+
+
+# Webhook endpoints: always through the HTTP API ------------------------------------------------------------------
+
+
+def _endpoint_id(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a webhook endpoint id (a UUID)") from None
+
+
+def webhook_options(fn: Any) -> Any:
+    """`--api-url`, `--api-key` and `--json` on a `saga webhooks` command."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+    fn = click.option("--api-key", default=None, envvar="SAGA_API_KEY",
+                      help="API key with the scope webhooks:manage ($SAGA_API_KEY).")(fn)
+    return click.option("--api-url", default=None, envvar="SAGA_API_URL", help="The HTTP API ($SAGA_API_URL).")(fn)
+
+
+def webhook_client(api_url: str | None, api_key: str | None) -> Any:
+    """A client of the API for a `saga webhooks` command; a usage error without the API's URL and key."""
+    if not api_url or not api_key:
+        raise click.UsageError("saga webhooks works through the HTTP API: it needs --api-url (or $SAGA_API_URL) and "
+                               "--api-key (or $SAGA_API_KEY), a key with the scope webhooks:manage")
+    from saga.client import SagaClient
+
+    return SagaClient(api_url, api_key)
+
+
+@main.group()
+def webhooks() -> None:
+    """Manage the webhook endpoints of the API key's tenant, through the HTTP API (--api-url and --api-key, or
+    $SAGA_API_URL and $SAGA_API_KEY)."""
+
+
+def _webhook_json(endpoint: Any) -> dict[str, Any]:
+    """An endpoint as JSON; `secret` only where the API gave it (a creation or a rotation)."""
+    return endpoint.model_dump(mode="json", exclude={"secret"} if endpoint.secret is None else None)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _when(iso: str) -> str:
+    return f"{datetime.fromisoformat(iso):%Y-%m-%d %H:%M:%S}"
+
+
+def render_webhook(data: dict[str, Any]) -> str:
+    """A webhook endpoint (its JSON form) as a few readable lines."""
+    state = "enabled" if data["enabled"] else f"disabled ({data['disabled_reason'] or 'no reason given'})"
+    lines = [f"webhook {data['id']}  {state}",
+             f"  url: {data['url']}",
+             f"  events: {', '.join(data['event_types'])}"]
+    if data["description"]:
+        lines.append(f"  description: {data['description']}")
+    lines.append(f"  pending={data['pending']} failed={data['failed']}  created {_when(data['created_at'])}  "
+                 f"updated {_when(data['updated_at'])}")
+    return "\n".join(lines)
+
+
+def render_attempts(attempts: list[dict[str, Any]]) -> str:
+    """An endpoint's delivery attempts (their JSON form), newest first, as a table: when, the receiver's HTTP status
+    (`-` when none came), how long it took, the event, and where that event's delivery stands now."""
+    if not attempts:
+        return "  no deliveries yet"
+    lines = ["  recent deliveries, newest first:",
+             f"  {'at':<21}{'HTTP':<6}{'ms':>8}  {'event':<24}{'saga':<38}{'webhook-id':<16}{'now':<11}error"]
+    for a in attempts:
+        code = str(a["status_code"]) if a["status_code"] is not None else "-"
+        error = (a["error"] or "").split("\n", 1)[0][:60]
+        lines.append(f"  {_when(a['at']):<21}{code:<6}{a['duration_ms']:>8.1f}  {a['type']:<24}{a['saga_id']:<38}"
+                     f"{a['webhook_id']:<16}{a['delivery_status']:<11}{error}".rstrip())
+    return "\n".join(lines)
+
+
+def _show_webhook(endpoint: Any, as_json: bool, overlap: str | None = None) -> None:
+    """Print an endpoint, as JSON or readable, with its secret where it has one (shown this once) and then
+    `overlap`, what a rotation says of the secret before."""
+    if as_json:
+        click.echo(json.dumps(_webhook_json(endpoint), indent=2))
+        return
+    click.echo(render_webhook(_webhook_json(endpoint)))
+    if endpoint.secret is not None:
+        click.echo(f"secret: {endpoint.secret}")
+        click.echo("This secret is shown only this once: store it now where your receiver verifies signatures.")
+        if overlap:
+            click.echo(overlap)
+
+
+@webhooks.command(name="create")
+@click.argument("url")
+@click.option("--event-type", "event_types", multiple=True, metavar="TYPE",
+              help="An event type to send, e.g. saga.completed (repeat for more; default every saga.* type).")
+@click.option("--description", default=None, help="What the endpoint is for.")
+@webhook_options
+def webhooks_create(url: str, event_types: tuple[str, ...], description: str | None, api_url: str | None,
+                    api_key: str | None, as_json: bool) -> None:
+    """Register an endpoint at URL for events of the tenant's sagas, and print its signing secret (once)."""
+    with webhook_client(api_url, api_key) as client:
+        made = client.create_webhook(url, list(event_types) or None, description)
+    _show_webhook(made, as_json)
+
+
+@webhooks.command(name="list")
+@webhook_options
+def webhooks_list(api_url: str | None, api_key: str | None, as_json: bool) -> None:
+    """List the tenant's endpoints, oldest first."""
+    with webhook_client(api_url, api_key) as client:
+        rows = [_webhook_json(e) for e in client.list_webhooks()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no webhook endpoints")
+    for r in rows:
+        state = "enabled" if r["enabled"] else "disabled"
+        counts = f"pending={r['pending']} failed={r['failed']}"
+        click.echo(f"{r['id']}  {state:<9} {counts:<22} {r['url']}")
+
+
+@webhooks.command(name="show")
+@click.argument("endpoint_id", metavar="ID", type=_endpoint_id)
+@webhook_options
+def webhooks_show(endpoint_id: UUID, api_url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Show an endpoint and its latest delivery attempts, newest first, with the receiver's status codes."""
+    with webhook_client(api_url, api_key) as client:
+        data = client.get_webhook(endpoint_id).model_dump(mode="json", exclude={"secret"})
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(render_webhook(data))
+    click.echo(render_attempts(data["recent_attempts"]))
+
+
+@webhooks.command(name="rotate-secret")
+@click.argument("endpoint_id", metavar="ID", type=_endpoint_id)
+@click.option("--keep-old-for", "keep_old_for", type=click.FloatRange(min=0), default=None,
+              metavar="SECONDS", help="How long the secret before still signs beside the new one (default: the "
+              "service's setting, a day).")
+@webhook_options
+def webhooks_rotate_secret(endpoint_id: UUID, keep_old_for: float | None, api_url: str | None,
+                           api_key: str | None, as_json: bool) -> None:
+    """Give an endpoint a new signing secret, and print it (once); the one before signs too for a while."""
+    with webhook_client(api_url, api_key) as client:
+        rotated = client.rotate_webhook_secret(endpoint_id, keep_old_for)
+    overlap = ("The secret before it also signs each delivery for the service's overlap (a day unless set "
+               "otherwise)." if keep_old_for is None else
+               f"The secret before it also signs each delivery for {keep_old_for:g} more seconds.")
+    _show_webhook(rotated, as_json, overlap)
+
+
+def _switch(name: str, doc: str) -> None:
+    @webhooks.command(name=name, help=doc)
+    @click.argument("endpoint_id", metavar="ID", type=_endpoint_id)
+    @webhook_options
+    def command(endpoint_id: UUID, api_url: str | None, api_key: str | None, as_json: bool) -> None:
+        with webhook_client(api_url, api_key) as client:
+            _show_webhook(getattr(client, f"{name}_webhook")(endpoint_id), as_json)
+
+
+_switch("disable", "Stop delivering to an endpoint; its events wait until it is enabled.")
+_switch("enable", "Deliver to an endpoint again, from where deliveries stopped.")
+
+
+@webhooks.command(name="delete")
+@click.argument("endpoint_id", metavar="ID", type=_endpoint_id)
+@webhook_options
+def webhooks_delete(endpoint_id: UUID, api_url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Delete an endpoint and every delivery still owed to it."""
+    with webhook_client(api_url, api_key) as client:
+        client.delete_webhook(endpoint_id)
+    click.echo(json.dumps({"deleted": str(endpoint_id)}) if as_json else f"deleted webhook {endpoint_id}")
+
+
+@webhooks.command(name="replay-failed")
+@click.argument("endpoint_id", metavar="ID", type=_endpoint_id)
+@webhook_options
+def webhooks_replay_failed(endpoint_id: UUID, api_url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Deliver an endpoint's given-up events again (enable it first if it is disabled)."""
+    with webhook_client(api_url, api_key) as client:
+        count = client.replay_failed_webhooks(endpoint_id)
+    click.echo(json.dumps({"deliveries": count}) if as_json else
+               f"{_count(count, 'failed event')} of webhook {endpoint_id} queued for delivery again")
+
+
+@webhooks.command(name="replay")
+@click.argument("saga_id", type=_uuid)
+@click.option("--endpoint", "endpoint_id", type=_endpoint_id, default=None, metavar="ID",
+              help="Only to this endpoint (default: every enabled endpoint that subscribes to the events).")
+@webhook_options
+def webhooks_replay(saga_id: UUID, endpoint_id: UUID | None, api_url: str | None, api_key: str | None,
+                    as_json: bool) -> None:
+    """Deliver a saga's events again, with the webhook-id each had before."""
+    with webhook_client(api_url, api_key) as client:
+        count = client.replay_saga_webhooks(saga_id, endpoint_id)
+    to = f"webhook {endpoint_id}" if endpoint_id else "the tenant's enabled endpoints"
+    click.echo(json.dumps({"deliveries": count}) if as_json else
+               f"{_count(count, 'delivery', 'deliveries')} of saga {saga_id}'s events queued to {to}")
 
 
 def render(record: Any) -> str:

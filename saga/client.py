@@ -9,6 +9,9 @@
 Every start carries an idempotency key (yours, or one the client makes), so a start retried after a
 network error or a 502/503/504 gets the same saga back instead of a second one. Waiting uses the API's
 long poll, so it returns as soon as the saga changes without polling in a tight loop.
+
+It also manages the tenant's webhook endpoints (`create_webhook`, `list_webhooks`, ...; the key needs the
+scope `webhooks:manage`).
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 import httpx
 
 from saga.errors import SagaError
-from saga.models import EventPage, Saga, SagaPage
+from saga.models import EventPage, Saga, SagaPage, Webhook, WebhookDetail
 from saga.states import FINAL, WAITING
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
+# Transport errors after which the request surely never reached the API.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class ApiError(SagaError):
@@ -182,14 +187,75 @@ class SagaClient:
                                  headers={"Idempotency-Key": key})
         return Saga.model_validate(response.json())
 
+    # Webhook endpoints: the key needs the scope `webhooks:manage`; an endpoint of another tenant (or none) is
+    # ApiError 404 `webhook_not_found`, a URL or event type the API refuses ApiError 422 naming the field.
+
+    def create_webhook(self, url: str, event_types: Sequence[str] | None = None,
+                       description: str | None = None) -> Webhook:
+        """Register an endpoint that gets the events of this tenant's sagas (`event_types`, default every
+        `saga.*` type). Its `secret` is in this answer and never again. Not repeated after a lost answer (a
+        repeat would register a second endpoint): ApiUnreachable then, and `list_webhooks` tells."""
+        body: dict[str, Any] = {"url": url}
+        if event_types is not None:
+            body["event_types"] = list(event_types)
+        if description is not None:
+            body["description"] = description
+        return Webhook.model_validate(self._request("POST", "/v1/webhooks", json=body, repeat=False).json())
+
+    def list_webhooks(self) -> list[Webhook]:
+        """The tenant's endpoints, oldest first."""
+        page = self._request("GET", "/v1/webhooks").json()
+        return [Webhook.model_validate(item) for item in page["items"]]
+
+    def get_webhook(self, endpoint_id: str | uuid.UUID) -> WebhookDetail:
+        """An endpoint and its latest delivery attempts, newest first."""
+        return WebhookDetail.model_validate(self._request("GET", f"/v1/webhooks/{endpoint_id}").json())
+
+    def rotate_webhook_secret(self, endpoint_id: str | uuid.UUID, keep_old_for: float | None = None) -> Webhook:
+        """A new signing secret (in `secret`, shown this once); the one before still signs beside it for
+        `keep_old_for` seconds (default: the service's setting, a day), time for receivers to switch. Not
+        repeated after a lost answer: a second rotation would stop the secret receivers hold now at once."""
+        body = None if keep_old_for is None else {"keep_old_for": float(keep_old_for)}
+        response = self._request("POST", f"/v1/webhooks/{endpoint_id}/rotate-secret", json=body, repeat=False)
+        return Webhook.model_validate(response.json())
+
+    def disable_webhook(self, endpoint_id: str | uuid.UUID) -> Webhook:
+        """Stop delivering to it; events keep being written for it and wait until it is enabled."""
+        return Webhook.model_validate(self._request("POST", f"/v1/webhooks/{endpoint_id}/disable").json())
+
+    def enable_webhook(self, endpoint_id: str | uuid.UUID) -> Webhook:
+        """Deliver to it again, from where deliveries stopped (a 410 or a give-up disables an endpoint)."""
+        return Webhook.model_validate(self._request("POST", f"/v1/webhooks/{endpoint_id}/enable").json())
+
+    def delete_webhook(self, endpoint_id: str | uuid.UUID) -> None:
+        """Delete the endpoint and every delivery still owed to it. A retry after a lost answer may find it gone
+        already: ApiError 404 `webhook_not_found`."""
+        self._request("DELETE", f"/v1/webhooks/{endpoint_id}")
+
+    def replay_failed_webhooks(self, endpoint_id: str | uuid.UUID) -> int:
+        """Deliver the endpoint's given-up events again (enable it first if it is disabled); how many."""
+        return int(self._request("POST", f"/v1/webhooks/{endpoint_id}/replay-failed").json()["deliveries"])
+
+    def replay_saga_webhooks(self, saga_id: str | uuid.UUID, endpoint_id: str | uuid.UUID | None = None) -> int:
+        """Deliver every event of the saga again to each enabled endpoint that subscribes to it (or only to
+        `endpoint_id`), with the `webhook-id` it had before; how many deliveries. A saga of another tenant is
+        ApiError 404 `saga_not_found`."""
+        body = None if endpoint_id is None else {"endpoint_id": str(endpoint_id)}
+        response = self._request("POST", f"/v1/sagas/{saga_id}/replay-webhooks", json=body)
+        return int(response.json()["deliveries"])
+
     # Transport ----------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None, timeout: float | None = None) -> httpx.Response:
+                 headers: dict[str, str] | None = None, timeout: float | None = None,
+                 repeat: bool = True) -> httpx.Response:
         """Send, retrying network errors and gateway errors with backoff; raise ApiError for any error answer.
 
-        Every request the API takes is safe to repeat: reads, starts (the idempotency key stays the same),
-        and operator actions (a repeat is harmless, though a repeated resume may answer 409)."""
+        Most requests are safe to repeat: reads, starts (the idempotency key stays the same), operator actions
+        (a repeat is harmless, though a repeated resume may answer 409), and webhook switches and replays. The
+        others (`repeat=False`: registering a webhook endpoint, rotating its secret) are sent again only when
+        the try before surely did nothing (no connection, or a 503); when an answer may have been lost on the
+        way, ApiUnreachable says so at once."""
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -199,15 +265,24 @@ class SagaClient:
                                               timeout=timeout if timeout is not None else self.timeout)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                if not repeat and not isinstance(exc, _NOT_SENT):
+                    raise self._maybe_done(method, path, problem) from None
                 continue
             if response.status_code in _RETRY_STATUSES:
                 problem = f"HTTP {response.status_code}"
+                if not repeat and response.status_code != 503:
+                    raise self._maybe_done(method, path, problem)
                 continue
             if response.status_code >= 400:
                 raise _error(response)
             return response
         raise ApiUnreachable(f"no answer from {self._http.base_url} after {self.retries + 1} tries "
                              f"({problem})")
+
+    def _maybe_done(self, method: str, path: str, problem: str) -> ApiUnreachable:
+        """The error for a request that is not safe to repeat and whose answer was lost."""
+        return ApiUnreachable(f"no answer from {self._http.base_url} to {method} {path} ({problem}): it may have "
+                              "been done, so it is not sent again (a repeat would do it twice)")
 
 
 def _error(response: httpx.Response) -> ApiError:

@@ -1,4 +1,5 @@
-"""A saga, its steps and its events as JSON: what the HTTP API answers and the Python client reads."""
+"""A saga, its steps and its events, and a tenant's webhook endpoints, as JSON: what the HTTP API answers and the
+Python client reads."""
 
 from __future__ import annotations
 
@@ -95,3 +96,43 @@ class EventPage(BaseModel):
 
     items: list[Event]
     next_after: int | None = None
+
+
+class Webhook(BaseModel):
+    """A webhook endpoint of the key's tenant: where events of its sagas are POSTed, signed as Standard Webhooks
+    specifies. `secret` is set only in the answer to a creation or a rotation, the one time the API shows it."""
+
+    id: str
+    url: str
+    event_types: list[str] = Field(description="The event types it gets (`saga.completed`, `step.failed`, ...).")
+    description: str | None = None
+    enabled: bool
+    disabled_reason: str | None = Field(default=None, description=(
+        "Why it is disabled: by the tenant, a 410 from the receiver, or every delivery failing for the retry "
+        "period."))
+    created_at: str
+    updated_at: str
+    pending: int = Field(description="Events waiting to be delivered (each saga's in order).")
+    failed: int = Field(description="Events given up on, kept for a replay (`replay_failed_webhooks`).")
+    secret: str | None = Field(default=None, description=(
+        "The signing secret (`whsec_...`): only from `create_webhook` and `rotate_webhook_secret`."))
+
+
+class WebhookAttempt(BaseModel):
+    """One attempt to deliver an event to an endpoint."""
+
+    at: str
+    status_code: int | None = Field(description="The receiver's HTTP status; null when none came (an error).")
+    error: str | None = Field(description="What went wrong: a timeout, a refused connection, a status that is "
+                              "not 2xx.")
+    duration_ms: float
+    webhook_id: str = Field(description="The event's `webhook-id` header: the same on every attempt and replay.")
+    saga_id: str
+    type: str = Field(description="The event type, e.g. `saga.completed`.")
+    delivery_status: str = Field(description="Where the event's delivery stands now: pending, delivered or failed.")
+
+
+class WebhookDetail(Webhook):
+    """A webhook endpoint with its latest delivery attempts, newest first."""
+
+    recent_attempts: list[WebhookAttempt]

@@ -32,6 +32,22 @@ RETURNING w.id
 """)
 
 
+# Delivered events older than `keep_days`, a batch at a time (their attempts go with them).
+_PRUNE = text("""
+DELETE FROM webhook_deliveries WHERE id IN (
+    SELECT id FROM webhook_deliveries WHERE status = 'delivered' AND delivered_at < now() - make_interval(days => :days)
+    LIMIT :batch)
+""")
+PRUNE_EVERY = 60.0
+PRUNE_BATCH = 1000
+
+
+def prune_once(keep_days: int) -> int:
+    """Delete one batch of deliveries made more than `keep_days` days ago; how many."""
+    with db.autocommit() as conn:
+        return conn.execute(_PRUNE, {"days": keep_days, "batch": PRUNE_BATCH}).rowcount
+
+
 def dispatch_once(app: Any) -> int:
     """Send a delivering task for every endpoint that needs one now; how many were sent."""
     with db.autocommit() as conn:
@@ -42,13 +58,19 @@ def dispatch_once(app: Any) -> int:
 
 
 def start(app: Any) -> threading.Thread:
-    """Dispatch every `dispatch_interval` seconds in a daemon thread of this process (beat's), until it exits."""
-    interval = webhook_settings().dispatch_interval
+    """Dispatch every `dispatch_interval` seconds in a daemon thread of this process (beat's), until it exits; once
+    a minute, also delete a batch of deliveries older than `keep_days`."""
+    settings = webhook_settings()
+    interval = settings.dispatch_interval
 
     def loop() -> None:
+        pruned_at = time.monotonic()
         while True:
             try:
                 dispatch_once(app)
+                if time.monotonic() - pruned_at >= PRUNE_EVERY:
+                    pruned_at = time.monotonic()
+                    prune_once(settings.keep_days)
             except Exception:
                 log.exception("webhook dispatch failed; next in %.1f s", interval)
             time.sleep(interval)

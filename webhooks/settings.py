@@ -34,6 +34,8 @@ class WebhookSettings(BaseSettings):
     dispatch_interval: float = Field(default=0.5, gt=0)
     # Seconds one delivering task works an endpoint before it lets the next one take over.
     run_seconds: float = Field(default=20.0, gt=0)
+    # Days a delivered event (and its attempts) is kept for the console and the API.
+    keep_days: int = Field(default=30, ge=1)
 
     @property
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
