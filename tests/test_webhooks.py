@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 from saga import db
 from saga.testing import Stack, wait_until
 from tests.test_api import ApiServer, assert_error, settle, start
-from webhooks import addresses, settings
+from webhooks import addresses, dispatcher, settings
 from webhooks.events import EVENT_TYPES
 
 
@@ -296,3 +296,43 @@ def test_a_failing_endpoint_does_not_delay_another(api: ApiServer, deliverers: S
         assert stuck.requests, "the stuck endpoint was tried meanwhile"
     finally:
         stuck.stop()
+
+
+def test_an_event_failing_for_the_retry_period_is_given_up_the_endpoint_disabled_and_replay_delivers_it(
+        api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:
+    """Three days of failures, the first of them moved back in time: the next failure gives the event up, disables
+    the endpoint and keeps the event; enabled and replayed, it is delivered once the receiver answers."""
+    receiver.answer = lambda: 503
+    client = api.new_tenant()
+    endpoint = register(client, receiver.url)
+    saga_id = start(client).json()["id"]
+    assert settle(client, saga_id)["status"] == "completed"
+    wait_until(lambda: receiver.requests, timeout=30, what="a first attempt")
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE webhook_deliveries SET first_attempt_at = now() - interval '3 days 1 minute' "
+                          "WHERE endpoint_id = :e"), {"e": endpoint["id"]})
+    shown = wait_until(lambda: (e := client.get(f"/v1/webhooks/{endpoint['id']}").json())["failed"] and e,
+                       timeout=30, what="the event given up")
+    assert shown["enabled"] is False and shown["disabled_reason"].startswith("every delivery failed for 259200s")
+    assert shown["pending"] == 0 and shown["failed"] == 1
+
+    receiver.answer = lambda: 200
+    assert client.post(f"/v1/webhooks/{endpoint['id']}/enable").json()["enabled"] is True
+    assert client.post(f"/v1/webhooks/{endpoint['id']}/replay-failed").json() == {"deliveries": 1}
+    delivered = wait_until(receiver.delivered, timeout=30, what="the replayed event")
+    assert [r.headers["webhook-id"] for r in delivered] == [e for e, _ in ledger_events(saga_id, ["saga.completed"])]
+
+
+def test_delivered_events_older_than_the_kept_days_are_deleted(api: ApiServer, deliverers: Stack,
+                                                                receiver: Receiver) -> None:
+    client = api.new_tenant()
+    endpoint = register(client, receiver.url)
+    saga_id = start(client).json()["id"]
+    assert settle(client, saga_id)["status"] == "completed"
+    wait_until(lambda: client.get(f"/v1/webhooks/{endpoint['id']}").json()["recent_attempts"], timeout=30,
+               what="the delivery")
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE webhook_deliveries SET delivered_at = now() - interval '31 days' "
+                          "WHERE endpoint_id = :e"), {"e": endpoint["id"]})
+    assert dispatcher.prune_once(30) >= 1
+    assert client.get(f"/v1/webhooks/{endpoint['id']}").json()["recent_attempts"] == []
