@@ -88,7 +88,7 @@ def _switch(enabled: bool) -> None:
     name = "enable" if enabled else "disable"
     switch.__name__ = f"{name}_webhook"
     switch.__doc__ = ("Deliver again, from where deliveries stopped (a 410 or a give-up disables an endpoint)."
-                      if enabled else "Stop delivering; events still written for it wait until it is enabled.")
+                      if enabled else "Stop delivering: the events it has waiting stay; events of sagas meanwhile are not kept for it (replay a saga to send them).")
     router.post(f"/{{endpoint_id}}/{name}", response_model=Webhook, responses=responses(401, 403, 404, 422, 429, 503),
                 summary=f"{name.capitalize()} a webhook endpoint", operation_id=f"{name}Webhook")(switch)
 

@@ -548,7 +548,7 @@ def _switch(name: str, doc: str) -> None:
             _show_webhook(getattr(client, f"{name}_webhook")(endpoint_id), as_json)
 
 
-_switch("disable", "Stop delivering to an endpoint; its events wait until it is enabled.")
+_switch("disable", "Stop delivering to an endpoint; the events it has waiting stay until it is enabled.")
 _switch("enable", "Deliver to an endpoint again, from where deliveries stopped.")
 
 

@@ -220,7 +220,8 @@ class SagaClient:
         return Webhook.model_validate(response.json())
 
     def disable_webhook(self, endpoint_id: str | uuid.UUID) -> Webhook:
-        """Stop delivering to it; events keep being written for it and wait until it is enabled."""
+        """Stop delivering to it; the events it has waiting stay until it is enabled, and events of sagas meanwhile
+        are not kept for it (`replay_saga_webhooks` sends them)."""
         return Webhook.model_validate(self._request("POST", f"/v1/webhooks/{endpoint_id}/disable").json())
 
     def enable_webhook(self, endpoint_id: str | uuid.UUID) -> Webhook:

@@ -70,8 +70,11 @@ def test_the_api_answers_sagas_started_and_the_oldest_unfinished(api: object) ->
         assert answer.status_code == 202, answer.text
     m = scrape(f"{api.url}/metrics")  # type: ignore[attr-defined]
     assert value(m, "saga_sagas_started_total", type="probe_idle") >= 1
-    # probe_idle's steps go to a queue no worker reads, so it waits, pending, and ages.
-    assert value(m, "saga_oldest_unfinished_seconds", status="pending") > 0
+    # probe_idle's steps go to a queue no worker reads, so it waits, pending, and ages; the ledger is read at most
+    # once a second (the API's readiness check just read it), so the saga shows by the next reading.
+    aged = wait_until(lambda: value(scrape(f"{api.url}/metrics"), "saga_oldest_unfinished_seconds",  # type: ignore[attr-defined]
+                                    status="pending"), timeout=5, what="the pending saga's age")
+    assert aged > 0
 
 
 @pytest.fixture()

@@ -13,7 +13,8 @@ const OVERVIEW_REFRESH_MS = 10000;
 const $ = (selector) => document.querySelector(selector);
 let stream = null;   // the AbortController of the live view's stream
 let nextCursor = null;
-let overviewTimer = null;  // redraws the front page's figures while it is shown
+let refreshTimer = null;   // redraws the view shown (the front page's figures, a webhook's deliveries)
+let routeTurn = 0;         // counts the views opened, so that a slow one does not start its redraws after the next
 let liveTimer = null;      // moves a running saga's timeline along with the clock
 const shown = { saga: null, events: [] };  // what the saga page draws its timeline from
 
@@ -49,15 +50,24 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const error = new Error(body?.error?.message || `HTTP ${response.status}`);
     error.status = response.status;
+    error.code = body?.error?.code;  // e.g. insufficient_scope
     throw error;
   }
   return body;
 }
 
 function showKeyForm(message) {
-  for (const id of ["#overview", "#list", "#detail", "#forget"]) $(id).hidden = true;
+  showSections();
+  $("#forget").hidden = true;
   $("#key-form").hidden = false;
   notice(message);
+}
+
+/** Show these sections of the page (selectors) and hide every other one. */
+function showSections(...shown) {
+  for (const section of document.querySelectorAll("main > section")) {
+    section.hidden = !shown.some((selector) => section.matches(selector));
+  }
 }
 
 // A table row that opens a saga: its id as a link, then its type and its status.
@@ -194,9 +204,7 @@ function filtersFromHash() {
 }
 
 async function showList(append = false) {
-  $("#detail").hidden = true;
-  $("#overview").hidden = false;
-  $("#list").hidden = false;
+  showSections("#overview", "#list");
   const params = filtersFromHash();
   const query = new URLSearchParams({ limit: "50" });
   if (params.get("status")) query.set("status", params.get("status"));
@@ -394,9 +402,7 @@ async function follow(id, controller) {
 }
 
 async function showSaga(id) {
-  $("#list").hidden = true;
-  $("#overview").hidden = true;
-  $("#detail").hidden = false;
+  showSections("#detail");
   const saga = await api(`/v1/sagas/${id}`);
   renderSaga(saga);
   await renderTimeline(id);
@@ -471,24 +477,34 @@ $("#d-rewind").addEventListener("submit", async (event) => {
 
 // --- routing -----------------------------------------------------------------------------------------------
 
+async function showFront() {
+  await Promise.all([showList(), renderOverview()]);
+  return [OVERVIEW_REFRESH_MS, renderOverview];
+}
+
+// The views besides the front page: a pattern of the location's hash, and what shows the view it matches
+// (webhooks.js adds its own). Showing a view may answer [ms, redraw]: redraw it that often while it is shown.
+const VIEWS = [[/^#\/saga\/([0-9a-f-]{36})$/i, (match) => showSaga(match[1])]];
+
 async function route() {
+  const turn = ++routeTurn;
   if (stream) { stream.abort(); stream = null; }
-  if (overviewTimer) { clearInterval(overviewTimer); overviewTimer = null; }
+  if (refreshTimer) { clearInterval(refreshTimer); refreshTimer = null; }
   if (liveTimer) { clearInterval(liveTimer); liveTimer = null; }
   shown.saga = null;
   if (!sessionStorage.getItem(KEY)) { showKeyForm(""); return; }
   $("#key-form").hidden = true;
   $("#forget").hidden = false;
   notice("");
-  const match = location.hash.match(/^#\/saga\/([0-9a-f-]{36})$/i);
+  const view = VIEWS.map(([pattern, show]) => [location.hash.match(pattern), show]).find(([match]) => match);
   try {
-    if (match) await showSaga(match[1]);
-    else {
-      await Promise.all([showList(), renderOverview()]);
-      // Refreshed while the tab is in view (a tab left open in the background costs the ledger nothing).
-      overviewTimer = setInterval(() => {
-        if (!document.hidden) renderOverview().catch((e) => notice(e.message));
-      }, OVERVIEW_REFRESH_MS);
+    const refresh = view ? await view[1](view[0]) : await showFront();
+    if (refresh && turn === routeTurn) {
+      // Only while the tab is in view: a tab left open in the background costs the ledger nothing.
+      const [ms, redraw] = refresh;
+      refreshTimer = setInterval(() => {
+        if (!document.hidden) redraw().catch((e) => { if (e.message !== "unauthorized") notice(e.message); });
+      }, ms);
     }
   } catch (error) {
     if (error.message !== "unauthorized") notice(error.message);
@@ -507,4 +523,5 @@ window.addEventListener("resize", () => {
   if (!$("#detail").hidden) drawGantt();
 });
 drawLegend($("#hour-legend"), [["hc-bar started", "started"], ...ENDED_SERIES.map((s) => [`hc-bar ${s}`, s])]);
-route();
+// Once every script of the page has run (the ones after this one add their views).
+document.addEventListener("DOMContentLoaded", route);
