@@ -15,6 +15,7 @@ from devstack.servers import Services, start_services
 from devstack.service_stack import ServiceStack
 from saga.testing import Stack
 from standins import StandIns, start_standins
+from tests.receivers import Receiver
 
 # The crash-test kit's fixtures (saga_crashes), on this session's stack (saga_stack below).
 pytest_plugins = ["saga.testing.plugin"]
@@ -146,3 +147,21 @@ def api(stack: Stack) -> Iterator[object]:
 def saga_stack(stack: Stack, standins: StandIns) -> Stack:
     """The kit's crash tests run on this session's stack, with the stand-ins."""
     return stack
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    """An HTTP server on 127.0.0.1 that webhooks are delivered to: it answers 200 unless told otherwise."""
+    running = Receiver().start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture()
+def deliverers(workers: Stack) -> Stack:
+    """The step workers and beat (whose dispatcher sends the delivering tasks), and a worker of the webhooks queue."""
+    if "webhooks" not in {p.name for p in workers.workers()}:
+        workers.worker("webhooks", concurrency=2, queues=["webhooks"])
+    return workers

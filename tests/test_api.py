@@ -617,6 +617,9 @@ def test_health_and_metrics(api: ApiServer) -> None:
     paths = {"/v1/sagas", "/v1/sagas/{saga_id}", "/v1/sagas/{saga_id}/events", "/v1/sagas/{saga_id}/stream",
              "/v1/sagas/{saga_id}/cancel", "/v1/sagas/{saga_id}/resume", "/v1/sagas/{saga_id}/compensate",
              "/v1/sagas/{saga_id}/restart", "/v1/sagas/{saga_id}/input", "/v1/sagas/{saga_id}/rewind", "/v1/stats",
+             "/v1/sagas/{saga_id}/replay-webhooks", "/v1/webhooks", "/v1/webhooks/{endpoint_id}",
+             "/v1/webhooks/{endpoint_id}/rotate-secret", "/v1/webhooks/{endpoint_id}/disable",
+             "/v1/webhooks/{endpoint_id}/enable", "/v1/webhooks/{endpoint_id}/replay-failed",
              "/healthz", "/metrics"}
     assert set(docs["paths"]) == paths
 

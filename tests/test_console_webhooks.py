@@ -5,11 +5,9 @@ from the page, and a delivery's answer shown on its endpoint's page. Screenshots
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -20,9 +18,9 @@ from api import keys as apikeys
 from saga import db
 from saga.testing import Stack, wait_until
 from tests import test_console as console
+from tests.receivers import Receiver
 from tests.test_audit import held
 from tests.test_console import click, ended, open_console, screenshot, start, texts
-from tests.test_webhooks import Receiver
 from webhooks.events import EVENT_TYPES
 
 # The console tests' browser (one per module) and tenant (its own key and an API client with it).
@@ -31,24 +29,6 @@ tenant = console.tenant
 
 SAGA_TYPES = [t for t in EVENT_TYPES if t.startswith("saga.")]
 INJECTED = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1"><b id="injected">orders</b> & "x"'
-
-
-@pytest.fixture()
-def deliverers(workers: Stack) -> Stack:
-    """The step workers and beat (whose dispatcher sends the delivering tasks), and a worker of the webhooks queue."""
-    if "webhooks" not in {p.name for p in workers.workers()}:
-        workers.worker("webhooks", concurrency=2, queues=["webhooks"])
-    return workers
-
-
-@pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    """An HTTP server on 127.0.0.1 answering 200 to every POST, and recording it."""
-    running = Receiver().start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def notice(browser: WebDriver) -> str:
@@ -116,8 +96,9 @@ def test_register_see_the_secret_once_see_it_listed_disable_enable_and_delete_wi
     click(browser, "#nav-webhooks")
     WebDriverWait(browser, 10).until(lambda b: displayed(b, "#wh-create"))
     assert texts(browser, "#wh-endpoints tbody td") == ["No webhook endpoints yet: register one below."]
-    # Every event type the API takes, as a checkbox; checked, the ones an endpoint gets by default.
-    assert texts(browser, "#wh-types input", "value") == list(EVENT_TYPES)
+    # Every event type the API takes, as a checkbox (read from its OpenAPI document, so they may come a moment
+    # after the form); checked, the ones an endpoint gets by default.
+    WebDriverWait(browser, 10).until(lambda b: texts(b, "#wh-types input", "value") == list(EVENT_TYPES))
     checked = browser.execute_script("return [...document.querySelectorAll('#wh-types input:checked')].map(e => e.value)")
     assert checked == SAGA_TYPES
 

@@ -3,12 +3,7 @@ by a real worker on the `webhooks` queue to real HTTP receivers started here, ve
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -18,87 +13,10 @@ from standardwebhooks import Webhook
 
 from saga import db
 from saga.testing import Stack, wait_until
+from tests.receivers import Receiver
 from tests.test_api import ApiServer, assert_error, settle, start
 from webhooks import addresses, dispatcher, settings
 from webhooks.events import EVENT_TYPES
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-    status: int  # 0 until answered
-
-    @property
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """An HTTP server on this machine that records every request and answers what `answer()` says."""
-
-    answer: Callable[[], int] = lambda: 200
-    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
-    requests: list[Received] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks?from=test"
-
-    def delivered(self) -> list[Received]:
-        """The requests it answered 2xx, in the order they came."""
-        return [r for r in list(self.requests) if 200 <= r.status < 300]
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                received = Received({k.lower(): v for k, v in self.headers.items()}, body, status=0)
-                receiver.requests.append(received)  # as it comes; its status once answered
-                status = received.status = receiver.answer()
-                try:
-                    self.send_response(status)
-                    for name, value in receiver.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("content-length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"ok")
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the sender is gone (a test killed it mid-delivery)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-@pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    running = Receiver().start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture()
-def deliverers(workers: Stack) -> Stack:
-    """The step workers and beat (whose dispatcher sends the delivering tasks), and a worker of the webhooks queue."""
-    if "webhooks" not in {p.name for p in workers.workers()}:
-        workers.worker("webhooks", concurrency=2, queues=["webhooks"])
-    return workers
 
 
 def register(client: httpx.Client, url: str, event_types: list[str] | None = None) -> dict[str, Any]:
@@ -278,6 +196,21 @@ def test_a_slow_receiver_is_cut_off_and_retried_and_a_redirect_is_not_followed(
         assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1 and elsewhere.requests == []
     finally:
         elsewhere.stop()
+
+
+def test_no_more_of_a_receivers_answer_is_read_than_the_cap(api: ApiServer, deliverers: Stack,
+                                                             receiver: Receiver) -> None:
+    """A receiver answering 200 with 256 MiB: the delivery is recorded at once, and the rest is never downloaded."""
+    receiver.reply = b"x" * (256 * 1024 * 1024)
+    client = api.new_tenant()
+    endpoint = register(client, receiver.url)
+    saga_id = start(client).json()["id"]
+    assert settle(client, saga_id)["status"] == "completed"
+    attempts = wait_until(lambda: client.get(f"/v1/webhooks/{endpoint['id']}").json()["recent_attempts"],
+                          timeout=30, what="the delivery recorded")
+    assert [a["status_code"] for a in attempts] == [200] and attempts[0]["duration_ms"] < 2000
+    wait_until(lambda: receiver.requests[0].sent, timeout=10, what="the receiver to stop sending")
+    assert receiver.requests[0].sent < 64 * 1024 * 1024, "most of the answer was never read"
 
 
 def test_a_failing_endpoint_does_not_delay_another(api: ApiServer, deliverers: Stack, receiver: Receiver) -> None:

@@ -12,9 +12,9 @@ from api import keys as apikeys
 from saga.client import ApiError, ApiUnreachable, MissingScope, SagaClient
 from saga.models import Webhook, WebhookDetail
 from saga.testing import wait_until
+from tests.receivers import Receiver
 from tests.test_api import ApiServer, TcpProxy, free_port
 from tests.test_api_client import saga_cli
-from tests.test_webhooks import Receiver, deliverers  # noqa: F401  (`deliverers`: a fixture)
 
 # Loopback addresses are allowed by the test stack (SAGA_WEBHOOK_ALLOWED_NETWORKS); nothing listens on port 9.
 HOOKS = "http://127.0.0.1:9/hooks"

@@ -17,8 +17,9 @@ from saga.testing import Stack, wait_until
 from standins import StandIns
 from tests.faults.load import Submitted, assert_kept, in_background, outcome, report
 from tests.faults.servers import Postgres, outage
+from tests.receivers import Receiver
 from tests.test_api import ApiServer
-from tests.test_webhooks import Receiver, register
+from tests.test_webhooks import register
 from webhooks.events import EVENT_TYPES
 
 pytestmark = pytest.mark.fault

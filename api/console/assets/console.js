@@ -212,7 +212,9 @@ async function showList(append = false) {
   if (params.get("since")) query.set("created_after", new Date(params.get("since")).toISOString());
   if (params.get("q")) query.set("idempotency_key", params.get("q"));
   if (append && nextCursor) query.set("cursor", nextCursor);
+  const turn = routeTurn;
   const page = await api(`/v1/sagas?${query}`);
+  if (turn !== routeTurn) return;  // another view (or other filters) opened meanwhile: its list is the one shown
   const body = $("#sagas tbody");
   if (!append) body.replaceChildren();
   for (const saga of page.items) {
