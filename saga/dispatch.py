@@ -9,6 +9,7 @@ from celery import chain
 
 from saga import tracing
 from saga.definitions import SagaType, Step
+from saga.queues import compensation_queue
 from saga.store import SagaRecord, StepRecord
 
 log = logging.getLogger("saga.dispatch")
@@ -34,13 +35,15 @@ def forward(saga_id: UUID, saga_type: SagaType, start: int, countdown: float | N
 
 
 def compensations(record: SagaRecord, saga_type: SagaType, countdown: float | None = None) -> None:
-    """Chain the compensations still owed, newest first, then the task that settles the saga's status."""
+    """Chain the compensations still owed, newest first, then the task that settles the saga's status, on the
+    saga type's compensation queue (`saga.queues`)."""
+    queue = compensation_queue(saga_type.queue)
     sigs = [
-        step.compensation.task.si(str(record.id)).set(queue=saga_type.queue)  # type: ignore[union-attr]
+        step.compensation.task.si(str(record.id)).set(queue=queue)  # type: ignore[union-attr]
         for step in owed(record, saga_type)
     ]
     sigs.append(saga_type.engine.app.signature(FINISH_COMPENSATION, args=(str(record.id),), immutable=True,
-                                               queue=saga_type.queue))
+                                               queue=queue))
     with tracing.in_saga(record.id):
         chain(*sigs).on_error(_errback(saga_type, record.id)).apply_async(countdown=countdown)
 

@@ -19,6 +19,7 @@ from saga import (
     execution,
     logs,
     metrics,
+    queues,
     recovery,
     settings,
     task_events,
@@ -56,6 +57,7 @@ class Sagas:
         db.dispose()
         engine_tasks.register(app)
         worker_checks.install(app)
+        queues.install(app)
         task_events.install(app)
         logs.install(json_lines=settings.get_settings().log_format == "json")
 

@@ -131,6 +131,8 @@ SHORT = RetryPolicy(max_attempts=2, initial_delay=0.2, max_delay=1.0)
 probe_short = _declare("probe_short", "probe", SHORT, time_limit=2)
 # Ten seconds a step: room for a test to act while one holds still in flight.
 probe_patient = _declare("probe_patient", "probe", FAST, time_limit=10)
+# On a queue of its own, for a worker that a test gives a backlog of forward steps.
+probe_backlog = _declare("probe_backlog", "backlog", FAST, time_limit=3)
 
 
 

@@ -156,9 +156,9 @@ def test_bad_input_is_refused_before_anything_is_written(stack: Stack) -> None:
         assert conn.execute(text("SELECT count(*) FROM sagas")).scalar() == before
 
 
-def queued_for(stack: Stack, saga_id: UUID) -> int:
-    """Messages waiting on the unread queue for this saga; beat may re-send other tests' idle sagas there."""
-    messages = (json.loads(m) for m in stack.redis().lrange("nobody", 0, -1))
+def queued_for(stack: Stack, saga_id: UUID, queue: str = "nobody") -> int:
+    """Messages waiting on an unread queue for this saga; beat may re-send other tests' idle sagas there."""
+    messages = (json.loads(m) for m in stack.redis().lrange(queue, 0, -1))
     return sum(str(saga_id) in m["headers"]["argsrepr"] for m in messages)
 
 
@@ -173,7 +173,7 @@ def test_errback_called_twice_compensates_once(stack: Stack) -> None:
     claim_b = claims.claim(saga_id, b, "task-b", FORWARD)
     assert isinstance(claim_b, claims.Claim)
     claims.record_failure(saga_id, b, claim_b.token, FORWARD, "boom", retry_in=None, effect_unknown=False)
-    queued_before = queued_for(stack, saga_id)
+    queued_before = queued_for(stack, saga_id, "nobody.compensations")
 
     from workers.app import app
 
@@ -184,7 +184,8 @@ def test_errback_called_twice_compensates_once(stack: Stack) -> None:
 
     assert saga.load(saga_id).status == "compensating"
     assert [e.kind for e in saga.events(saga_id)].count("compensation_begun") == 1
-    assert queued_for(stack, saga_id) == queued_before + 1, "one compensation chain dispatched"
+    assert queued_for(stack, saga_id, "nobody.compensations") == queued_before + 1, \
+        "one compensation chain dispatched, on the saga type's compensation queue"
 
 
 def test_hard_time_limit_fires_errback_twice_and_compensates_once(workers: Stack) -> None:
