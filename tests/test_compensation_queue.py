@@ -37,7 +37,9 @@ def test_an_undo_starts_within_seconds_behind_a_thousand_forward_steps(workers: 
         ids = [saga.start("probe_backlog", {"hold": {"a": 0.2}}, idempotency_key=str(uuid4())).saga.id
                for _ in range(BACKLOG)]
         queued = broker.llen("backlog")
-        assert queued >= BACKLOG - 20, queued
+        # The worker has taken some while they were started; what is left is still far more than the 50 its two
+        # processes get through in the 5 s the undo may take.
+        assert queued >= BACKLOG // 2, queued
 
         asked = time.time()
         saga.cancel(waiting)  # undo a: on backlog.compensations, consumed beside the backlog
