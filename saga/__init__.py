@@ -11,6 +11,7 @@ from saga.engine import Sagas
 from saga.errors import (
     ActionRefused,
     ConfigurationError,
+    DependencyUnavailable,
     IdempotencyConflict,
     InvalidInput,
     LeaseLost,
@@ -34,6 +35,7 @@ __all__ = [
     "LEDGER_TABLES",
     "ActionRefused",
     "ConfigurationError",
+    "DependencyUnavailable",
     "Event",
     "IdempotencyConflict",
     "InvalidInput",

@@ -13,6 +13,7 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError, create_model
 from sqlalchemy import Connection
 
+from saga.breakers import names as dependency_names
 from saga.errors import InvalidInput, UnknownSagaType, VersionNotDeclared
 from saga.retry import RetryPolicy
 from saga.states import StepKind
@@ -133,6 +134,9 @@ class Step:
     transactional: bool = False
     # The large input fields (`SagaType(large_fields=...)`) its body reads; the others are not loaded for it.
     needs: tuple[str, ...] = ()
+    # The third parties its body (and its compensation) calls (`saga.breakers`): while one's breaker is open
+    # the step waits instead of being attempted.
+    depends_on: tuple[str, ...] = ()
     compensation: Compensation | None = None
     task: Any = None
 
@@ -224,16 +228,19 @@ class SagaType(Generic[InputT]):
     def step(
         self, fn: StepFn | None = None, *, kind: StepKind | str = StepKind.COMPENSABLE, name: str | None = None,
         retry: RetryPolicy | None = None, time_limit: float | None = None, transactional: bool = False,
-        needs: tuple[str, ...] = (),
+        needs: tuple[str, ...] = (), depends_on: str | tuple[str, ...] = (),
     ) -> Any:
-        """Decorator appending a step; returns the `Step`, whose `compensate_with` declares its undo."""
+        """Decorator appending a step; returns the `Step`, whose `compensate_with` declares its undo.
+
+        `depends_on` names the third parties the step calls (`"stripe"`): while one's circuit breaker is open the
+        step waits for it, using no attempt, and so does its compensation (`saga.breakers`)."""
 
         def register(fn: StepFn) -> Step:
             step = Step(
                 saga=self, name=fn.__name__, index=len(self.steps), kind=StepKind(kind), fn=fn,
                 task_name=name or self.task_name(fn), retry=retry or self.default_retry,
                 time_limit=time_limit or self.default_time_limit, transactional=transactional,
-                needs=self.check_needs(fn.__name__, needs),
+                needs=self.check_needs(fn.__name__, needs), depends_on=dependency_names(depends_on),
             )
             self._check_order(step)
             step.task = self.engine.task_for(step, compensating=False)

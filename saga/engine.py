@@ -13,6 +13,7 @@ from celery.signals import beat_init, worker_init, worker_process_init, worker_p
 from pydantic import BaseModel
 
 from saga import (
+    breakers,
     continuation,
     db,
     engine_tasks,
@@ -97,6 +98,13 @@ class Sagas:
     def saga_type(self, name: str, input_model: type[InputT], **options: Any) -> SagaType[InputT]:
         """Declare a saga type (see `SagaType` for the options); declare its steps with `@<type>.step`."""
         return SagaType(self, name, input_model, **options)
+
+    def dependency(self, name: str, *, failures: int = 5, cooldown: float = 30.0,
+                   max_cooldown: float = 300.0) -> breakers.Dependency:
+        """Set the circuit breaker of a third party that steps name in `depends_on`: open after `failures`
+        consecutive transient failures, for `cooldown` seconds (doubled by each failed probe, up to
+        `max_cooldown`). Undeclared names have these defaults; `SAGA_BREAKERS` overrides either."""
+        return breakers.declare(name, failures=failures, cooldown=cooldown, max_cooldown=max_cooldown)
 
     def task_for(self, step: Step, *, compensating: bool) -> Any:
         """Register the Celery task that runs one step (or its compensation) for a given saga id."""

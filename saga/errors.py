@@ -87,6 +87,13 @@ class InvalidInput(SagaError):
     code = "invalid_input"
 
 
+class DependencyUnavailable(SagaError):
+    """A new saga would only wait: a third party one of its steps before the point of no return depends on is
+    down (its circuit breaker is open). `details`: the dependency and the seconds after which to try again."""
+
+    code = "dependency_unavailable"
+
+
 class IdempotencyConflict(SagaError):
     code = "idempotency_key_reused"
 

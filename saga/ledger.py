@@ -9,6 +9,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -53,6 +54,9 @@ sagas = Table(
     # The saga this one restarted (`restart`): it ended compensated or failed. At most one restart per saga.
     Column("restart_of", UUID(as_uuid=True), ForeignKey("sagas.id", ondelete="SET NULL",
                                                         name="sagas_restart_of_fkey")),
+    # False while the saga waits `pending` for a slot of its tenant (`saga.tenant_slots`): not dispatched, and no
+    # deadline, so recovery leaves it alone until a slot frees.
+    Column("admitted", Boolean, nullable=False, server_default=text("true")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("tenant", "idempotency_key", name="sagas_tenant_idempotency_key"),
@@ -63,6 +67,7 @@ sagas = Table(
     # Retention's candidates: sagas that ended with nothing left to do.
     Index("sagas_ended", "created_at", postgresql_where=text("status IN ('completed', 'compensated')")),
     Index("sagas_restart_of", "restart_of", unique=True, postgresql_where=text("restart_of IS NOT NULL")),
+    Index("sagas_held", "tenant", "created_at", postgresql_where=text("NOT admitted")),
 )
 
 saga_steps = Table(
@@ -106,6 +111,25 @@ saga_events = Table(
     Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("saga_events_saga", "saga_id", "id"),
+)
+
+# One circuit breaker per third party steps depend on (`saga.breakers`), shared by every worker. `closed`: calls
+# go through and `failures` counts consecutive transient failures; `open`: none until `retry_at`, then one probe
+# at a time (`probe_token` until `probe_until`) whose success closes it and whose failure opens it for longer.
+saga_breakers = Table(
+    "saga_breakers", metadata,
+    Column("name", Text, primary_key=True),
+    Column("state", Text, nullable=False, server_default=text("'closed'")),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    # Seconds the breaker stays open this time: doubled by each failed probe, up to the dependency's cap.
+    Column("cooldown", Float, nullable=False, server_default=text("0")),
+    Column("retry_at", DateTime(timezone=True)),
+    Column("probe_token", Text),
+    Column("probe_until", DateTime(timezone=True)),
+    Column("opened_at", DateTime(timezone=True)),
+    Column("opens", BigInteger, nullable=False, server_default=text("0")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("state IN ('closed', 'open')", name="saga_breakers_state"),
 )
 
 # The key a worker seals a finished body's result with when the ledger cannot take it yet and a message carries

@@ -82,6 +82,15 @@ CONTINUED = Counter("saga_steps_continued_total", "Steps run by continuation: in
 COMMITS_REFUSED = Counter("saga_commits_refused_total", "Messages that asked to record a step's result without the "
                           "engine's seal on it (forged, or sent by something that is not a worker): refused, "
                           "nothing recorded.", ["type", "step", "mode"])
+BREAKER_OPENED = Counter("saga_breaker_opened_total", "Times a dependency's circuit breaker opened after consecutive "
+                         "transient failures of the steps that depend on it.", ["dependency"])
+BREAKER_PROBES = Counter("saga_breaker_probes_total", "Probes of a half-open breaker: started, closed (it "
+                         "succeeded), reopened (it failed).", ["dependency", "outcome"])
+BREAKER_REFUSED = Counter("saga_breaker_refused_total", "Step attempts not made because a breaker they depend on "
+                          "was open (each waits, using no attempt).", ["dependency"])
+
+ADMISSION_REFUSED = Counter("saga_admission_refused_total", "Sagas not accepted because a breaker of a step before "
+                            "their point of no return was open.", ["type", "dependency"])
 
 
 def serve(port: int, *, pool: bool) -> None:

@@ -11,10 +11,10 @@ from uuid import UUID, uuid4
 
 from sqlalchemy import select, text
 
-from saga import db, dispatch, metrics, store, tracing
+from saga import breakers, db, dispatch, metrics, store, tracing
 from saga.claims import patience
 from saga.definitions import SagaType, get_saga_type
-from saga.errors import IdempotencyConflict, InvalidInput
+from saga.errors import DependencyUnavailable, IdempotencyConflict, InvalidInput
 from saga.ledger import sagas
 from saga.settings import get_settings
 from saga.storable import Unstorable, storable
@@ -70,6 +70,9 @@ def start(
     saga_type = get_saga_type(type_name)
     payload = valid_payload(saga_type, input_data)
 
+    if settings.breaker_admission == "refuse":
+        _admit(saga_type, tenant, idempotency_key)
+
     request = {"type": type_name, "input": payload} | ({"restart_of": str(restart_of)} if restart_of else {})
     request_hash = store.digest(request)
     saga_id = uuid4()
@@ -114,6 +117,27 @@ def start(
         send_forward(saga_id, type_name, 0, saga_type.version)
     metrics.SAGAS_STARTED.labels(type_name).inc()
     return Started(record, created=True)
+
+
+# A replay of an idempotency key is answered with its saga, whatever the breakers say.
+_KEY_TAKEN = text("SELECT 1 FROM sagas WHERE tenant = :tenant AND idempotency_key = :key")
+
+
+def _admit(saga_type: SagaType[Any], tenant: str, idempotency_key: str | None) -> None:
+    """Refuse a new saga that would only wait: a breaker of a step before its point of no return is open."""
+    held = breakers.blocking(saga_type)
+    if held is None:
+        return
+    if idempotency_key is not None:
+        with db.autocommit() as conn:
+            if conn.execute(_KEY_TAKEN, {"tenant": tenant, "key": idempotency_key}).first():
+                return
+    metrics.ADMISSION_REFUSED.labels(saga_type.name, held.name).inc()
+    wait = breakers.retry_after(held)
+    raise DependencyUnavailable(
+        f"{held.name} is unavailable (its circuit breaker is {held.phase.replace('_', '-')}): saga type "
+        f"{saga_type.name!r} depends on it before its point of no return; try again in {wait} s",
+        {"dependency": held.name, "state": held.phase, "retry_after": wait})
 
 
 def valid_payload(saga_type: SagaType[Any], data: Any) -> dict[str, Any]:

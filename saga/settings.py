@@ -47,6 +47,41 @@ class Settings(BaseSettings):
     # queued behind it wait at most that much longer; steps bound how far a redelivered message walks the ledger.
     continuation_seconds: float = 5.0
     continuation_steps: int = 50
+    # Circuit breakers (`saga.breakers`), per dependency, over what `Sagas.dependency` declared: a JSON object
+    # such as {"stripe": {"failures": 5, "cooldown": 30, "max_cooldown": 300}}.
+    breakers: dict[str, dict[str, float]] = {}
+    # What `start` does while a breaker of a step before the saga type's point of no return is open: "refuse"
+    # (raise DependencyUnavailable; the API answers 503 with Retry-After), or "hold" (accept; the step waits).
+    breaker_admission: Literal["refuse", "hold"] = "refuse"
+    # Sagas of one tenant in flight at once (`saga.tenant_slots`); more wait `pending`, in order, and start as
+    # others end. None: no limit. `tenant_limits` sets it per tenant (a JSON object, tenant -> limit).
+    tenant_max_active: int | None = None
+    tenant_limits: dict[str, int] = {}
+
+    @field_validator("breakers")
+    @classmethod
+    def _breaker_settings(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        known = {"failures", "cooldown", "max_cooldown"}
+        for name, options in value.items():
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise ValueError(f"dependency {name!r}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return value
+
+    @field_validator("tenant_max_active")
+    @classmethod
+    def _positive_limit(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1 (leave it unset for no limit)")
+        return value
+
+    @field_validator("tenant_limits")
+    @classmethod
+    def _positive_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [tenant for tenant, limit in value.items() if limit < 1]
+        if bad:
+            raise ValueError(f"tenant {bad[0]!r}: a limit must be at least 1")
+        return value
 
     @field_validator("database_url")
     @classmethod

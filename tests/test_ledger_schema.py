@@ -29,7 +29,7 @@ from tests.conftest import ROOT
 
 SHOP = ROOT / "examples" / "shop"
 SHOP_FIRST, SHOP_NEXT = "a1b2c3d4e5f6", "c3d4e5f6a7b8"  # the shop's own revisions
-LEDGER_HEAD = "0011"
+LEDGER_HEAD = "0012"
 SERVICE_TABLES = {"api_keys", "api_key_events", "job_postings", "service_alembic_version"}
 BIN = Path(sys.executable).parent
 
