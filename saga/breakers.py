@@ -201,8 +201,9 @@ def permit(deps: tuple[str, ...], token: str, lease: float) -> Permit | Wait:
         return Permit(deps, token, clean=all(row.failures == 0 for row in rows.values()))
     for row in rows.values():  # wait for the furthest open one before taking any probe
         breaker = _breaker(row)
-        if breaker.phase(row.now) == "open":
-            return _refused(Wait(breaker.name, (breaker.retry_at - row.now).total_seconds()))  # type: ignore[operator]
+        if breaker.phase(row.now) == "open":  # spread out, so the steps waiting on it do not all wake at once
+            seconds = (breaker.retry_at - row.now).total_seconds() + random.random()  # type: ignore[operator]
+            return _refused(Wait(breaker.name, seconds))
     for name in deps:
         if name in rows and rows[name].state == "open":
             with db.transaction() as conn:
@@ -240,7 +241,7 @@ def failed(granted: Permit) -> Wait | None:
     for name in granted.names:
         settings = dependency(name)
         with db.transaction() as conn:
-            old, new, now, _ = _transition(conn, name, lambda b, now: (b.failure(now, settings, granted.token), None))
+            old, new, now, _ = _transition(conn, name, lambda b, now, s=settings: (b.failure(now, s, granted.token), None))
         if new.state == "open" and new.opened_at != old.opened_at:
             if old.state == "closed":
                 metrics.BREAKER_OPENED.labels(name).inc()
@@ -256,10 +257,28 @@ def failed(granted: Permit) -> Wait | None:
     return longest
 
 
-def is_closed(deps: tuple[str, ...]) -> bool:
-    """Whether every breaker of `deps` is closed (a continuing message runs such a step itself)."""
+# A step waits on a breaker: recovery must not take the saga for stuck meanwhile, and its log says what it waits
+# for. Written once per stretch of patience, not at every look while the breaker stays open.
+_WAITING = text("""
+WITH u AS (
+    UPDATE sagas SET deadline = now() + make_interval(secs => :wait + :pickup)
+    WHERE id = :saga_id AND status IN ('pending', 'running', 'compensating')
+        AND coalesce(deadline, '-infinity') < now() + make_interval(secs => :wait + :pickup / 2)
+    RETURNING id
+)
+INSERT INTO saga_events (saga_id, step, kind, detail)
+SELECT id, :step, 'step_waiting', jsonb_build_object('dependency', CAST(:dependency AS text),
+    'until', now() + make_interval(secs => :wait), 'compensation', NOT :forward)
+FROM u
+""")
+
+
+def record_wait(saga_id: Any, step: str, forward: bool, wait: Wait, pickup: float) -> None:
+    """Note in the ledger that `step` of the saga waits `wait.seconds` for its dependency's breaker, without an
+    attempt; `pickup` is how long after that recovery may take the saga for stuck."""
     with db.autocommit() as conn:
-        return all(row.state == "closed" for row in conn.execute(_READ, {"names": list(deps)}))
+        conn.execute(_WAITING, {"saga_id": saga_id, "step": step, "forward": forward, "wait": wait.seconds,
+                                "pickup": pickup, "dependency": wait.dependency})
 
 
 @dataclass(frozen=True)

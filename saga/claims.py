@@ -438,13 +438,17 @@ def commit_success(
 
 # A failed attempt that will be retried: the step waits out its backoff; `effect_unknown` only ever grows, so
 # an effect one attempt may have left is still undone when a later attempt fails permanently.
-_RETRY_LATER = text("""
+def _retry_later_statement(action: Action) -> Any:
+    """Schedule the action's next attempt; one failed because a breaker it depends on opened gets the attempt
+    back (`:waiting_for` names the dependency), since the saga is not at fault."""
+    return text(f"""
 WITH s AS (
     SELECT id FROM sagas WHERE id = :saga_id FOR NO KEY UPDATE
 ), c AS (
     UPDATE saga_steps st SET status = CAST(:next_status AS text), error = CAST(:error AS text), lease_expires_at = NULL,
         effect_unknown = st.effect_unknown OR :effect_unknown,
-        not_before = now() + make_interval(secs => :retry_in)
+        not_before = now() + make_interval(secs => :retry_in),
+        {action.attempts} = st.{action.attempts} - CASE WHEN CAST(:waiting_for AS text) IS NULL THEN 0 ELSE 1 END
     FROM s WHERE st.saga_id = :saga_id AND s.id = st.saga_id AND st.idx = :idx AND st.status = :held
         AND st.fencing_token = :token
     RETURNING st.saga_id
@@ -455,10 +459,16 @@ WITH s AS (
 ), e AS (
     INSERT INTO saga_events (saga_id, step, kind, detail)
     SELECT :saga_id, :name, CAST(:event AS text),
-        jsonb_build_object('error', CAST(:error AS text), 'retry_in', :retry_in, 'effect_unknown', :effect_unknown) FROM c
+        jsonb_build_object('error', CAST(:error AS text), 'retry_in', :retry_in, 'effect_unknown', :effect_unknown)
+        || CASE WHEN CAST(:waiting_for AS text) IS NULL THEN '{{}}'::jsonb
+           ELSE jsonb_build_object('waiting_for', CAST(:waiting_for AS text)) END
+    FROM c
 )
 SELECT status, cancel_requested FROM u
 """)
+
+
+_RETRY_LATER = {action: _retry_later_statement(action) for action in (FORWARD, COMPENSATION)}
 # The forward step's last attempt failed: the errback decides between compensating and pausing.
 _FORWARD_FAILED = text("""
 WITH s AS (
@@ -542,10 +552,11 @@ def await_input(saga_id: UUID, step: Step, token: int, fields: tuple[str, ...], 
 
 def record_failure(
     saga_id: UUID, step: Step, token: int, action: Action, error: str, *, retry_in: float | None,
-    effect_unknown: bool, hold: float = 0.0,
+    effect_unknown: bool, hold: float = 0.0, waiting_for: str | None = None,
 ) -> Committed | None:
     """Record a failed attempt: scheduled for retry after `retry_in` seconds, or final when it is None; a final
     forward failure keeps the step from being undone for `hold` seconds (its process is still being killed).
+    `waiting_for` names the dependency whose breaker the failure found open: the attempt is not counted.
 
     Returns the saga's status and whether a cancel is asked, or None if the lease was lost.
     """
@@ -554,9 +565,9 @@ def record_failure(
         "effect_unknown": effect_unknown, "pickup": patience(step.saga), "hold": hold,
     }
     if retry_in is not None:
-        statement = _RETRY_LATER
+        statement = _RETRY_LATER[action]
         params |= {"retry_in": retry_in, "held": action.held, "next_status": action.retrying,
-                   "event": action.event("attempt_failed")}
+                   "event": action.event("attempt_failed"), "waiting_for": waiting_for}
     elif action.forward:
         statement = _FORWARD_FAILED
     else:

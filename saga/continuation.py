@@ -72,6 +72,8 @@ class Budget:
         self.until = self.started + settings.continuation_seconds
         self.steps_left = settings.continuation_steps
         self.queue = (task.request.delivery_info or {}).get("routing_key")
+        # Step name -> what its breakers let it through with, asked before the previous step's commit claimed it.
+        self.permits: dict[str, Any] = {}
 
     def next_for(self, step: Step) -> Step | None:
         """The step after `step`, if this message may run it itself now; None if it goes through the broker."""

@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from saga import (
+    breakers,
     claims,
     commit_seal,
     compensation,
@@ -26,6 +27,7 @@ from saga import (
     metrics,
     store,
     task_events,
+    tenant_slots,
     tracing,
     versions,
 )
@@ -175,6 +177,17 @@ def _one_tagged(task: Any, step: Step, saga_id: UUID, action: Action, pending: d
     suspect = claim_first or bool((task.request.delivery_info or {}).get("redelivered"))
     attempt = _Attempt(task, step, saga_id, action, suspect, given, budget)
     try:
+        attempt.ask_breakers()
+    except _UNREACHABLE as exc:
+        raise _ledger_unreachable(task, step, action, exc) from exc
+    except _Waiting as waiting:
+        wait = waiting.wait
+        _ledger(task, step, action, breakers.record_wait, saga_id, step.name, action.forward, wait,
+                claims.patience(step.saga))
+        log.info("saga %s %s %s waits for %s (its circuit breaker is open); no attempt used, looking again in "
+                 "%.1f s", saga_id, action.name, step.name, wait.dependency, wait.seconds)
+        raise _retry(task, step, action, wait.seconds) from None
+    try:
         if action.of(step).transactional:
             with db.engine().connect() as conn, conn.begin():
                 outcome = attempt.run(conn)
@@ -194,7 +207,7 @@ def _one_tagged(task: Any, step: Step, saga_id: UUID, action: Action, pending: d
             if not isinstance(claim, Claim):
                 raise Ignore() from failure.exc
             failure.claim = claim
-        return _failed(task, step, saga_id, action, failure.claim, failure.exc)
+        return _failed(task, step, saga_id, action, failure.claim, failure.exc, attempt.granted)
     return _settle(task, step, saga_id, action, outcome)
 
 
@@ -205,6 +218,8 @@ def _settle(task: Any, step: Step, saga_id: UUID, action: Action, outcome: Refus
     if isinstance(outcome, Lost):
         _discard(step, saga_id, action)
     _count(step, action, "succeeded", outcome.saga_status)
+    if outcome.saga_status == SagaStatus.COMPLETED:
+        tenant_slots.ended(saga_id)
     if action.forward and outcome.cancel_requested:
         _cancel(saga_id, step)
         raise Ignore()
@@ -229,6 +244,13 @@ class _Overtaken(Exception):
     """A transactional step could not be committed when its body was done: its transaction rolls back."""
 
 
+class _Waiting(Exception):
+    """A breaker the step depends on is open: the step is not attempted now."""
+
+    def __init__(self, wait: breakers.Wait) -> None:
+        self.wait = wait
+
+
 class _Attempt:
     """One execution of a step's body: claim (unless the previous step's commit claimed it), body, commit (which
     may claim the next step, within the message's budget)."""
@@ -238,6 +260,22 @@ class _Attempt:
         self.task, self.step, self.saga_id, self.action = task, step, saga_id, action
         self.suspect, self.given, self.budget = suspect, given, budget
         self.task_id = continuation.task_id(task.request.id, step, task.name) if action.forward else task.request.id
+        # What the step's breakers let it through with (None: it depends on no third party).
+        self.granted: breakers.Permit | None = None
+
+    def ask_breakers(self) -> None:
+        """Before anything is claimed: may the body call the third parties it depends on? `_Waiting` if not. A
+        step claimed by the previous step's commit was let through before that commit."""
+        deps = self.step.depends_on
+        if not deps:
+            return
+        if self.given is not None and self.budget is not None:
+            self.granted = self.budget.permits.pop(self.step.name, None) or breakers.Permit(deps, self.task_id, False)
+            return
+        verdict = breakers.permit(deps, self.task_id, self.action.lease(self.step))
+        if isinstance(verdict, breakers.Wait):
+            raise _Waiting(verdict)
+        self.granted = verdict
 
     def run(self, conn: Connection | None) -> Refusal | None | Lost | Committed:
         """Claim, run the body, commit: what was recorded, a Refusal, None, or LOST."""
@@ -265,6 +303,8 @@ class _Attempt:
             raise _BodyFailed(exc, outcome) from exc
         finally:
             metrics.STEP_SECONDS.labels(step.saga.name, step.name, action.name).observe(time.perf_counter() - started)
+        if self.granted is not None:
+            _breakers_told(breakers.succeeded, self.granted)
         then = self._then()
         if deferred:
             committed = claims.claim_and_commit(saga_id, step, self.task_id, result, conn,  # type: ignore[arg-type]
@@ -289,7 +329,23 @@ class _Attempt:
         following = self.budget.next_for(self.step) if self.budget and self.action.forward else None
         if following is None:
             return None
-        return claims.Then(following, continuation.task_id(self.task.request.id, following, self.task.name))
+        task_id = continuation.task_id(self.task.request.id, following, self.task.name)
+        if following.depends_on:  # asked now, before the commit claims it: an open breaker ends the message here
+            verdict = _breakers_told(breakers.permit, following.depends_on, task_id, FORWARD.lease(following))
+            if not isinstance(verdict, breakers.Permit):
+                return None
+            self.budget.permits[following.name] = verdict  # type: ignore[union-attr]
+        return claims.Then(following, task_id)
+
+
+def _breakers_told(tell: Callable[..., T], *args: Any) -> T | None:
+    """Tell the breakers how a call went (or ask one for the next step) once the body has run: a ledger that
+    cannot take it must not cost the body a second run, so it is logged and let go."""
+    try:
+        return tell(*args)
+    except _UNREACHABLE as exc:
+        log.warning("breaker %s not updated (%s)", tell.__name__, type(exc).__name__)
+        return None
 
 
 def _with_result(claim: Claim, step: Step, result: str) -> Claim:
@@ -428,18 +484,27 @@ def _retry(task: Any, step: Step, action: Action, countdown: float, kwargs: dict
     return task.retry(countdown=countdown, kwargs=again, exc=exc)
 
 
-def _failed(task: Any, step: Step, saga_id: UUID, action: Action, claim: Claim, exc: Exception) -> Any:
+def _failed(task: Any, step: Step, saga_id: UUID, action: Action, claim: Claim, exc: Exception,
+            granted: breakers.Permit | None = None) -> Any:
     if isinstance(exc, NeedsInput):
         exc = _await_input(task, step, saga_id, action, claim, exc)  # returns only where the saga cannot wait
     policy = action.policy(step)
     error = as_recorded(exc)
     retry_in = policy.delay(claim.attempt) if policy.may_retry(exc, claim.attempt) else None
+    waiting: breakers.Wait | None = None
+    if granted is not None and policy.classify(exc) == "transient":
+        # Counted against its breakers; if one is open now, the step waits for it and gets this attempt back.
+        waiting = _breakers_told(breakers.failed, granted)
+        if waiting is not None:
+            retry_in = waiting.seconds
+    elif granted is not None:
+        _breakers_told(breakers.succeeded, granted)  # the third party answered: the failure is the request's
     # Only a body that says so (PermanentError without effect_unknown) vouches that nothing happened.
     effect_unknown = not isinstance(exc, PermanentError) or exc.effect_unknown
     after = action.retrying if retry_in is not None else StepStatus.FAILED
     try:
         recorded = _durably(claims.record_failure, saga_id, step, claim.token, action, error, retry_in=retry_in,
-                             effect_unknown=effect_unknown,
+                             effect_unknown=effect_unknown, waiting_for=waiting and waiting.dependency,
                              landed=lambda: claims.landed(saga_id, step, claim.token, after))  # type: ignore[arg-type]
     except _UNREACHABLE as unreachable:
         raise _ledger_unreachable(task, step, action, unreachable) from unreachable

@@ -89,13 +89,14 @@ class StandIns:
     # Stripe
 
     def stripe_faults(self, mode: str, count: int, seconds: float = 0, operation: str | None = None, *,
-                      code: str | None = None, add: bool = False) -> None:
-        """Make the next `count` Stripe /v1 requests (of `operation` only, e.g. "confirm", if given) fail:
-        "400" (refused with error `code`), "429", "500", "hang" (hold `seconds`, then do it: it completes
-        after the client gave up) or "lost" (do it, then hold the answer `seconds`). Replaces the faults set
-        before, unless `add`."""
+                      code: str | None = None, add: bool = False, for_seconds: float | None = None) -> None:
+        """Make the next `count` Stripe /v1 requests (of `operation` only, e.g. "confirm", if given) fail, or with
+        `for_seconds` every such request for that long (an outage): "400" (refused with error `code`), "429",
+        "500", "hang" (hold `seconds`, then do it: it completes after the client gave up) or "lost" (do it, then
+        hold the answer `seconds`). Replaces the faults set before, unless `add`."""
         self._stripe("POST", "/_control/faults", {"mode": mode, "count": count, "seconds": seconds,
-                                                   "operation": operation, "code": code, "add": add})
+                                                   "operation": operation, "code": code, "add": add,
+                                                   "for_seconds": for_seconds})
 
     def stripe_expire_keys(self) -> int:
         """Forget every stored idempotency key, as Stripe does 24 hours after a key's first use."""

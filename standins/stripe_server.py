@@ -5,11 +5,12 @@ protocol (form-encoded parameters, Bearer `sk_test_...` keys, `Idempotency-Key`,
 has switches under `/_control/` (outside `/v1`, so the SDK never reaches them) for tests to inject faults:
 
     POST /_control/faults  {"mode": "400"|"429"|"500"|"hang"|"lost", "count": N, "seconds": S, "operation": OP,
-                            "code": C, "add": true|false}
+                            "code": C, "add": true|false, "for_seconds": D}
     POST /_control/expire_keys   POST /_control/reset   GET /_control/state   GET /_control/requests
 
 A fault applies to the next N `/v1` requests, or with `operation` to the next N of that kind only (create,
-confirm, retrieve, cancel, refund, ...: see ROUTES); a new fault replaces the ones set before unless `add`
+confirm, retrieve, cancel, refund, ...: see ROUTES), or with `for_seconds` to every such request for D seconds (an
+outage; N is then ignored); a new fault replaces the ones set before unless `add`
 is true. `400` (with error code C), `429` and `500` answer that error without doing anything; like Stripe,
 an idempotency key keeps a 500 or a 400 (they come up while executing) and replays it, but not a 429. `hang` holds the request S seconds and then does it, as Stripe does with a request that is slow on
 its side: a client that gave up meanwhile never hears that its request went through. While it hangs, its
@@ -81,6 +82,7 @@ class Fault:
     seconds: float = 0.0
     operation: str | None = None
     code: str = "invalid_request"  # the error code a "400" answers with
+    until: float | None = None  # an outage: every fitting request until this time (time.time()), whatever `count`
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,12 @@ class StripeApp:
         return reply
 
     def _take_fault(self, operation: str | None) -> Fault | None:
+        self.faults = [f for f in self.faults if f.until is None or f.until > time.time()]
         fault = next((f for f in self.faults if f.operation in (None, operation)), None)
         if fault is None:
             return None
+        if fault.until is not None:
+            return Fault(fault.mode, 1, fault.seconds, fault.operation, fault.code)
         fault.count -= 1
         if fault.count <= 0:
             self.faults.remove(fault)
@@ -280,11 +285,12 @@ class StripeApp:
                     return Reply(400, {"error": {"message": f"mode must be one of {FAULT_MODES}, count >= 0, "
                                                             f"operation one of {OPERATIONS} or absent"}})
                 count = int(spec.get("count", 1))
+                until = time.time() + float(spec["for_seconds"]) if spec.get("for_seconds") else None
                 if not spec.get("add"):
                     self.faults = []
-                if count:
+                if count or until:
                     self.faults.append(Fault(spec["mode"], count, float(spec.get("seconds", 0)), spec.get("operation"),
-                                             str(spec.get("code") or "invalid_request")))
+                                             str(spec.get("code") or "invalid_request"), until))
                 return Reply(200, {"faults": [asdict(f) for f in self.faults]})
             if (method, path) == ("POST", "/_control/expire_keys"):
                 return Reply(200, {"expired": self.store.clear("idempotency")})

@@ -116,16 +116,20 @@ job_posting = sagas.saga_type(
     large_fields=("logo",),  # up to 1.3 MB of base64: stored apart, read by upload_logo alone
 )
 
-upload_logo = job_posting.step(storage.upload_logo, kind="compensable", retry=storage.RETRY, needs=("logo",))
+# Each third party has a circuit breaker shared by the fleet (`saga.breakers`): while S3, Stripe or the mail
+# server is down, the steps that call it (and their undos) wait for it instead of spending their attempts.
+upload_logo = job_posting.step(storage.upload_logo, kind="compensable", retry=storage.RETRY, needs=("logo",),
+                               depends_on="s3")
 upload_logo.compensate_with(storage.delete_logo, retry=storage.RETRY)
 
 create_posting = job_posting.step(postings.create_posting, kind="compensable", transactional=True)
 create_posting.compensate_with(postings.delete_posting, transactional=True)
 
 charge_payment = job_posting.step(payments.charge_payment, kind="pivot", retry=payments.RETRY,
-                                  time_limit=payments.TIME_LIMIT)
+                                  time_limit=payments.TIME_LIMIT, depends_on="stripe")
 charge_payment.compensate_with(payments.refund_payment, retry=payments.RETRY, time_limit=payments.TIME_LIMIT)
 
 publish_posting = job_posting.step(postings.publish_posting, kind="retriable", transactional=True)
 
-send_confirmation = job_posting.step(emails.send_confirmation, kind="retriable", retry=emails.RETRY)
+send_confirmation = job_posting.step(emails.send_confirmation, kind="retriable", retry=emails.RETRY,
+                                     depends_on="smtp")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -36,6 +37,9 @@ SETTINGS = {
     "SAGA_WEBHOOK_RETRY_MAX": "1",
     "SAGA_WEBHOOK_DISPATCH_INTERVAL": "0.2",
     "SAGA_WEBHOOK_TIMEOUT": "2",
+    # The tests of retries count every attempt a third party's failures cost, so the shared workers' breakers
+    # never open; the breaker tests start workers of their own with settings a deployment would use.
+    "SAGA_BREAKERS": json.dumps({name: {"failures": 1_000_000} for name in ("s3", "stripe", "smtp")}),
 }
 
 
@@ -96,6 +100,18 @@ def stack(servers: Services, broker_url: str, standins: StandIns) -> Iterator[St
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(autouse=True)
+def breakers_closed(request: pytest.FixtureRequest) -> None:
+    """Each test that runs sagas starts with every circuit breaker closed and no failure counted."""
+    if "stack" not in request.fixturenames:
+        return
+    request.getfixturevalue("stack")
+    from saga import db
+
+    with db.transaction() as conn:
+        conn.execute(text("DELETE FROM saga_breakers"))
 
 
 @pytest.fixture()
