@@ -35,6 +35,8 @@ from tests.test_api import ApiServer, serve
 from tests.test_ledger_scale import grow
 
 DATA = ROOT / ".saga" / "soak"
+# The suite's settings, with the circuit breakers a deployment has (the suite's shared workers never open theirs).
+DEPLOYED = {k: v for k, v in SETTINGS.items() if k != "SAGA_BREAKERS"}
 
 
 class Fleet:
@@ -163,7 +165,7 @@ def main() -> int:
     standins = start_standins(DATA / "standins")
     stack = ServiceStack(data_dir=DATA, database_server_url=services.database_url, broker_url=services.broker_url,
                   queues=("celery",),
-                  settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting", **SETTINGS, **standins.env},
+                  settings={"SAGA_MODULES": "tasks.demo,tasks.job_posting", **DEPLOYED, **standins.env},
                   cwd=ROOT).start()
     api: ApiServer | None = None
     try:
