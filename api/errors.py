@@ -1,7 +1,7 @@
 """One error shape everywhere: `{"error": {"code", "message", "details"}}`, and never a stack trace.
 
-Engine errors (`SagaError`) keep their code; FastAPI's request validation, Starlette's HTTP errors and
-anything unexpected are turned into the same shape here.
+Engine errors (`SagaError`) keep their code (`dependency_unavailable` is a 503 with `Retry-After`); FastAPI's
+request validation, Starlette's HTTP errors and anything unexpected are turned into the same shape here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorResponse
-from saga.errors import InvalidInput, SagaError
+from saga.errors import DependencyUnavailable, InvalidInput, SagaError
 
 log = logging.getLogger("api.errors")
 
@@ -31,6 +31,7 @@ SAGA_ERROR_STATUS = {
     "action_not_allowed": 409,
     "saga_version_not_declared": 409,
     "unknown_step": 422,
+    "dependency_unavailable": 503,
 }
 
 _HTTP_CODES = {
@@ -66,10 +67,26 @@ def error_response(status: int, code: str, message: str, details: Any = None,
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries saying these statuses answer with the error shape."""
-    described = {status: _HTTP_CODES.get(status, "error").replace("_", " ") for status in statuses}
-    return {status: {"model": ErrorResponse, "description": text} for status, text in described.items()}
+# What a 503 of a route that starts a saga means.
+STARTS_UNAVAILABLE = (
+    "Nothing was done; try again after `Retry-After` seconds (with the same Idempotency-Key). `unavailable`: the saga "
+    "ledger is unreachable. `dependency_unavailable`: a third party that a step before the saga type's point of no "
+    "return depends on is down (its circuit breaker is open), so a new saga would only wait; `details` names the "
+    "`dependency`, its breaker's `state` and `retry_after` (seconds, as in the header).")
+_RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                                       "schema": {"type": "integer", "minimum": 1}}}
+
+
+def responses(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries saying these statuses answer with the error shape (`described` gives some a description of
+    their own); a 503 carries `Retry-After`."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        text = (described or {}).get(status) or _HTTP_CODES.get(status, "error").replace("_", " ")
+        entries[status] = {"model": ErrorResponse, "description": text}
+        if status == 503:
+            entries[status]["headers"] = _RETRY_AFTER_HEADER
+    return entries
 
 
 def install(app: FastAPI) -> None:
@@ -90,11 +107,14 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 async def _saga_error(_: Request, exc: SagaError) -> JSONResponse:
     details = exc.details
+    headers = None
     if isinstance(exc, InvalidInput) and isinstance(details, list):
         # The engine names fields inside the input; the API names them inside the request body.
         details = [{**p, "field": p["field"] if p["field"] == "input" else f"input.{p['field']}"}
                    for p in details]
-    return error_response(SAGA_ERROR_STATUS.get(exc.code, 400), exc.code, exc.message, details)
+    if isinstance(exc, DependencyUnavailable):
+        headers = {"Retry-After": str(details["retry_after"])}
+    return error_response(SAGA_ERROR_STATUS.get(exc.code, 400), exc.code, exc.message, details, headers)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

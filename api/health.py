@@ -1,4 +1,5 @@
-"""What `/healthz` and `/metrics` report of the API's dependencies, the ledger and the Celery broker.
+"""What `/healthz` and `/metrics` report of the API's dependencies, the ledger and the Celery broker, and of the
+circuit breakers of the third parties that steps depend on (read from the ledger with it).
 
 Both routes need no key, so any traffic may hit them: each dependency is read at most once per `interval` seconds
 whatever the traffic (callers in between share the last reading, or the read in flight), off the event loop, and
@@ -13,10 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from pydantic import Field
 from sqlalchemy import text
 
 from api import background
+from api.schemas import Health
+from saga import breakers
+from saga.breakers import BreakerState
 from saga.metrics import oldest_unfinished
+from saga.models import Breaker
 from webhooks import backlog
 
 T = TypeVar("T")
@@ -30,11 +36,13 @@ LEDGER_STATEMENT_TIMEOUT = "2s"
 
 @dataclass(frozen=True)
 class LedgerReading:
-    """One reading of the ledger: None or the kind of error, and the oldest unfinished saga per status."""
+    """One reading of the ledger: None or the kind of error, the oldest unfinished saga per status, the webhooks'
+    gauges, and every circuit breaker."""
 
     error: str | None
     oldest: dict[str, float] = field(default_factory=dict)
     webhooks: dict[str, float] = field(default_factory=dict)  # webhooks.backlog.read
+    breakers: list[BreakerState] = field(default_factory=list)
 
 
 def read_ledger() -> LedgerReading:
@@ -43,7 +51,7 @@ def read_ledger() -> LedgerReading:
         with background.transaction() as conn:
             conn.execute(text(f"SET LOCAL lock_timeout = '{LEDGER_LOCK_TIMEOUT}'"))
             conn.execute(text(f"SET LOCAL statement_timeout = '{LEDGER_STATEMENT_TIMEOUT}'"))
-            return LedgerReading(None, oldest_unfinished(conn), backlog.read(conn))
+            return LedgerReading(None, oldest_unfinished(conn), backlog.read(conn), breakers.states(conn))
     except Exception as exc:  # noqa: BLE001 - any failure means "not answering"
         return LedgerReading(type(exc).__name__)
 
@@ -110,3 +118,16 @@ class Probes:
         """For the metrics: the last ledger reading's webhook gauges, without a query."""
         reading = self.ledger.last
         return reading.webhooks if reading is not None else {}
+
+    def breakers(self) -> list[BreakerState]:
+        """For the metrics: the last ledger reading's circuit breakers, without a query."""
+        reading = self.ledger.last
+        return reading.breakers if reading is not None else []
+
+
+class HealthReport(Health):
+    """`/healthz`: whether the database and the broker answer, and every circuit breaker's state."""
+
+    breakers: list[Breaker] = Field(description=(
+        "Each third party's circuit breaker, as of the last reading of the ledger (empty while it does not answer). "
+        "An open breaker leaves `status` `ok`: the API serves, and refuses only new sagas that would wait on it."))

@@ -67,7 +67,8 @@ api_key_events = Table(
 # What a key may do, each with what it allows (migrations/versions/api_0003_key_scopes.py gives keys from before
 # scopes every one of these).
 SCOPES: dict[str, str] = {
-    "sagas:read": "read, list and follow sagas (long poll, event stream), their audit logs and the stats",
+    "sagas:read": "read, list and follow sagas (long poll, event stream), their audit logs, the stats and the "
+                  "circuit breakers",
     "sagas:start": "start sagas",
     "sagas:operate": "act on sagas: cancel, resume, compensate, rewind, give input, restart",
     "webhooks:manage": "manage webhook subscriptions",

@@ -1,4 +1,6 @@
-"""Prometheus metrics of the API: requests by route and status, their latency, and sagas started.
+"""Prometheus metrics of the API: requests by route and status, their latency, sagas started, and the gauges read
+from the ledger (the oldest unfinished saga, the webhooks' backlog, each circuit breaker's state). The engine's
+counters counted here are in the same registry (admission refused while a breaker is open, for one).
 
 Metrics are per process (`python -m service api --workers N` gives each process its own).
 """
@@ -6,7 +8,7 @@ Metrics are per process (`python -m service api --workers N` gives each process 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,8 +19,11 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from saga.breakers import BreakerState
 from saga.metrics import LedgerCollector
 from webhooks.backlog import BacklogCollector
 
@@ -29,15 +34,42 @@ class LastLedgerReading:
 
     read: Callable[[], dict[str, float]] = dict
     webhooks: Callable[[], dict[str, float]] = dict
+    breakers: Callable[[], list[BreakerState]] = list
 
 
 LAST_LEDGER = LastLedgerReading()
+
+# saga_breaker_state's value for each phase.
+BREAKER_PHASES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class BreakerCollector(Collector):
+    """`saga_breaker_state{dependency}` from the last reading `read()` gives (no query of its own at a scrape)."""
+
+    def __init__(self, read: Callable[[], list[BreakerState]]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for state in self._read():
+            family.add_metric([state.name], BREAKER_PHASES[state.phase])
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("saga_breaker_state", "Each dependency's circuit breaker: 0 closed, 1 half-open "
+                                 "(probing), 2 open (absent until it first counts a failure).", labels=["dependency"])
+
 
 # No `_created` series: they double the output and nothing here reads them.
 disable_created_metrics()
 # The engine's own counters (sagas started here) are in the same registry; add what only the ledger knows.
 REGISTRY.register(LedgerCollector(lambda: LAST_LEDGER.read()))
 REGISTRY.register(BacklogCollector(lambda: LAST_LEDGER.webhooks()))
+REGISTRY.register(BreakerCollector(lambda: LAST_LEDGER.breakers()))
 
 REQUESTS = Counter("saga_api_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 LATENCY = Histogram(

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 import saga
 from api.auth import Operator, Reader, Starter
-from api.errors import IDEMPOTENCY_HEADER, ApiError, responses
+from api.errors import IDEMPOTENCY_HEADER, STARTS_UNAVAILABLE, ApiError, responses
 from api.metrics import SAGAS_STARTED
 from api.schemas import EventPage, ProvideInput, RestartSaga, RewindSaga, Saga, SagaPage, StartSaga
 from saga.disclosure import event_for_tenant, saga_for_tenant
@@ -84,7 +84,7 @@ _NEXT = {name: {"operationId": operation, "parameters": {"saga_id": "$response.b
     responses={202: {"description": "The saga, accepted.", "links": _NEXT},
                200: {"model": Saga, "description": "A replay: the saga this idempotency key started before.",
                      "links": _NEXT},
-               **responses(400, 401, 403, 404, 413, 422, 429, 503)},
+               **responses(400, 401, 403, 404, 413, 422, 429, 503, described={503: STARTS_UNAVAILABLE})},
     summary="Start a saga", operation_id="startSaga",
 )
 def start_saga(
@@ -95,17 +95,22 @@ def start_saga(
 ) -> SagaJSON:
     """Validate the input against the saga type's model, record the saga and its steps in one
     transaction, then dispatch it (if the broker is down it stays `pending` and recovery dispatches it).
-    Nothing is written when the input is invalid."""
+    Nothing is written when the input is invalid. While the circuit breaker of a third party that a step before the
+    type's point of no return depends on is open, a new saga is refused with 503 `dependency_unavailable` and
+    `Retry-After` (unless the deployment holds such sagas instead: `SAGA_BREAKER_ADMISSION=hold`); a replay of a key
+    is answered as always. A tenant with as many sagas in flight as its limit (`SAGA_TENANT_MAX_ACTIVE`) gets the saga
+    `pending` with `admitted` false: it starts, oldest first, as the tenant's sagas end."""
     return _accepted(saga.start(body.type, body.input, idempotency_key=idempotency_key, tenant=tenant,
                                 dispatch=False), background)
 
 
 def _accepted(started: saga.Started, background: BackgroundTasks) -> SagaJSON:
     """The answer to a start or a restart: 202 and the new saga, dispatched once the answer is out (the ledger
-    already holds it, and recovery sends it if this fails); 200 and the saga a replayed key made before."""
+    already holds it, and recovery sends it if this fails), or once a slot of its tenant frees if it is held
+    (`admitted` false); 200 and the saga a replayed key made before."""
     record = started.saga
     SAGAS_STARTED.labels(record.type, "created" if started.created else "replayed").inc()
-    if started.created:
+    if started.created and record.admitted:
         background.add_task(send_forward, record.id, record.type, 0, record.version)
     return SagaJSON(record, 202 if started.created else 200, headers={"Location": f"/v1/sagas/{record.id}"})
 
@@ -350,7 +355,7 @@ _action("compensate", "Re-run the compensations of a failed saga",
     responses={202: {"description": "The new saga, accepted.", "links": _NEXT},
                200: {"model": Saga, "description": "A replay: the restart this idempotency key made before.",
                      "links": _NEXT},
-               **responses(400, 401, 403, 404, 409, 413, 422, 429, 503)},
+               **responses(400, 401, 403, 404, 409, 413, 422, 429, 503, described={503: STARTS_UNAVAILABLE})},
     summary="Start a compensated or failed saga again", operation_id="restartSaga",
 )
 def restart_saga(
@@ -362,6 +367,7 @@ def restart_saga(
     replaced (validated as a whole; nothing is written when it is invalid), linked both ways: the new saga's
     `restart_of` is this one, this one's `restarted_as` the new one. Both audit logs record who asked (this key's
     tenant and fingerprint): the new saga's `saga_accepted`, this one's `saga_restarted`. 409 unless this saga is
-    `compensated` or `failed`, or once it was restarted under another key."""
+    `compensated` or `failed`, or once it was restarted under another key. 503 `dependency_unavailable` as for a
+    start, while a breaker the new saga would wait on is open."""
     return _accepted(saga.restart(saga_id, tenant, (body or RestartSaga()).input, idempotency_key=idempotency_key,
                                   dispatch=False, by=request.state.caller), background)

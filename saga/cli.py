@@ -4,6 +4,7 @@
     saga -A shop status 5f0c...          # a saga and its steps
     saga -A shop cancel 5f0c...          # cancel, resume, compensate, rewind, input, restart
     saga -A shop migrate                 # the ledger's tables, in the app's database
+    saga -A shop breakers                # each third party's circuit breaker
     saga webhooks list                   # the API key's tenant's webhook endpoints (through the HTTP API)
 
 `-A` loads the app, which binds the engine (`Sagas(app, database_url=...)`) and declares its saga types; the
@@ -369,6 +370,41 @@ def events(saga_id: UUID, as_json: bool, use_api: bool, api_url: str | None, api
         detail = json.dumps(e["detail"]) if e["detail"] else ""
         at = datetime.fromisoformat(e["created_at"])
         click.echo(f"{at:%H:%M:%S.%f}  {e['kind']:<28} {e['step'] or '':<18} {detail}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@api_options
+def breakers(as_json: bool, use_api: bool, api_url: str | None, api_key: str | None) -> None:
+    """Show each third party's circuit breaker: closed, open (the steps that depend on it wait) or half-open (one
+    call probes it), its consecutive failures, how often it opened, and when it may be called again."""
+    client = api_client(use_api, api_url, api_key)
+    if client is not None:
+        with client:
+            rows = [b.model_dump(mode="json") for b in client.breakers()]
+    else:
+        from saga import breakers as circuit
+
+        boot(need_app=False)
+        rows = [state.to_dict() for state in circuit.states()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(render_breakers(rows))
+
+
+def render_breakers(rows: list[dict[str, Any]]) -> str:
+    """Breakers (their JSON form) as a table: name, state, failures, opens, when it may be called again, when it
+    last opened."""
+    if not rows:
+        return "no breaker has counted a failure"
+    lines = [f"{'dependency':<20}{'state':<11}{'failures':>9}{'opens':>7}  {'retry in':<10}{'opened at':<21}probe"]
+    for b in rows:
+        retry = f"{b['retry_after']:.0f} s" if b["state"] != "closed" and b["retry_after"] else "-"
+        opened = _when(b["opened_at"]) if b["opened_at"] else "-"
+        lines.append(f"{b['name']:<20}{b['state'].replace('_', '-'):<11}{b['failures']:>9}{b['opens']:>7}  "
+                     f"{retry:<10}{opened:<21}{'in flight' if b['probing'] else ''}".rstrip())
+    return "\n".join(lines)
 
 
 def _action(name: str, doc: str) -> None:

@@ -7,7 +7,8 @@
         print(saga.status, saga.progress.done, "/", saga.progress.total)
 
 Every start carries an idempotency key (yours, or one the client makes), so a start retried after a
-network error or a 502/503/504 gets the same saga back instead of a second one. Waiting uses the API's
+network error or a 502/503/504 gets the same saga back instead of a second one. A start refused because a third
+party the saga depends on is down raises `DependencyUnavailable` at once, with `retry_after`. Waiting uses the API's
 long poll, so it returns as soon as the saga changes without polling in a tight loop.
 
 It also manages the tenant's webhook endpoints (`create_webhook`, `list_webhooks`, ...; the key needs the
@@ -25,8 +26,9 @@ from typing import Any, Self
 
 import httpx
 
+from saga import errors
 from saga.errors import SagaError
-from saga.models import EventPage, Saga, SagaPage, Webhook, WebhookDetail
+from saga.models import Breaker, EventPage, Saga, SagaPage, Webhook, WebhookDetail
 from saga.states import FINAL, WAITING
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -50,6 +52,20 @@ class MissingScope(ApiError):
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
         super().__init__(status, code, message, details)
         self.scope: str | None = details.get("scope") if isinstance(details, dict) else None
+
+
+class DependencyUnavailable(ApiError, errors.DependencyUnavailable):
+    """A new saga was refused (503 `dependency_unavailable`): a third party that one of its steps before the point
+    of no return depends on is down (its circuit breaker is open). `dependency` names it; try again after
+    `retry_after` seconds (with the same idempotency key). Not retried by the client: the wait is the breaker's
+    cool-down, seconds to minutes. Also a `saga.DependencyUnavailable`, as `saga.start` raises it in-process."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(status, code, message, details)
+        given = details if isinstance(details, dict) else {}
+        self.dependency: str | None = given.get("dependency")
+        self.state: str | None = given.get("state")
+        self.retry_after: float | None = given.get("retry_after")
 
 
 class ApiUnreachable(ApiError):
@@ -93,7 +109,8 @@ class SagaClient:
 
     def start(self, saga_type: str, input: Mapping[str, Any], *,
               idempotency_key: str | None = None) -> Started:
-        """Start a saga (or get back the one this key started before). Retrying is safe: same key."""
+        """Start a saga (or get back the one this key started before). Retrying is safe: same key.
+        DependencyUnavailable when a third party the saga would wait on before its point of no return is down."""
         key = idempotency_key or str(uuid.uuid4())
         response = self._request("POST", "/v1/sagas", json={"type": saga_type, "input": dict(input)},
                                  headers={"Idempotency-Key": key})
@@ -150,6 +167,10 @@ class SagaClient:
         """The saga's audit log, oldest first, from after event id `after`."""
         page = self._request("GET", f"/v1/sagas/{saga_id}/events", params={"after": after, "limit": limit})
         return EventPage.model_validate(page.json())
+
+    def breakers(self) -> list[Breaker]:
+        """Every circuit breaker that has counted a failure, by name (the key needs `sagas:read`)."""
+        return [Breaker.model_validate(item) for item in self._request("GET", "/v1/breakers").json()["items"]]
 
     # Operator actions: each is refused with ApiError 409 `action_not_allowed` when it does not apply
 
@@ -250,7 +271,8 @@ class SagaClient:
     def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None, timeout: float | None = None,
                  repeat: bool = True) -> httpx.Response:
-        """Send, retrying network errors and gateway errors with backoff; raise ApiError for any error answer.
+        """Send, retrying network errors and gateway errors with backoff (not a 503 `dependency_unavailable`: it is
+        raised at once, as DependencyUnavailable); raise ApiError for any error answer.
 
         Most requests are safe to repeat: reads, starts (the idempotency key stays the same), operator actions
         (a repeat is harmless, though a repeated resume may answer 409), and webhook switches and replays. The
@@ -269,7 +291,7 @@ class SagaClient:
                 if not repeat and not isinstance(exc, _NOT_SENT):
                     raise self._maybe_done(method, path, problem) from None
                 continue
-            if response.status_code in _RETRY_STATUSES:
+            if response.status_code in _RETRY_STATUSES and not _dependency_unavailable(response):
                 problem = f"HTTP {response.status_code}"
                 if not repeat and response.status_code != 503:
                     raise self._maybe_done(method, path, problem)
@@ -286,10 +308,25 @@ class SagaClient:
                               "been done, so it is not sent again (a repeat would do it twice)")
 
 
+def _code(response: httpx.Response) -> str | None:
+    """The error code of an answer in the API's error shape, else None."""
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _dependency_unavailable(response: httpx.Response) -> bool:
+    """A 503 refusing a new saga for a dependency that is down: retrying within seconds would only be refused."""
+    return response.status_code == 503 and _code(response) == errors.DependencyUnavailable.code
+
+
 def _error(response: httpx.Response) -> ApiError:
+    kinds: dict[tuple[int, str], type[ApiError]] = {(403, "insufficient_scope"): MissingScope,
+                                                     (503, errors.DependencyUnavailable.code): DependencyUnavailable}
     try:
         error = response.json()["error"]
-        kind = MissingScope if response.status_code == 403 and error["code"] == "insufficient_scope" else ApiError
+        kind = kinds.get((response.status_code, error["code"]), ApiError)
         return kind(response.status_code, str(error["code"]), str(error["message"]), error.get("details"))
     except (ValueError, KeyError, TypeError):
         return ApiError(response.status_code, f"http_{response.status_code}", response.text[:200] or "error")

@@ -9,7 +9,19 @@ from uuid import UUID
 from celery.exceptions import Reject, TimeLimitExceeded
 from sqlalchemy import text
 
-from saga import claims, commit_seal, continuation, db, disclosure, dispatch, metrics, runner, store, versions
+from saga import (
+    claims,
+    commit_seal,
+    continuation,
+    db,
+    disclosure,
+    dispatch,
+    metrics,
+    runner,
+    store,
+    tenant_slots,
+    versions,
+)
 from saga.actions import TASKS, Action
 from saga.claims import patience
 from saga.definitions import KILL_GRACE, SagaType, Step
@@ -127,6 +139,7 @@ def react(saga_id: UUID) -> None:
         if paused:
             metrics.SAGAS_ENDED.labels(record.type, "paused").inc()
             log.info("saga %s paused: %s", saga_id, reason)
+            tenant_slots.ended(saga_id, record.tenant)
     else:
         begin(saga_id, versions.type_of(record), reason)
 
@@ -162,6 +175,7 @@ def finish(saga_id: UUID) -> None:
         runner.send_forward(saga_id, record.type, rewind["to"], record.version)
     else:
         metrics.SAGAS_ENDED.labels(record.type, status).inc()
+        tenant_slots.ended(saga_id, record.tenant)
 
 
 def on_error(saga_id: UUID, task_name: str, task_id: str, exc: BaseException, kwargs: dict[str, Any]) -> None:

@@ -131,13 +131,15 @@ class LedgerCollector(Collector):
 
 def _oldest_family() -> GaugeMetricFamily:
     return GaugeMetricFamily("saga_oldest_unfinished_seconds", "Age of the oldest saga still pending, running, "
-                             "compensating or awaiting input, by status (absent when none is).", labels=["status"])
+                             "compensating or awaiting input, by status (absent when none is); sagas held for a "
+                             "slot of their tenant are not counted.", labels=["status"])
 
 
-# How long each unfinished status has been waiting, by its oldest saga: one pass over the `sagas_active` index.
+# How long each unfinished status has been waiting, by its oldest saga: one pass over the `sagas_active` index. A
+# saga held for a slot of its tenant (`saga.tenant_slots`) is left out: it waits its turn, it is not stuck.
 _OLDEST_UNFINISHED = text(
     "SELECT status, EXTRACT(EPOCH FROM clock_timestamp() - min(created_at))::float8 AS age FROM sagas "
-    "WHERE status IN :active GROUP BY status"
+    "WHERE status IN :active AND admitted GROUP BY status"
 ).bindparams(bindparam("active", value=ACTIVE, expanding=True))
 
 

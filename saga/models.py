@@ -72,6 +72,9 @@ class Saga(BaseModel):
         "Set while the saga is `awaiting_input`: what to send, and by when."))
     rewinding_to: str | None = Field(default=None, description=(
         "Set while a rewind undoes steps (status `compensating`): the step the saga then runs forward from."))
+    admitted: bool = Field(default=True, description=(
+        "false while the saga waits `pending` for a slot of its tenant (SAGA_TENANT_MAX_ACTIVE): it starts, oldest "
+        "first, as the tenant's sagas in flight end; it stays false on a saga cancelled while it waited."))
 
 
 class SagaPage(BaseModel):
@@ -136,3 +139,26 @@ class WebhookDetail(Webhook):
     """A webhook endpoint with its latest delivery attempts, newest first."""
 
     recent_attempts: list[WebhookAttempt]
+
+
+class Breaker(BaseModel):
+    """A third party's circuit breaker, shared by the fleet: `closed` (calls go through), `open` (the steps that
+    depend on it wait, and new sagas that would wait on it before their point of no return are refused) or
+    `half_open` (one call at a time probes it)."""
+
+    name: str = Field(description="The dependency, as steps name it in `depends_on`.")
+    state: str = Field(description="`closed`, `open` or `half_open`.", json_schema_extra={
+        "enum": ["closed", "open", "half_open"]})
+    failures: int = Field(description="Consecutive transient failures counted (it opens at its threshold).")
+    opens: int = Field(description="Times it opened from closed.")
+    opened_at: str | None = Field(default=None, description="When it last opened (ISO 8601).")
+    retry_at: str | None = Field(default=None, description="When it half-opens, or did (ISO 8601).")
+    probing: bool = Field(description="A probe call is in flight.")
+    retry_after: float = Field(description=(
+        "Seconds until a step may call it again: 0 when closed, or half-open with no probe in flight."))
+
+
+class BreakerPage(BaseModel):
+    """Every circuit breaker that has counted a failure, by name."""
+
+    items: list[Breaker]

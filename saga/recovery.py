@@ -10,11 +10,11 @@ from uuid import UUID
 
 from sqlalchemy import text
 
-from saga import claims, compensation, db, dispatch, metrics, retention, store, versions
+from saga import claims, compensation, db, dispatch, metrics, retention, store, tenant_slots, versions
 from saga.claims import patience
 from saga.errors import VersionNotDeclared
 from saga.settings import get_settings
-from saga.states import ACTIVE
+from saga.states import ACTIVE, SagaStatus
 
 log = logging.getLogger("saga.recovery")
 
@@ -70,7 +70,8 @@ def due_parameters() -> dict[str, float]:
 
 
 def run_once() -> int:
-    """Re-dispatch every due saga (at most a batch); returns how many were looked at."""
+    """Re-dispatch every due saga (at most a batch), then admit held sagas of tenants with free slots (see
+    `saga.tenant_slots`); returns how many due sagas were looked at."""
     with db.transaction() as conn:
         due = conn.execute(_DUE, due_parameters()).scalars().all()
     metrics.RECOVERY_DISPATCHES.inc(len(due))
@@ -81,14 +82,17 @@ def run_once() -> int:
             log.exception("recovery of saga %s failed; it stays due", saga_id)
     if due:
         log.info("recovery woke %d saga(s)", len(due))
+    admitted = tenant_slots.admit_waiting()
+    if admitted:
+        log.info("recovery admitted held sagas: %s", ", ".join(f"{n} of tenant {t}" for t, n in admitted.items()))
     return len(due)
 
 
 def advance(saga_id: UUID) -> None:
     """Dispatch whatever the saga needs next, judged from the ledger alone. Safe to repeat."""
     record = store.load(saga_id)
-    if record.status not in ACTIVE:
-        return
+    if record.status not in ACTIVE or (record.status == SagaStatus.PENDING and not record.admitted):
+        return  # ended, or held for a slot of its tenant: not stuck, `tenant_slots` starts it
     try:
         saga_type = versions.type_of(record)
     except VersionNotDeclared as why:

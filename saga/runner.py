@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 
-from saga import breakers, db, dispatch, metrics, store, tracing
+from saga import breakers, db, dispatch, metrics, store, tenant_slots, tracing
 from saga.claims import patience
 from saga.definitions import SagaType, get_saga_type
 from saga.errors import DependencyUnavailable, IdempotencyConflict, InvalidInput
@@ -22,13 +22,15 @@ from saga.store import SagaRecord, StepRecord
 
 log = logging.getLogger("saga.runner")
 
-# The saga, its steps and its first event in one statement; nothing when the idempotency key is taken.
+# The saga, its steps and its first event in one statement; nothing when the idempotency key is taken. A saga held
+# for a slot of its tenant (`saga.tenant_slots`) gets no deadline: recovery leaves it alone until it is admitted.
 _ACCEPT = text("""
 WITH s AS (
     INSERT INTO sagas (id, tenant, type, version, fingerprint, status, input, large_input, idempotency_key,
-                       request_hash, deadline, restart_of)
+                       request_hash, deadline, restart_of, admitted)
     VALUES (:id, :tenant, :type, :version, :fingerprint, 'pending', CAST(:input AS jsonb), CAST(:large AS jsonb),
-            :key, :hash, now() + make_interval(secs => :pickup), :restart_of)
+            :key, :hash, CASE WHEN CAST(:admitted AS boolean) THEN now() + make_interval(secs => :pickup) END,
+            :restart_of, :admitted)
     ON CONFLICT (tenant, idempotency_key) DO NOTHING
     RETURNING id, created_at
 ), st AS (
@@ -60,7 +62,8 @@ def start(
 ) -> Started:
     """Accept a saga: raises UnknownSagaType, InvalidInput or IdempotencyConflict before writing anything.
 
-    With `dispatch=False` the caller sends it later with `send_forward` (the API does, after answering).
+    With `dispatch=False` the caller sends it later with `send_forward` (the API does, after answering), unless
+    the saga was held for a slot of its tenant (`saga.admitted` false): `saga.tenant_slots` sends it once admitted.
     `restart_of` links it to the saga it starts again, whose log records it with the `changed` fields (see
     `operator.restart`). `by`, who asked (see `saga.callers`), goes in its `saga_accepted` event and a restarted
     saga's `saga_restarted`; without it they name nobody.
@@ -78,8 +81,11 @@ def start(
     saga_id = uuid4()
     stored, large = saga_type.split_input(payload)
     who = {} if by is None else {"by": dict(by)}
-    # One statement, so autocommit: the ledger holds the saga before it is dispatched.
-    with db.autocommit() as conn:
+    limit = tenant_slots.limit_for(tenant)
+    # Without a limit one statement, so autocommit: the ledger holds the saga before it is dispatched. With one,
+    # the tenant's slots are counted and the saga recorded under its slot lock, in one transaction.
+    with db.autocommit() if limit is None else db.transaction() as conn:
+        admitted = limit is None or _slot_free(conn, tenant, limit)
         row = db.fetchone(conn, _ACCEPT, {
             "id": saga_id, "tenant": tenant, "type": type_name, "version": saga_type.version,
             "fingerprint": saga_type.fingerprint, "input": db.to_json(stored),
@@ -90,7 +96,7 @@ def start(
             "detail": db.to_json({"type": type_name, "version": saga_type.version, "idempotency_key": idempotency_key}
                                  | ({"restart_of": str(restart_of)} if restart_of else {}) | who),
             "restart_of": restart_of,
-            "restarted": db.to_json({"as": str(saga_id), "changed": list(changed)} | who),
+            "restarted": db.to_json({"as": str(saga_id), "changed": list(changed)} | who), "admitted": admitted,
         })
         if row is None:
             existing = conn.execute(
@@ -106,17 +112,25 @@ def start(
     record = SagaRecord(
         id=saga_id, tenant=tenant, type=type_name, version=saga_type.version, status="pending", input=stored,
         idempotency_key=idempotency_key, cancel_requested=False, error=None, created_at=row[1],
-        updated_at=row[1], restart_of=restart_of,
+        updated_at=row[1], restart_of=restart_of, admitted=admitted,
         steps=[StepRecord(index=s.index, name=s.name, kind=s.kind.value, status="pending", attempts=0,
                           compensation_attempts=0, effect_unknown=False, result=None, checkpoint=None,
                           compensation_result=None, error=None, task_id=None,
                           started_at=None, finished_at=None, compensated_at=None) for s in saga_type.steps],
     )
     tracing.accepted(saga_id, type_name, tenant)
-    if dispatch:
+    if not admitted:
+        log.info("saga %s of tenant %s held: the tenant has its %s sagas in flight", saga_id, tenant, limit)
+    elif dispatch:
         send_forward(saga_id, type_name, 0, saga_type.version)
     metrics.SAGAS_STARTED.labels(type_name).inc()
     return Started(record, created=True)
+
+
+def _slot_free(conn: Connection, tenant: str, limit: int) -> bool:
+    """Whether the tenant has a free slot for a saga started now; holds its slot lock until `conn` commits."""
+    tenant_slots.lock(conn, tenant)
+    return tenant_slots.in_flight(conn, tenant, limit) < limit
 
 
 # A replay of an idempotency key is answered with its saga, whatever the breakers say.

@@ -55,6 +55,7 @@ class SagaRecord:
     restarted_as: UUID | None = None  # the saga that started this one again
     awaiting: dict[str, Any] | None = None  # while awaiting_input: {step, fields, reason, until}
     rewind: dict[str, Any] | None = None  # while a rewind undoes steps: {to, step, input, large?, fields}
+    admitted: bool = True  # False while it waits `pending` for a slot of its tenant (`saga.tenant_slots`)
 
     @property
     def undoing(self) -> list[StepRecord]:
@@ -83,6 +84,7 @@ class SagaRecord:
             "restart_of": _str(self.restart_of), "restarted_as": _str(self.restarted_as),
             "awaiting_input": self.awaiting,
             "rewinding_to": self.rewind["step"] if self.rewind else None,
+            "admitted": self.admitted,
         }
 
 
@@ -138,7 +140,7 @@ def _saga(row: Any, steps: Any) -> SagaRecord:
         idempotency_key=row["idempotency_key"], cancel_requested=row["cancel_requested"], error=row["error"],
         created_at=row["created_at"], updated_at=row["updated_at"], restart_of=row["restart_of"],
         restarted_as=row["restarted_as"], awaiting=row["awaiting"],
-        rewind=row["rewind"],
+        rewind=row["rewind"], admitted=row["admitted"],
         steps=[
             StepRecord(
                 index=s["idx"], name=s["name"], kind=s["kind"], status=s["status"], attempts=s["attempts"],

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from saga import db
+from saga import db, tenant_slots
 from saga.definitions import SagaType, get_saga_type, versions_of
 from saga.errors import VersionNotDeclared
 from saga.store import SagaRecord
@@ -60,4 +60,5 @@ def stop(record: SagaRecord, why: VersionNotDeclared) -> bool:
         paused = conn.execute(_PAUSE, {"saga_id": record.id, "reason": why.message, "version": record.version}).first()
     if paused:
         log.warning("saga %s paused: %s", record.id, why.message)
+        tenant_slots.ended(record.id, record.tenant)
     return True

@@ -197,3 +197,51 @@ def _declare_tx(name: str, retry: RetryPolicy, time_limit: float) -> SagaType[Pr
 
 probe_tx = _declare_tx("probe_tx", FAST, time_limit=3)
 probe_tx_short = _declare_tx("probe_tx_short", SHORT, time_limit=2)
+
+
+# --- breakers (api) ---
+# A compensable step that calls `brk_pre`, the pivot, then a retriable step that calls `brk_post`, on the unread
+# queue: a test opens their breakers in-process and sees what admission answers. Each opens after two failures and
+# stays open five minutes, longer than any test needs.
+for _dependency in ("brk_pre", "brk_post"):
+    sagas.dependency(_dependency, failures=2, cooldown=300, max_cooldown=300)
+brk_admission = sagas.saga_type("brk_admission", ProbeInput, default_retry=FAST, default_time_limit=3, queue="nobody")
+for _name, _kind, _depends_on in (("reserve", "compensable", "brk_pre"), ("charge", "pivot", ()),
+                                  ("notify", "retriable", "brk_post")):
+    _step = brk_admission.step(_nothing, kind=_kind, name=f"tests.brk_admission.{_name}", depends_on=_depends_on)
+    _step.name = _name
+    if _kind != "retriable":
+        _step.compensate_with(_nothing, name=f"tests.brk_admission.undo_{_name}")
+# The same steps on the workers' queue, the last one calling `brk_console_post` (open for 20 s once it opens): the
+# saga passes its point of no return, then waits for the breaker (a `step_waiting` event) and completes after it.
+sagas.dependency("brk_console_post", failures=2, cooldown=20, max_cooldown=20)
+brk_console = sagas.saga_type("brk_console", ProbeInput, default_retry=FAST, default_time_limit=3, queue="probe")
+for _name, _kind, _depends_on in (("reserve", "compensable", ()), ("charge", "pivot", ()),
+                                  ("notify", "retriable", "brk_console_post")):
+    _step = brk_console.step(_nothing, kind=_kind, name=f"tests.brk_console.{_name}", depends_on=_depends_on)
+    _step.name = _name
+    if _kind != "retriable":
+        _step.compensate_with(_nothing, name=f"tests.brk_console.undo_{_name}")
+
+
+# --- tenant slots ---
+# The probe on a queue of its own, for workers a test starts with tenant limits: it completes, compensates (`fail`
+# of a compensable step) or pauses (`fail` of the retriable `d`) as asked.
+probe_slots = _declare("probe_slots", "slots", FAST, time_limit=3)
+
+
+class PauseInput(BaseModel):
+    pause: float = 0.03  # seconds each step sleeps
+
+
+def _pause(ctx: StepContext[PauseInput]) -> None:
+    time.sleep(ctx.input.pause)
+
+
+# Three quick steps on the same queue (continuation runs a saga's steps in one task): many of them make a burst.
+slots_burst = sagas.saga_type("slots_burst", PauseInput, default_retry=FAST, default_time_limit=3, queue="slots")
+for _name, _kind in (("reserve", "compensable"), ("charge", "pivot"), ("notify", "retriable")):
+    _step = slots_burst.step(_pause, kind=_kind, name=f"tests.slots_burst.{_name}")
+    _step.name = _name
+    if _kind != "retriable":
+        _step.compensate_with(_nothing, name=f"tests.slots_burst.undo_{_name}")

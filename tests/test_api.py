@@ -605,8 +605,10 @@ def test_every_error_has_the_one_shape(api: ApiServer, method: str, path: str, s
 def test_health_and_metrics(api: ApiServer) -> None:
     health = httpx.get(f"{api.url}/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "database": {"ok": True, "error": None},
-                             "broker": {"ok": True, "error": None}}
+    body = health.json()
+    assert {k: v for k, v in body.items() if k != "breakers"} == {
+        "status": "ok", "database": {"ok": True, "error": None}, "broker": {"ok": True, "error": None}}
+    assert isinstance(body["breakers"], list), body  # test_api_breakers has what they hold
     start(api.client("alpha"), "probe_idle")
     metrics = httpx.get(f"{api.url}/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
@@ -617,6 +619,7 @@ def test_health_and_metrics(api: ApiServer) -> None:
     paths = {"/v1/sagas", "/v1/sagas/{saga_id}", "/v1/sagas/{saga_id}/events", "/v1/sagas/{saga_id}/stream",
              "/v1/sagas/{saga_id}/cancel", "/v1/sagas/{saga_id}/resume", "/v1/sagas/{saga_id}/compensate",
              "/v1/sagas/{saga_id}/restart", "/v1/sagas/{saga_id}/input", "/v1/sagas/{saga_id}/rewind", "/v1/stats",
+             "/v1/breakers",
              "/v1/sagas/{saga_id}/replay-webhooks", "/v1/webhooks", "/v1/webhooks/{endpoint_id}",
              "/v1/webhooks/{endpoint_id}/rotate-secret", "/v1/webhooks/{endpoint_id}/disable",
              "/v1/webhooks/{endpoint_id}/enable", "/v1/webhooks/{endpoint_id}/replay-failed",

@@ -54,6 +54,7 @@ ROUTES = [
     Route("sagas:read", "GET", "/v1/sagas/{saga_id}/events", "pending"),
     Route("sagas:read", "GET", "/v1/sagas/{saga_id}/stream", "completed"),
     Route("sagas:read", "GET", "/v1/stats"),
+    Route("sagas:read", "GET", "/v1/breakers"),
     Route("sagas:operate", "POST", "/v1/sagas/{saga_id}/cancel", "pending"),
     Route("sagas:operate", "POST", "/v1/sagas/{saga_id}/resume", "paused"),
     Route("sagas:operate", "POST", "/v1/sagas/{saga_id}/compensate", "failed"),

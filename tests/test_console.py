@@ -5,6 +5,7 @@ input, compensated, completed) go to .saga/test*/artifacts/ (one directory per p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -469,3 +470,58 @@ def test_the_front_page_lists_who_needs_an_operator_first_with_counts_by_status_
     browser.get(f"{api.url}/ui#/")
     click(browser, '#status-tiles .tile[data-status="paused"]')
     WebDriverWait(browser, 30).until(lambda b: rows(b) == [paused])
+
+
+def test_the_front_page_shows_each_dependencys_circuit_breaker(
+    api: Any, browser: WebDriver, tenant: tuple[str, httpx.Client],
+) -> None:
+    from tests.test_api_breakers import close_breaker, forget_breakers, open_breaker
+
+    key, _ = tenant
+    name = f"brk_console_{uuid.uuid4().hex[:8]}"  # a dependency of this test alone: five failures open it for 30 s
+    open_breaker(name)
+    try:
+        open_console(browser, api, key)
+        row = f'#breakers tr[data-breaker="{name}"]'
+        WebDriverWait(browser, 10).until(lambda b: texts(b, row, "data-state") == ["open"],
+                                         "the Dependencies panel does not show the breaker open")
+        state, failures, retry, opens = texts(browser, f"{row} td")[1:]
+        assert (state, failures, opens) == ("open", "5", "1")
+        assert 1 <= int(retry.removeprefix("retry in ").removesuffix(" s")) <= 30, retry
+        colour = browser.execute_script(
+            "return getComputedStyle(document.querySelector(arguments[0])).backgroundColor", f"{row} .breaker")
+        assert colour == "rgb(251, 213, 213)", f"an open breaker is shown red, not {colour}"
+        screenshot(browser, "console-dependencies")
+
+        close_breaker(name)
+        # The front page reads the breakers again with its figures, every 10 seconds.
+        WebDriverWait(browser, 20).until(lambda b: texts(b, row, "data-state") == ["closed"],
+                                         "the Dependencies panel does not show the breaker closed again")
+        assert texts(browser, f"{row} td")[1:] == ["closed", "0", "", "1"]
+        colour = browser.execute_script(
+            "return getComputedStyle(document.querySelector(arguments[0])).backgroundColor", f"{row} .breaker")
+        assert colour == "rgb(214, 245, 221)", f"a closed breaker is shown green, not {colour}"
+    finally:
+        forget_breakers(name)
+
+
+def test_a_step_waiting_for_an_open_breaker_says_so_in_the_audit_log(
+    workers: Stack, api: Any, browser: WebDriver, tenant: tuple[str, httpx.Client],
+) -> None:
+    from tests.test_api_breakers import forget_breakers, open_breaker
+
+    key, client = tenant
+    open_breaker("brk_console_post")  # the last step's dependency: the saga is accepted, and waits past its pivot
+    try:
+        saga_id = start(client, "brk_console", {})
+        wait_until(lambda: "step_waiting" in [e["kind"] for e in client.get(f"/v1/sagas/{saga_id}/events").json()
+                                              ["items"]], timeout=30, interval=0.2, what="the step to wait")
+        open_console(browser, api, key, f"#/saga/{saga_id}")
+        in_timeline(browser, "step_waiting")
+        waiting = '#timeline li[data-kind="step_waiting"]'
+        assert texts(browser, waiting, "data-step")[:1] == ["notify"]
+        detail = texts(browser, f"{waiting} .detail")[0]
+        assert re.fullmatch(r"waiting for brk_console_post \(circuit open\) until \d{1,2}:\d{2}:\d{2}( [AP]M)?",
+                            detail), detail
+    finally:
+        forget_breakers("brk_console_post")  # the step runs once its wait is over, and the saga completes

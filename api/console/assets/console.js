@@ -86,6 +86,11 @@ function statusBadge(status) {
   return el("span", status, `status ${status}`);
 }
 
+// A saga the API accepted but holds until its tenant has a slot free (`admitted: false`; absent means admitted).
+function slotBadge(saga) {
+  return saga.admitted === false ? el("span", "waiting for a slot", "badge slot") : null;
+}
+
 function cell(row, content, pre) {
   const td = el("td");
   if (content instanceof Node) td.append(content);
@@ -185,11 +190,39 @@ function renderHour(stats) {
   $("#hour-totals").textContent = `(${["started", ...ENDED_SERIES].map((s) => `${sum(s)} ${s}`).join(", ")})`;
 }
 
+const BREAKER_STATES = { closed: "closed", open: "open", half_open: "half-open" };
+
+// Each third party's circuit breaker: open ones first, then half-open, then closed.
+function renderBreakers(page) {
+  const order = { open: 0, half_open: 1, closed: 2 };
+  const breakers = [...page.items].sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3));
+  const rows = breakers.map((breaker) => {
+    const row = el("tr");
+    row.dataset.breaker = breaker.name;
+    row.dataset.state = breaker.state;
+    cell(row, breaker.name);
+    cell(row, el("span", BREAKER_STATES[breaker.state] || breaker.state, `breaker ${breaker.state}`));
+    cell(row, breaker.failures).className = "num";
+    const retry = breaker.state === "open" ? `retry in ${Math.ceil(breaker.retry_after)} s`
+      : breaker.state === "half_open" ? (breaker.probing ? "a call is probing it" : "the next call probes it") : "";
+    cell(row, retry).className = "retry";
+    cell(row, breaker.opens).className = "num";
+    return row;
+  });
+  if (!rows.length) {
+    const row = el("tr");
+    cell(row, "No dependency has failed yet.").colSpan = 5;
+    rows.push(row);
+  }
+  $("#breakers tbody").replaceChildren(...rows);
+}
+
 async function renderOverview() {
-  const stats = await api("/v1/stats");
+  const [stats, breakers] = await Promise.all([api("/v1/stats"), api("/v1/breakers")]);
   renderNeeds(stats);
   renderCounts(stats);
-  renderHour(stats);
+  renderBreakers(breakers);
+  renderHour(stats);  // last: the chart takes the width the other panels leave
 }
 
 // --- the list ----------------------------------------------------------------------------------------------
@@ -219,6 +252,8 @@ async function showList(append = false) {
   if (!append) body.replaceChildren();
   for (const saga of page.items) {
     const row = sagaRow(saga.id, saga.type, saga.status);
+    const slot = slotBadge(saga);
+    if (slot) row.children[2].append(" ", slot);
     cell(row, `${saga.progress.done}/${saga.progress.total}`);
     cell(row, new Date(saga.created_at).toLocaleString());
     body.append(row);
@@ -260,10 +295,12 @@ function renderSaga(saga) {
   shown.saga = saga;
   $("#d-title").textContent = `${saga.type} ${saga.id}`;
   const summary = $("#d-summary");
-  summary.replaceChildren(statusBadge(saga.status),
-    el("span", `  ${saga.progress.done}/${saga.progress.total} steps done` +
-      (saga.idempotency_key ? `, idempotency key ${saga.idempotency_key}` : "") +
-      (saga.cancel_requested ? ", cancel requested" : "")));
+  summary.replaceChildren(statusBadge(saga.status));
+  const slot = slotBadge(saga);
+  if (slot) summary.append(" ", slot);
+  summary.append(el("span", `  ${saga.progress.done}/${saga.progress.total} steps done` +
+    (saga.idempotency_key ? `, idempotency key ${saga.idempotency_key}` : "") +
+    (saga.cancel_requested ? ", cancel requested" : "")));
   const links = [];
   for (const [field, label] of [["restart_of", "restart of "], ["restarted_as", "restarted as "]]) {
     if (!saga[field]) continue;
@@ -371,10 +408,19 @@ async function renderTimeline(id) {
     item.dataset.kind = event.kind;
     if (event.step) item.dataset.step = event.step;
     item.append(el("time", new Date(event.created_at).toLocaleTimeString()), " ",
-      el("span", event.kind, "kind"), " ", el("span", event.step || ""), " ",
-      el("span", Object.keys(event.detail || {}).length ? JSON.stringify(event.detail) : "", "detail"));
+      el("span", event.kind, "kind"), " ", el("span", event.step || ""), " ", el("span", eventDetail(event), "detail"));
     return item;
   }));
+}
+
+// An event's detail as the audit log shows it: in words where they say it better, else its JSON.
+function eventDetail(event) {
+  const detail = event.detail || {};
+  if (event.kind === "step_waiting" && detail.dependency) {
+    const until = detail.until ? ` until ${new Date(detail.until).toLocaleTimeString()}` : "";
+    return `${detail.compensation ? "undo " : ""}waiting for ${detail.dependency} (circuit open)${until}`;
+  }
+  return Object.keys(detail).length ? JSON.stringify(detail) : "";
 }
 
 async function follow(id, controller) {
