@@ -258,27 +258,33 @@ def failed(granted: Permit) -> Wait | None:
 
 
 # A step waits on a breaker: recovery must not take the saga for stuck meanwhile, and its log says what it waits
-# for. Written once per stretch of patience, not at every look while the breaker stays open.
+# for (written once per stretch of patience, not at every look while the breaker stays open); and the waiting
+# message learns whether the saga still wants the step (a cancel, or an operator's action, ends the wait).
 _WAITING = text("""
-WITH u AS (
+WITH s AS (
+    SELECT status, cancel_requested FROM sagas WHERE id = :saga_id
+), u AS (
     UPDATE sagas SET deadline = now() + make_interval(secs => :wait + :pickup)
     WHERE id = :saga_id AND status IN ('pending', 'running', 'compensating')
         AND coalesce(deadline, '-infinity') < now() + make_interval(secs => :wait + :pickup / 2)
     RETURNING id
+), e AS (
+    INSERT INTO saga_events (saga_id, step, kind, detail)
+    SELECT id, :step, 'step_waiting', jsonb_build_object('dependency', CAST(:dependency AS text),
+        'until', now() + make_interval(secs => :wait), 'compensation', NOT :forward)
+    FROM u
 )
-INSERT INTO saga_events (saga_id, step, kind, detail)
-SELECT id, :step, 'step_waiting', jsonb_build_object('dependency', CAST(:dependency AS text),
-    'until', now() + make_interval(secs => :wait), 'compensation', NOT :forward)
-FROM u
+SELECT status, cancel_requested FROM s
 """)
 
 
-def record_wait(saga_id: Any, step: str, forward: bool, wait: Wait, pickup: float) -> None:
+def record_wait(saga_id: Any, step: str, forward: bool, wait: Wait, pickup: float) -> Any:
     """Note in the ledger that `step` of the saga waits `wait.seconds` for its dependency's breaker, without an
-    attempt; `pickup` is how long after that recovery may take the saga for stuck."""
+    attempt; `pickup` is how long after that recovery may take the saga for stuck. The saga's status and whether
+    a cancel is asked (None if it is gone)."""
     with db.autocommit() as conn:
-        conn.execute(_WAITING, {"saga_id": saga_id, "step": step, "forward": forward, "wait": wait.seconds,
-                                "pickup": pickup, "dependency": wait.dependency})
+        return conn.execute(_WAITING, {"saga_id": saga_id, "step": step, "forward": forward, "wait": wait.seconds,
+                                       "pickup": pickup, "dependency": wait.dependency}).first()
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,13 @@ def _one_tagged(task: Any, step: Step, saga_id: UUID, action: Action, pending: d
         raise _ledger_unreachable(task, step, action, exc) from exc
     except _Waiting as waiting:
         wait = waiting.wait
-        _ledger(task, step, action, breakers.record_wait, saga_id, step.name, action.forward, wait,
-                claims.patience(step.saga))
+        saga = _ledger(task, step, action, breakers.record_wait, saga_id, step.name, action.forward, wait,
+                       claims.patience(step.saga))
+        if saga is None or saga.status not in (_GOING if action.forward else (SagaStatus.COMPENSATING,)):
+            raise Ignore() from None  # the saga moved on meanwhile (an operator's action): nothing to wait for
+        if action.forward and saga.cancel_requested:
+            _cancel(saga_id, step)  # nothing of the step is in flight: undo now, not once the third party is back
+            raise Ignore() from None
         log.info("saga %s %s %s waits for %s (its circuit breaker is open); no attempt used, looking again in "
                  "%.1f s", saga_id, action.name, step.name, wait.dependency, wait.seconds)
         raise _retry(task, step, action, wait.seconds) from None

@@ -223,6 +223,15 @@ for _name, _kind, _depends_on in (("reserve", "compensable", ()), ("charge", "pi
     if _kind != "retriable":
         _step.compensate_with(_nothing, name=f"tests.brk_console.undo_{_name}")
 
+# A compensable step, then a pivot calling `brk_wait`: with that breaker open the saga waits past its first step.
+sagas.dependency("brk_wait", failures=1, cooldown=300, max_cooldown=300)
+brk_wait = sagas.saga_type("brk_wait", ProbeInput, default_retry=FAST, default_time_limit=3, queue="probe")
+for _name, _kind, _depends_on in (("reserve", "compensable", ()), ("charge", "pivot", "brk_wait")):
+    _step = brk_wait.step(_nothing, kind=_kind, name=f"tests.brk_wait.{_name}", depends_on=_depends_on)
+    _step.name = _name
+    if _kind != "retriable":
+        _step.compensate_with(_nothing, name=f"tests.brk_wait.undo_{_name}")
+
 
 # --- tenant slots ---
 # The probe on a queue of its own, for workers a test starts with tenant limits: it completes, compensates (`fail`

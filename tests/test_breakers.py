@@ -161,3 +161,43 @@ def test_many_callers_at_once_count_every_failure_and_take_one_probe(ledger: Non
         assert state.phase == "closed" and state.failures == 0
     finally:
         breakers.DECLARED.pop("brk_shared", None)
+
+
+def test_a_saga_waiting_for_an_open_breaker_is_cancelled_at_once_and_waits_for_nothing(workers: Any) -> None:
+    """Its step waits without an attempt and its saga is not stuck; a cancel undoes what was done right away, not
+    once the breaker closes (five minutes later)."""
+    import saga
+    from tests.test_api_breakers import open_breaker
+
+    open_breaker("brk_wait")
+    with pytest.raises(saga.DependencyUnavailable, match="brk_wait is unavailable"):
+        saga.start("brk_wait", {})
+    configure(breaker_admission="hold")  # accepted, and held at the step that needs the third party
+    try:
+        started = saga.start("brk_wait", {}).saga.id
+    finally:
+        configure(breaker_admission="refuse")
+
+    def events() -> list[Any]:
+        return saga.events(started)
+
+    waited = wait_for(lambda: [e for e in events() if e.kind == "step_waiting"], "the charge to wait")
+    assert waited[0].step == "charge" and waited[0].detail["dependency"] == "brk_wait"
+    record = saga.load(started)
+    assert [s.attempts for s in record.steps] == [1, 0], "waiting used no attempt"
+    with db.transaction() as conn:
+        deadline = conn.execute(text("SELECT deadline - now() FROM sagas WHERE id = :id"), {"id": started}).scalar()
+    assert deadline > timedelta(seconds=250), "recovery leaves it alone while the breaker is open"
+    asked = datetime.now(UTC)
+    saga.cancel(started)
+    ended = wait_for(lambda: (r := saga.load(started)).status == "compensated" and r, "the cancel to undo it")
+    took = (ended.updated_at - asked).total_seconds()
+    print(f"\ncancelled while waiting for an open breaker: compensated {took:.2f} s later")
+    assert took < 10, took
+    assert [s.status for s in ended.steps] == ["compensated", "skipped"], "the charge never ran"
+
+
+def wait_for(probe: Any, what: str) -> Any:
+    from saga.testing import wait_until
+
+    return wait_until(probe, timeout=20, interval=0.1, what=what)
