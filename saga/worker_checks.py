@@ -12,7 +12,7 @@ from typing import Any
 from celery import concurrency
 from celery.signals import worker_init
 
-from saga import continuation
+from saga import breakers, continuation
 from saga.actions import TASKS
 from saga.definitions import HARD_LIMIT_GRACE, REGISTRY
 from saga.errors import WorkerRefused
@@ -65,7 +65,7 @@ def problems(app: Any, pool: Any = "prefork", prefetch: int | None = None) -> li
             break
     scheme = str(conf.broker_url or "").split("://", 1)[0].split("+", 1)[0]
     worst, task_name = longest_unacked_wait()
-    held = f"the {worst:.0f}s that task {task_name} may hold its message (time limit + grace + backoff cap)"
+    held = f"the {worst:.0f}s that task {task_name} may hold its message (time limit + grace + backoff cap or breaker cool-down)"
     if scheme in _VISIBILITY_BROKERS:
         timeout = (conf.broker_transport_options or {}).get("visibility_timeout", _DEFAULT_VISIBILITY)
         if timeout <= worst:
@@ -81,16 +81,19 @@ def problems(app: Any, pool: Any = "prefork", prefetch: int | None = None) -> li
 
 
 def longest_unacked_wait() -> tuple[float, str]:
-    """The longest a step's message may legitimately stay unacked: hard time limit plus backoff cap."""
+    """The longest a step's message may legitimately stay unacked: hard time limit plus the longest wait before its
+    next try (the backoff cap, or the longest an open breaker it depends on makes it wait)."""
     worst, where = 0.0, "none"
     for saga_type in REGISTRY.values():
         for step in saga_type.steps:
             # With continuation, a step's message may also run the steps after it, each under its own limits.
             held = continuation.message_time_limit(step) + HARD_LIMIT_GRACE if saga_type.continuation else 0.0
-            candidates = [(max(step.lease_seconds, held) + step.retry.max_delay, step.task_name)]
+            breaker = max((breakers.dependency(d).max_cooldown + 1 for d in step.depends_on), default=0.0)
+            candidates = [(max(step.lease_seconds, held) + max(step.retry.max_delay, breaker), step.task_name)]
             if step.compensation:
                 comp = step.compensation
-                candidates.append((step.compensation_lease_seconds + comp.retry.max_delay, comp.task_name))
+                candidates.append((step.compensation_lease_seconds + max(comp.retry.max_delay, breaker),
+                                   comp.task_name))
             for seconds, name in candidates:
                 if seconds > worst:
                     worst, where = seconds, name

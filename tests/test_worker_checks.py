@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -99,3 +100,19 @@ def test_a_real_worker_refuses_to_start_with_prefetch_above_one() -> None:
 def test_a_misspelt_setting_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match="unknown engine setting 'recovery_intervl'"):
         Sagas(safe_app(), recovery_intervl=1)
+
+
+def test_a_breaker_cool_down_longer_than_the_visibility_timeout_is_refused(fresh: None) -> None:
+    """A step waiting for an open breaker holds its retried message unacked until the breaker half-opens."""
+    from saga import breakers
+
+    sagas = Sagas(safe_app())
+    sagas.dependency("slow_partner", cooldown=60, max_cooldown=4000)
+    try:
+        sagas.saga_type("waits_long", Item).step(lambda ctx: None, kind="pivot", name="checks.waits_long",
+                                                 depends_on="slow_partner")
+        found = worker_checks.problems(sagas.app)
+        assert len(found) == 1 and re.search(r"visibility_timeout'\]=3600s is not above the 40\d\ds that task "
+                                             r"checks\.waits_long .*breaker cool-down", found[0]), found
+    finally:
+        breakers.DECLARED.pop("slow_partner", None)
