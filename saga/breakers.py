@@ -68,7 +68,9 @@ def dependency(name: str) -> Dependency:
     """The settings in force for `name`: its declaration, with `SAGA_BREAKERS` over it."""
     base = DECLARED.get(name) or Dependency(name)
     override = get_settings().breakers.get(name)
-    return replace(base, **override) if override else base
+    if not override:
+        return base
+    return replace(base, **{k: int(v) if k == "failures" else v for k, v in override.items()})
 
 
 def names(value: str | Iterable[str] | None) -> tuple[str, ...]:

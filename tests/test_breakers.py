@@ -88,10 +88,11 @@ def test_dependency_settings_are_checked_and_overridden_from_the_environment() -
         breakers.names("Stripe API")
     saved = dict(get_settings().breakers)
     try:
-        configure(breakers={"stripe": {"cooldown": 7}})
-        assert breakers.dependency("stripe") == Dependency("stripe", cooldown=7)
+        configure(breakers={"brk_settings": {"cooldown": 7, "failures": 3}})
+        assert breakers.dependency("brk_settings") == Dependency("brk_settings", failures=3, cooldown=7)
+        assert breakers.dependency("brk_never_set") == Dependency("brk_never_set")
         with pytest.raises(ConfigurationError, match="SAGA_BREAKERS.*unknown setting 'cooldown_s'"):
-            configure(breakers={"stripe": {"cooldown_s": 7}})
+            configure(breakers={"brk_settings": {"cooldown_s": 7}})
     finally:
         configure(breakers=saved)
 
