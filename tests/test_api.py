@@ -475,6 +475,9 @@ def test_compensate_reruns_a_failed_saga_and_is_refused_otherwise(api: ApiServer
 def test_requests_without_a_valid_key_are_401(api: ApiServer) -> None:
     record, key = apikeys.create_key("revoked-tenant")
     apikeys.revoke_key(record.id)
+    # The API reads the stored keys once a second: one it read before the revocation is refused from the next read.
+    wait_until(lambda: api.client(key=key).get("/v1/sagas").status_code == 401, timeout=5,
+               what="the revocation to be read")
     for client in (api.client(), api.client(key="not-a-key"), api.client(key=key)):
         for method, path in (("GET", "/v1/sagas"), ("GET", f"/v1/sagas/{NOWHERE}"), ("POST", "/v1/sagas")):
             response = client.request(method, path, json={"type": "probe", "input": {}},
