@@ -60,7 +60,7 @@ def list_webhooks(tenant: WebhookManager) -> dict[str, Any]:
             summary="Read a webhook endpoint and its latest deliveries", operation_id="getWebhook")
 def get_webhook(endpoint_id: EndpointId, tenant: WebhookManager) -> dict[str, Any]:
     try:
-        return endpoints.get(tenant, endpoint_id) | {"recent_attempts": endpoints.recent_attempts(tenant, endpoint_id)}
+        return endpoints.detail(tenant, endpoint_id)
     except endpoints.EndpointNotFound:
         raise _not_found(endpoint_id) from None
 

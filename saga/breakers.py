@@ -201,7 +201,7 @@ def permit(deps: tuple[str, ...], token: str, lease: float) -> Permit | Wait:
         rows = {row.name: row for row in conn.execute(_READ, {"names": list(deps)})}
     if all(row.state == "closed" for row in rows.values()):
         return Permit(deps, token, clean=all(row.failures == 0 for row in rows.values()))
-    for row in rows.values():  # wait for the furthest open one before taking any probe
+    for row in rows.values():  # an open one is waited for before any probe is taken
         breaker = _breaker(row)
         if breaker.phase(row.now) == "open":  # spread out, so the steps waiting on it do not all wake at once
             seconds = (breaker.retry_at - row.now).total_seconds() + random.random()  # type: ignore[operator]

@@ -199,38 +199,42 @@ probe_tx = _declare_tx("probe_tx", FAST, time_limit=3)
 probe_tx_short = _declare_tx("probe_tx_short", SHORT, time_limit=2)
 
 
-# --- breakers (api) ---
+def _simple(name: str, queue: str, steps: tuple[tuple[str, str, str | tuple[str, ...]], ...],
+            input_model: type[BaseModel] = ProbeInput, body: Any = _nothing) -> SagaType[Any]:
+    """A saga type of steps (name, kind, depends_on) that each run `body`; each step before the point of no return
+    and the pivot are undone by nothing."""
+    saga_type = sagas.saga_type(name, input_model, default_retry=FAST, default_time_limit=3, queue=queue)
+    for step_name, kind, depends_on in steps:
+        def run(ctx: StepContext[Any]) -> Any:
+            return body(ctx)
+
+        run.__name__ = step_name
+        step = saga_type.step(run, kind=kind, name=f"tests.{name}.{step_name}", depends_on=depends_on)
+        if kind != "retriable":
+            def undo(ctx: StepContext[Any]) -> None:
+                return None
+
+            undo.__name__ = f"undo_{step_name}"
+            step.compensate_with(undo, name=f"tests.{name}.undo_{step_name}")
+    return saga_type
+
+
+# --- breakers ---
 # A compensable step that calls `brk_pre`, the pivot, then a retriable step that calls `brk_post`, on the unread
 # queue: a test opens their breakers in-process and sees what admission answers. Each opens after two failures and
 # stays open five minutes, longer than any test needs.
 for _dependency in ("brk_pre", "brk_post"):
     sagas.dependency(_dependency, failures=2, cooldown=300, max_cooldown=300)
-brk_admission = sagas.saga_type("brk_admission", ProbeInput, default_retry=FAST, default_time_limit=3, queue="nobody")
-for _name, _kind, _depends_on in (("reserve", "compensable", "brk_pre"), ("charge", "pivot", ()),
-                                  ("notify", "retriable", "brk_post")):
-    _step = brk_admission.step(_nothing, kind=_kind, name=f"tests.brk_admission.{_name}", depends_on=_depends_on)
-    _step.name = _name
-    if _kind != "retriable":
-        _step.compensate_with(_nothing, name=f"tests.brk_admission.undo_{_name}")
+brk_admission = _simple("brk_admission", "nobody", (("reserve", "compensable", "brk_pre"), ("charge", "pivot", ()),
+                                                    ("notify", "retriable", "brk_post")))
 # The same steps on the workers' queue, the last one calling `brk_console_post` (open for 20 s once it opens): the
 # saga passes its point of no return, then waits for the breaker (a `step_waiting` event) and completes after it.
 sagas.dependency("brk_console_post", failures=2, cooldown=20, max_cooldown=20)
-brk_console = sagas.saga_type("brk_console", ProbeInput, default_retry=FAST, default_time_limit=3, queue="probe")
-for _name, _kind, _depends_on in (("reserve", "compensable", ()), ("charge", "pivot", ()),
-                                  ("notify", "retriable", "brk_console_post")):
-    _step = brk_console.step(_nothing, kind=_kind, name=f"tests.brk_console.{_name}", depends_on=_depends_on)
-    _step.name = _name
-    if _kind != "retriable":
-        _step.compensate_with(_nothing, name=f"tests.brk_console.undo_{_name}")
-
+brk_console = _simple("brk_console", "probe", (("reserve", "compensable", ()), ("charge", "pivot", ()),
+                                               ("notify", "retriable", "brk_console_post")))
 # A compensable step, then a pivot calling `brk_wait`: with that breaker open the saga waits past its first step.
 sagas.dependency("brk_wait", failures=1, cooldown=300, max_cooldown=300)
-brk_wait = sagas.saga_type("brk_wait", ProbeInput, default_retry=FAST, default_time_limit=3, queue="probe")
-for _name, _kind, _depends_on in (("reserve", "compensable", ()), ("charge", "pivot", "brk_wait")):
-    _step = brk_wait.step(_nothing, kind=_kind, name=f"tests.brk_wait.{_name}", depends_on=_depends_on)
-    _step.name = _name
-    if _kind != "retriable":
-        _step.compensate_with(_nothing, name=f"tests.brk_wait.undo_{_name}")
+brk_wait = _simple("brk_wait", "probe", (("reserve", "compensable", ()), ("charge", "pivot", "brk_wait")))
 
 
 # --- tenant slots ---
@@ -248,9 +252,5 @@ def _pause(ctx: StepContext[PauseInput]) -> None:
 
 
 # Three quick steps on the same queue (continuation runs a saga's steps in one task): many of them make a burst.
-slots_burst = sagas.saga_type("slots_burst", PauseInput, default_retry=FAST, default_time_limit=3, queue="slots")
-for _name, _kind in (("reserve", "compensable"), ("charge", "pivot"), ("notify", "retriable")):
-    _step = slots_burst.step(_pause, kind=_kind, name=f"tests.slots_burst.{_name}")
-    _step.name = _name
-    if _kind != "retriable":
-        _step.compensate_with(_nothing, name=f"tests.slots_burst.undo_{_name}")
+slots_burst = _simple("slots_burst", "slots", (("reserve", "compensable", ()), ("charge", "pivot", ()),
+                                               ("notify", "retriable", ())), PauseInput, _pause)

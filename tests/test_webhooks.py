@@ -44,9 +44,9 @@ def test_a_delivery_is_signed_verifies_with_the_receivers_secret_and_carries_the
 
     saga_id = start(client).json()["id"]
     assert settle(client, saga_id)["status"] == "completed"
-    detail = wait_until(lambda: (d := client.get(f"/v1/webhooks/{endpoint['id']}").json())["recent_attempts"]
-                        and d["pending"] == 0 and d, timeout=30, what="the delivery recorded, nothing pending")
-    assert [a["status_code"] for a in detail["recent_attempts"]] == [200]
+    detail = wait_until(lambda: (d := client.get(f"/v1/webhooks/{endpoint['id']}").json())["recent_attempts"] and d,
+                        timeout=30, what="the delivery recorded")
+    assert [a["status_code"] for a in detail["recent_attempts"]] == [200] and detail["pending"] == 0
     got = receiver.requests
     assert len(got) == 1
     payload = Webhook(endpoint["secret"]).verify(got[0].body, got[0].headers)

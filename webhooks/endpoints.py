@@ -106,11 +106,6 @@ def _get(conn: Connection, tenant: str, endpoint_id: UUID) -> dict[str, Any]:
     return _columns(row)
 
 
-def get(tenant: str, endpoint_id: UUID) -> dict[str, Any]:
-    with db.transaction() as conn:
-        return _get(conn, tenant, endpoint_id)
-
-
 def list_for(tenant: str) -> list[dict[str, Any]]:
     with db.transaction() as conn:
         rows = conn.execute(text(_SHOWN + "WHERE w.tenant = :tenant ORDER BY w.created_at, w.id"),
@@ -217,11 +212,15 @@ WHERE a.endpoint_id = :id ORDER BY a.id DESC LIMIT :limit
 """)
 
 
-def recent_attempts(tenant: str, endpoint_id: UUID, limit: int = 50) -> list[dict[str, Any]]:
-    with db.transaction() as conn:
-        _get(conn, tenant, endpoint_id)
-        rows = conn.execute(_ATTEMPTS, {"id": endpoint_id, "limit": limit}).mappings().all()
-    return [{"at": r["at"].isoformat(), "status_code": r["status_code"], "error": r["error"],
-             "duration_ms": round(r["duration_ms"], 1), "webhook_id": webhook_id(r["event_id"]),
-             "saga_id": str(r["saga_id"]), "type": r["type"], "delivery_status": r["delivery_status"]}
-            for r in rows]
+def detail(tenant: str, endpoint_id: UUID, limit: int = 50) -> dict[str, Any]:
+    """The endpoint with its most recent attempts, read from one snapshot (REPEATABLE READ): its `pending` count and
+    each attempt's `delivery_status` agree, even while a delivery is being recorded."""
+    with db.engine().connect() as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            shown = _get(conn, tenant, endpoint_id)
+            rows = conn.execute(_ATTEMPTS, {"id": endpoint_id, "limit": limit}).mappings().all()
+    return shown | {"recent_attempts": [
+        {"at": r["at"].isoformat(), "status_code": r["status_code"], "error": r["error"],
+         "duration_ms": round(r["duration_ms"], 1), "webhook_id": webhook_id(r["event_id"]),
+         "saga_id": str(r["saga_id"]), "type": r["type"], "delivery_status": r["delivery_status"]} for r in rows]}
