@@ -55,6 +55,9 @@ def test_two_beats_and_one_restarted_mid_recovery(workers: Stack, api: ApiServer
     submitted = Submitted()
     submit(api.client("alpha"), 100, submitted)
     ids = list(submitted.ids.values())
+    # The API sends each saga once its answer is out: wait for the last of them before the queue is lost.
+    wait_until(lambda: workers.redis().llen("celery") >= len(ids), timeout=30, interval=0.05,
+               what="every saga's first message to be queued")
     assert workers.redis().delete("celery") == 1  # ...and are lost
     first, second = beat(workers, "beat-1"), beat(workers, "beat-2")
     # Recovery (both beats) sends them again once their pickup deadline passes; kill the second beat once it has
