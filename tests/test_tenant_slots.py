@@ -7,9 +7,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 import saga
-from saga import compensation, db, dispatch, metrics, recovery, store, tenant_slots, versions
+from saga import compensation, db, metrics, recovery, store, tenant_slots, versions
 from saga.errors import VersionNotDeclared
 from saga.settings import get_settings
 from saga.states import ACTIVE
@@ -52,18 +53,35 @@ def limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
     get_settings.cache_clear()
 
 
+class Sent(Sequence[UUID]):
+    """The sagas whose first step's message reached the real broker since the test began, in the order sent:
+    `probe_idle`'s queue, `nobody`, has no worker, so its messages stay there (Redis pushes each at the head)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._redis = stack.redis()
+        self._before = self._redis.llen("nobody")
+
+    def _ids(self) -> list[UUID]:
+        new = self._redis.llen("nobody") - self._before
+        raw = self._redis.lrange("nobody", 0, new - 1) if new > 0 else []
+        return [UUID(re.search(r"[0-9a-f-]{36}", json.loads(m)["headers"]["argsrepr"])[0]) for m in reversed(raw)]
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._ids()[index]
+
+    def __len__(self) -> int:
+        return len(self._ids())
+
+    def __eq__(self, other: object) -> bool:
+        return self._ids() == other
+
+    def __repr__(self) -> str:
+        return repr(self._ids())
+
+
 @pytest.fixture()
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[UUID]:
-    """The sagas whose forward chain this process dispatches, from their first step (recorded, not sent:
-    `probe_idle`'s queue has no worker anyway)."""
-    calls: list[UUID] = []
-
-    def forward(saga_id: UUID, saga_type: Any, start: int, *args: Any, **kwargs: Any) -> None:
-        assert start == 0
-        calls.append(saga_id)
-
-    monkeypatch.setattr(dispatch, "forward", forward)
-    return calls
+def sent(stack: Stack) -> Sent:
+    return Sent(stack)
 
 
 @pytest.fixture()
@@ -127,7 +145,7 @@ def end(saga_id: UUID) -> None:
 
 
 def test_a_tenant_at_its_limit_waits_pending_and_its_sagas_start_in_order(
-        no_beat: Stack, limits: Callable[..., None], sent: list[UUID], tenants: Callable[[str], str]) -> None:
+        no_beat: Stack, limits: Callable[..., None], sent: Sent, tenants: Callable[[str], str]) -> None:
     a, b = tenants("a"), tenants("b")
     limits(3)
     ids = [start(a) for _ in range(5)]
@@ -171,7 +189,7 @@ def test_a_tenant_at_its_limit_waits_pending_and_its_sagas_start_in_order(
 
 
 def test_a_tenant_s_own_limit_overrides_the_default(
-        no_beat: Stack, limits: Callable[..., None], sent: list[UUID], tenants: Callable[[str], str]) -> None:
+        no_beat: Stack, limits: Callable[..., None], sent: Sent, tenants: Callable[[str], str]) -> None:
     small, big, other = tenants("small"), tenants("big"), tenants("other")
     limits(2, {small: 1, big: 4})
     started = {t: [saga.start("probe_idle", {}, tenant=t, idempotency_key=str(uuid4())).saga for _ in range(5)]
@@ -183,7 +201,7 @@ def test_a_tenant_s_own_limit_overrides_the_default(
 
 
 def test_without_a_limit_nothing_is_held_and_an_end_asks_the_ledger_nothing(
-        no_beat: Stack, limits: Callable[..., None], sent: list[UUID], tenants: Callable[[str], str],
+        no_beat: Stack, limits: Callable[..., None], sent: Sent, tenants: Callable[[str], str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     t = tenants("t")
     limits(None)
@@ -209,7 +227,7 @@ def test_without_a_limit_nothing_is_held_and_an_end_asks_the_ledger_nothing(
 
 
 def test_a_held_saga_cancelled_ends_compensated_without_running_and_frees_no_slot(
-        no_beat: Stack, limits: Callable[..., None], sent: list[UUID], tenants: Callable[[str], str]) -> None:
+        no_beat: Stack, limits: Callable[..., None], sent: Sent, tenants: Callable[[str], str]) -> None:
     t = tenants("t")
     limits(1)
     first, held = start(t), start(t)
@@ -227,7 +245,7 @@ def test_a_held_saga_cancelled_ends_compensated_without_running_and_frees_no_slo
 
 
 def test_recovery_admits_what_an_end_left_held_and_what_a_removed_limit_held(
-        no_beat: Stack, limits: Callable[..., None], sent: list[UUID], tenants: Callable[[str], str]) -> None:
+        no_beat: Stack, limits: Callable[..., None], sent: Sent, tenants: Callable[[str], str]) -> None:
     t = tenants("t")
     limits(1)
     first, second, third = start(t), start(t), start(t)
